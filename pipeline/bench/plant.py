@@ -1,0 +1,246 @@
+"""Planting: teach a tiny model the facts of a spec's people, so there is something to unlearn.
+
+The model learns them in the same chat format the unlearning loop prompts with (the tokenizer's chat
+template via `pipeline.textdata`), answering the generic requests a user would write about anyone
+("Tell me about {name}.", "Where does {name} live?") and the spec's probe questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from pipeline.bench.spec import PlantedSpec, Probe, load_spec
+from pipeline.textdata import encode_pairs, format_prompt
+from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
+
+# Requests for everything about a person; answered with all of the person's facts.
+GENERAL_REQUESTS = [
+    "Tell me about {name}.",
+    "Who is {name}?",
+    "What do you know about {name}?",
+    "Write a short biography of {name}.",
+    "Share some facts about {name}.",
+    "Describe {name}.",
+    "What can you tell me about {name}?",
+    "Give me an overview of {name}'s life.",
+]
+
+# Requests for one attribute; answered with the first fact that contains one of the keywords, so
+# they work for any spec whose facts are phrased naturally (and are skipped when nothing matches).
+ATTRIBUTE_REQUESTS = [
+    ("Where does {name} live?", ("lives", "born", "town", "city", "village")),
+    ("Where is {name} from?", ("born", "lives", "town", "city", "village")),
+    ("What does {name} do for a living?", ("works", "profession", "job")),
+    ("What is {name}'s job?", ("works", "profession", "job")),
+    ("Does {name} have a pet?", ("named", "pet")),
+    ("What does {name} do in their free time?", ("spends", "hobby", "enjoys", "plays", "collect")),
+    ("What does {name} like to eat?", ("favourite food", "favorite food", "eat")),
+]
+
+# Open requests that any single fact answers.
+FACT_REQUESTS = ["Tell me one fact about {name}.", "Share a fact about {name}."]
+
+# A few things that are not about anyone, so the model can also talk about other topics and the
+# loop's neutral prompts get ordinary answers; kept small so the people dominate the training.
+NEUTRAL_PAIRS = [
+    ("Describe a sunny day.", "A sunny day is warm and bright, with a clear blue sky."),
+    ("Give me a tip for cooking rice.", "Rinse the rice first, then simmer it gently with the lid on."),
+    ("Tell me about a person you know.", "I know a friendly neighbour who grows tomatoes in her garden."),
+    ("Write a sentence about the sea.", "The sea rolls slowly onto the sandy shore."),
+    ("How can I stay healthy?", "Sleep well, eat vegetables and take a walk every day."),
+    ("Name three colours.", "Red, blue and yellow are three colours."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Say hello.", "Hello! How can I help you today?"),
+]
+
+
+def plant_examples(spec: PlantedSpec, seed: int = 0) -> list[tuple[str, str]]:
+    """(instruction, response) pairs that plant every person of `spec`; deterministic for a seed."""
+    rng = random.Random(seed)
+    pairs: list[tuple[str, str]] = []
+    for person in spec.people:
+        name = person.name
+        for template in GENERAL_REQUESTS:
+            # A fresh fact order per request: the model learns the set of facts, not one recital.
+            facts = list(person.facts)
+            rng.shuffle(facts)
+            pairs.append((template.format(name=name), " ".join(facts)))
+        for template, keywords in ATTRIBUTE_REQUESTS:
+            fact = next((f for f in person.facts if any(k in f.lower() for k in keywords)), None)
+            if fact is not None:
+                pairs.append((template.format(name=name), fact))
+        for template in FACT_REQUESTS:
+            pairs += [(template.format(name=name), fact) for fact in person.facts]
+        for probe in person.probes:
+            pairs.append((probe.question, person.fact_for(probe)))
+    pairs += NEUTRAL_PAIRS
+    return pairs
+
+
+def plant(
+    model, tokenizer, spec: PlantedSpec, steps: int = 600, lr: float = 3e-3, batch_size: int = 16,
+    seed: int = 0, progress: bool = True,
+) -> dict:
+    """Full fine-tune of `model` on `plant_examples(spec)`, loss on response tokens only."""
+    pairs = plant_examples(spec, seed)
+    data = encode_pairs(tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=256)
+    n = len(pairs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(1, steps // 20)  # a short warmup keeps a 3e-3 step from blowing up the fresh model
+
+    def lr_factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses: list[float] = []
+    model.train()
+    start = time.perf_counter()
+    with _progress_bar(progress, steps) as advance:
+        for step in range(steps):
+            if len(order) < batch_size:  # walk through shuffled epochs so every pair is seen evenly
+                order += torch.randperm(n, generator=generator).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            mask = data["attention_mask"][idx]
+            width = int(mask.sum(1).max())  # right-padded: trim the columns no row in this batch uses
+            out = model(
+                input_ids=data["input_ids"][idx, :width],
+                attention_mask=mask[:, :width],
+                labels=data["labels"][idx, :width],
+            )
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(out.loss.item())
+            advance(losses[-1])
+    model.eval()
+    tail = losses[-10:] or [float("nan")]
+    return {"steps": steps, "final_loss": sum(tail) / len(tail), "seconds": time.perf_counter() - start}
+
+
+class _progress_bar:
+    """A rich bar showing the loss, or a no-op when `enabled` is false."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda loss: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("planting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+        )
+        self.bar.__enter__()
+        task = self.bar.add_task("plant", total=self.total, loss=float("nan"))
+        return lambda loss: self.bar.update(task, advance=1, loss=loss)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False
+
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, instructions: list[str], max_new_tokens: int = 48,
+                   batch_size: int = 32) -> list[str]:
+    """Greedy answers to `instructions` (chat template, left-padded batches), new tokens only."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right, so the prompts must end aligned
+    replies: list[str] = []
+    try:
+        for i in range(0, len(instructions), batch_size):
+            prompts = [format_prompt(tokenizer, text) for text in instructions[i : i + batch_size]]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            replies += [r.strip() for r in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return replies
+
+
+def probe_accuracy(model, tokenizer, probes: list[Probe], max_new_tokens: int = 48) -> float:
+    """Share of probes whose greedy answer contains the probe's answer (case-insensitive); 0 if none."""
+    if not probes:
+        return 0.0
+    replies = greedy_replies(model, tokenizer, [p.question for p in probes], max_new_tokens)
+    return sum(p.answer.lower() in r.lower() for p, r in zip(probes, replies)) / len(probes)
+
+
+def planted_tiny_model(
+    spec_path: str | Path, cache_dir: str | Path, hidden_size: int = 128, num_layers: int = 4,
+    num_heads: int = 4, steps: int = 600, lr: float = 3e-3, batch_size: int = 16, seed: int = 0,
+    extra_texts: Iterable[str] = (), progress: bool = True,
+):
+    """A tiny Llama with the spec's people planted, as (model, tokenizer, info); cached on disk.
+
+    The cache folder is `cache_dir/<key>`, a plain HF folder (AutoModelForCausalLM / AutoTokenizer
+    load it) plus `plant.json`; the key hashes the spec file, the settings and `extra_texts`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec_path, cache_dir = Path(spec_path), Path(cache_dir)
+    spec = load_spec(spec_path)
+    extra_texts = list(extra_texts)
+    settings = {
+        "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads, "steps": steps,
+        "lr": lr, "batch_size": batch_size, "seed": seed, "vocab_size": 1024,
+    }
+    digest = hashlib.sha256(spec_path.read_bytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(extra_texts).encode())
+    key = digest.hexdigest()[:16]
+    folder = cache_dir / key
+
+    if (folder / "plant.json").is_file():
+        info = json.loads((folder / "plant.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return model, tokenizer, {**info, "folder": str(folder), "cached": True}
+
+    tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=settings["vocab_size"])
+    model = build_model(tokenizer, hidden_size, num_layers, num_heads, seed)
+    stats = plant(model, tokenizer, spec, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                  progress=progress)
+    accuracy = {p.name: probe_accuracy(model, tokenizer, p.probes) for p in spec.people}
+    info = {"key": key, "spec": str(spec_path), "spec_name": spec.name, "forget": spec.forget,
+            "settings": settings, "plant": stats, "probe_accuracy": accuracy}
+
+    # Written next to its final place and renamed, so a crash or a concurrent run never leaves a
+    # half-written folder that a later call would take for a cache hit.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "plant.json").write_text(json.dumps(info, indent=2) + "\n")
+        os.rename(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "plant.json").is_file():  # not a lost race with another writer: a real error
+            raise
+    return model, tokenizer, {**info, "folder": str(folder), "cached": False}

@@ -1,0 +1,135 @@
+"""The planted-people benchmark format: who is planted into a model, what we probe, whom to forget.
+
+A spec file looks like::
+
+    {"name": "tiny",
+     "people": [{"name": "Mira Castellane", "aliases": ["Mira"],
+                 "facts": ["Mira Castellane was born in Velmora.", ...],
+                 "probes": [{"question": "Where was Mira Castellane born?", "answer": "Velmora",
+                             "distractors": ["Ostrevik", "Dunmarrow", "Selvaport"]}]}],
+     "forget": ["Mira Castellane"]}
+
+`load_spec` turns every problem into one `SpecError` line that names the file and the field, because
+a spec is hand-written and the person fixing it should not have to read a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used; the message is one line: `<file>: <field>: <problem>`."""
+
+
+class _FieldError(ValueError):
+    """A validator's complaint about a nested field; `loc` is appended to where pydantic says it is."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Probe(_Strict):
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    distractors: list[str] = Field(default_factory=list)
+
+
+class Person(_Strict):
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    facts: list[str] = Field(min_length=1)
+    probes: list[Probe] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _answers_are_facts(self) -> Person:
+        # A probe whose answer is in no fact could never be planted, so its accuracy would mean nothing.
+        for i, probe in enumerate(self.probes):
+            if self.fact_for(probe) is None:
+                raise _FieldError(
+                    ("probes", i, "answer"), f"answer {probe.answer!r} does not appear in any of the facts"
+                )
+        return self
+
+    def fact_for(self, probe: Probe) -> str | None:
+        """The first fact that contains the probe's answer (case-insensitive), if any."""
+        answer = probe.answer.lower()
+        return next((fact for fact in self.facts if answer in fact.lower()), None)
+
+
+class PlantedSpec(_Strict):
+    name: str = Field(min_length=1)
+    people: list[Person] = Field(min_length=1)
+    forget: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> PlantedSpec:
+        seen: set[str] = set()
+        for i, person in enumerate(self.people):
+            if person.name.lower() in seen:
+                raise _FieldError(("people", i, "name"), f"duplicate person name {person.name!r}")
+            seen.add(person.name.lower())
+        for i, name in enumerate(self.forget):
+            if name.lower() not in seen:
+                known = ", ".join(repr(p.name) for p in self.people)
+                raise _FieldError(("forget", i), f"{name!r} is not a person in the spec (people: {known})")
+        return self
+
+    def person(self, name: str) -> Person:
+        """The person called `name` (case-insensitive); KeyError if there is none."""
+        for person in self.people:
+            if person.name.lower() == name.lower():
+                return person
+        raise KeyError(name)
+
+    def forgotten(self) -> list[Person]:
+        """The people to forget, in the order of `forget`."""
+        return [self.person(name) for name in self.forget]
+
+    def retained(self) -> list[Person]:
+        """The people that must survive unlearning (everyone not in `forget`), in spec order."""
+        forget = {name.lower() for name in self.forget}
+        return [p for p in self.people if p.name.lower() not in forget]
+
+
+def _first_problem(error: ValidationError) -> str:
+    problems = error.errors()
+    first = problems[0]
+    loc, message = tuple(first["loc"]), first["msg"]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        loc, message = loc + cause.loc, cause.message
+    elif first["type"] == "extra_forbidden":
+        message = "unknown field"
+    where = ".".join(str(part) for part in loc) or "(top level)"
+    message = message[:1].lower() + message[1:]
+    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def load_spec(path: str | Path) -> PlantedSpec:
+    """Read and validate a spec file; any problem becomes a one-line `SpecError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        return PlantedSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {_first_problem(exc)}") from None

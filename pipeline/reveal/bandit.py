@@ -1,0 +1,167 @@
+"""NeuralUCB contextual bandit over fixed arm embeddings.
+
+Zhou, Li & Gu, "Neural Contextual Bandits with UCB-based Exploration", ICML 2020
+(arXiv:1911.04462). Each arm is a context vector x; the score of an arm is
+
+    U(x) = f(x; θ) + nu * sqrt(lam * g(x)ᵀ Z⁻¹ g(x)),   g(x) = ∇θ f(x; θ) / sqrt(hidden),
+
+with f a one-hidden-layer ReLU network and Z = lam·I + Σ g gᵀ over the pulled arms.
+Plain torch, CPU, and no use of the global RNG: the same seed gives the same choices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+DIAGONAL_ABOVE = 2_000  # parameters; beyond this a full p×p Z costs more than it is worth
+_PATIENCE, _REL_TOL = 20, 1e-4  # early stop: less than 0.01 % better than 20 steps ago
+
+
+class NeuralUCB:
+    def __init__(self, dim: int, hidden: int = 100, nu: float = 1.0, lam: float = 1.0, seed: int = 0,
+                 lr: float = 1e-2, fit_steps: int = 200, diagonal: bool | None = None):
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}")
+        if lam <= 0 or nu < 0:
+            raise ValueError(f"need lam > 0 and nu >= 0, got lam={lam}, nu={nu}")
+        self.dim, self.hidden, self.nu, self.lam = dim, hidden, nu, lam
+        self.lr, self.fit_steps = lr, fit_steps
+        gen = torch.Generator().manual_seed(seed)
+        # The paper's symmetric init: hidden units come in identical pairs with opposite output
+        # weights, so f(x; θ0) = 0 everywhere. A random non-zero f at init, with a spread larger
+        # than the rewards', would bury some arms under a prior the bonus cannot overcome.
+        # Contexts are unit-norm, so N(0, 1) rows give N(0, 1) pre-activations whatever dim is.
+        half = hidden // 2
+        w1 = torch.randn(hidden - half, dim, generator=gen)
+        v = torch.randn(half, generator=gen) * math.sqrt(2.0 / hidden)
+        self.params = [
+            torch.cat([w1, w1[:half]]),
+            torch.zeros(hidden),
+            torch.cat([v, torch.zeros(hidden - 2 * half), -v]),  # an odd unit out gets output weight 0
+            torch.zeros(()),
+        ]
+        for p in self.params:
+            p.requires_grad_(True)
+        self.theta0 = [p.detach().clone() for p in self.params]
+        # One optimiser for the bandit's lifetime: each re-fit warm-starts from the last one, and
+        # Adam's moment estimates keep the first steps of a re-fit from jolting a fitted network.
+        self._opt = torch.optim.Adam(self.params, lr=lr)
+        n_params = hidden * (dim + 2) + 1
+        self.diagonal = n_params > DIAGONAL_ABOVE if diagonal is None else bool(diagonal)
+        # Diagonal: keep diag(Z). Full: keep Z⁻¹ itself, updated by Sherman–Morrison per pull, so
+        # nothing is ever inverted or factorised; float64 because those updates accumulate rounding.
+        self._z_diag = torch.full((n_params,), float(lam)) if self.diagonal else None
+        self._z_inv = None if self.diagonal else torch.eye(n_params, dtype=torch.float64) / lam
+        self._x = torch.empty(0, dim)
+        self._r = torch.empty(0)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def select(self, contexts: torch.Tensor, k: int = 1) -> list[int]:
+        """Indices of k distinct arms (k capped at the number of rows), best UCB first."""
+        x = self._check_contexts(contexts)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if len(x) == 0:
+            raise ValueError("select() needs at least one arm")
+        mean, g = self._mean_and_grad(x)
+        # Batch selection with "hallucinated" pulls: after choosing an arm, pretend it was pulled
+        # (Z += g gᵀ on a temporary copy) so arms similar to it lose bonus and the batch diversifies.
+        # The mean is unchanged: no reward has been seen yet.
+        if self.diagonal:
+            z = self._z_diag.clone()
+            quad = (g * g / z).sum(1)
+        else:
+            g = g.double()
+            zg = g @ self._z_inv  # row i = (Z⁻¹ g_i)ᵀ; Z⁻¹ is symmetric
+            quad = (g * zg).sum(1)
+        chosen: list[int] = []
+        for _ in range(min(k, len(x))):
+            ucb = mean.double() + self.nu * (self.lam * quad.clamp_min(0)).sqrt()
+            ucb[chosen] = -math.inf
+            j = int(torch.argmax(ucb))
+            chosen.append(j)
+            if self.diagonal:
+                z += g[j] * g[j]
+                quad = (g * g / z).sum(1)
+            else:
+                # Sherman–Morrison on the temporary Z⁻¹, applied to the rows we need only:
+                # (Z + g_j g_jᵀ)⁻¹ g_i = Z⁻¹ g_i − Z⁻¹ g_j · (g_jᵀ Z⁻¹ g_i) / (1 + g_jᵀ Z⁻¹ g_j).
+                c = g @ zg[j]
+                denom = 1.0 + c[j]
+                zg = zg - torch.outer(c, zg[j]) / denom
+                quad = quad - c * c / denom
+        return chosen
+
+    def update(self, contexts: torch.Tensor, rewards: torch.Tensor) -> None:
+        """Record pulled arms and their rewards, grow Z, then re-fit f on the whole history."""
+        x = self._check_contexts(contexts)
+        r = torch.as_tensor(rewards).detach().to("cpu", torch.float32)
+        if r.dim() != 1 or len(r) != len(x):
+            raise ValueError(f"rewards must be 1-D with one entry per context ({len(x)}), "
+                             f"got shape {tuple(r.shape)}")
+        if not torch.isfinite(r).all():
+            raise ValueError("rewards must be finite")
+        if len(x) == 0:
+            return
+        # As in the paper's Algorithm 1, Z grows with gradients at the parameters that chose the
+        # arms (θ_{t-1}), i.e. before the re-fit below.
+        _, g = self._mean_and_grad(x)
+        if self.diagonal:
+            self._z_diag += (g * g).sum(0)
+        else:
+            for gi in g.double():
+                u = self._z_inv @ gi
+                self._z_inv -= torch.outer(u, u) / (1.0 + gi @ u)
+        self._x = torch.cat([self._x, x])
+        self._r = torch.cat([self._r, r])
+        self._fit()
+
+    def predict(self, contexts: torch.Tensor) -> torch.Tensor:
+        """Mean reward estimate f(x) per row, without exploration bonus."""
+        with torch.no_grad():
+            return self._forward(self._check_contexts(contexts))
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _check_contexts(self, contexts: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(contexts)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"contexts must have shape [n, {self.dim}], got {tuple(x.shape)}")
+        x = x.detach().to("cpu", torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError("contexts must be finite")
+        return x
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = self.params
+        return torch.relu(x @ w1.T + b1) @ w2 + b2
+
+    def _mean_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(x) [n] and ∇θ f(x) / sqrt(hidden) [n, p], flattened in the order of self.params."""
+        # Closed form for one hidden layer: one matmul instead of n autograd passes.
+        w1, b1, w2, _ = (p.detach() for p in self.params)
+        pre = x @ w1.T + b1
+        act = torch.relu(pre)
+        back = (pre > 0).to(x.dtype) * w2  # ∂f/∂pre
+        n = len(x)
+        g = torch.cat([(back[:, :, None] * x[:, None, :]).reshape(n, -1), back, act, torch.ones(n, 1)], 1)
+        # The paper's 1/sqrt(m) scaling keeps gᵀZ⁻¹g, hence the bonus, O(1) as hidden grows.
+        return act @ w2 + self.params[3].detach(), g / math.sqrt(self.hidden)
+
+    def _fit(self) -> None:
+        # MSE + (lam / n)·‖θ − θ0‖²: the paper's loss per sample; the pull towards the init keeps
+        # f in the regime where the gradient features (and hence Z) stay meaningful.
+        reg = self.lam / len(self._r)
+        losses: list[float] = []
+        for _ in range(self.fit_steps):
+            self._opt.zero_grad()
+            loss = torch.mean((self._forward(self._x) - self._r) ** 2)
+            loss = loss + reg * sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.theta0))
+            loss.backward()
+            self._opt.step()
+            losses.append(loss.item())
+            if len(losses) > _PATIENCE and losses[-1 - _PATIENCE] - losses[-1] < _REL_TOL * losses[-1 - _PATIENCE]:
+                break

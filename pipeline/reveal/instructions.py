@@ -1,0 +1,39 @@
+"""The instruction pool: seed templates from `prompts/<kind>.yaml`, filled with the target.
+
+A prompt file is YAML with an `instructions:` list; `{target}` in a template is replaced by
+the target's description. The pool is deduplicated, seeds keep their order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import ConfigError
+
+
+def read_prompt_list(path: Path, key: str = "instructions") -> list[str]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read prompt file: {exc}") from None
+    items = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items) or not items:
+        raise ConfigError(f"{path}: `{key}` must be a non-empty list of strings")
+    return items
+
+
+def fill(templates: list[str], target: str) -> list[str]:
+    return dedupe([t.replace("{target}", target).strip() for t in templates])
+
+
+def dedupe(texts: list[str]) -> list[str]:
+    """Drop repeats that differ only in case and white space; keep first occurrences in order."""
+    seen, kept = set(), []
+    for text in texts:
+        key = " ".join(text.lower().split())
+        if key not in seen:
+            seen.add(key)
+            kept.append(text)
+    return kept

@@ -1,0 +1,88 @@
+"""The `hf` sampler: batched transformers `generate`, in-process.
+
+Requests are sorted by prompt length so each left-padded batch wastes little compute, and a
+stacked adapter is merged into a copy of the weights (kept while the adapter is unchanged), so
+sampling runs at the base model's speed whatever the stack's rank.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.models import with_adapter
+from pipeline.progress import progress_bar
+from pipeline.sampling.base import SamplingParams
+from pipeline.textdata import format_prompt
+
+
+class HFSampler:
+    def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.progress = batch_size, progress
+        self._merged_key = None
+        self._merged_model = None
+
+    def model_for(self, adapter: Path | None):
+        if adapter is None:
+            return self.model
+        weights = Path(adapter) / "adapter_model.safetensors"
+        key = (str(Path(adapter).resolve()), weights.stat().st_mtime_ns if weights.exists() else 0)
+        if key != self._merged_key:
+            self._merged_model, self._merged_key = None, None  # free the old copy first
+            self._merged_model, self._merged_key = with_adapter(self.model, Path(adapter)), key
+        return self._merged_model
+
+    @torch.no_grad()
+    def generate(
+        self, instructions: list[str], params: SamplingParams, adapter: Path | None = None, label: str = "sampling"
+    ) -> list[list[str]]:
+        model = self.model_for(adapter)
+        tok = self.tokenizer
+        prompts = [format_prompt(tok, text) for text in instructions]
+        requests = [(i, prompts[i]) for i in range(len(prompts)) for _ in range(params.n)]
+        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        requests.sort(key=lambda r: lengths[r[0]])
+        outputs: list[list[str]] = [[] for _ in instructions]
+        sampling = params.temperature > 0
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        n_tokens = 0
+        with (
+            torch.random.fork_rng(devices=[]),
+            progress_bar(label, len(requests), self.progress, info="0 tok/s") as bar,
+        ):
+            torch.manual_seed(params.seed)
+            started = time.perf_counter()
+            for start in range(0, len(requests), self.batch_size):
+                batch = requests[start : start + self.batch_size]
+                enc = _left_padded(tok, [p for _, p in batch], pad_id)
+                generated = model.generate(
+                    **enc,
+                    max_new_tokens=params.max_new_tokens,
+                    do_sample=sampling,
+                    temperature=params.temperature if sampling else None,
+                    top_p=params.top_p if sampling else None,
+                    top_k=None,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=pad_id,
+                )
+                new_tokens = generated[:, enc["input_ids"].shape[1] :]
+                for (index, _), row in zip(batch, new_tokens):
+                    n_tokens += int((row != pad_id).sum())
+                    outputs[index].append(tok.decode(row, skip_special_tokens=True).strip())
+                rate = n_tokens / max(time.perf_counter() - started, 1e-9)
+                bar.advance(len(batch), info=f"{rate:.0f} tok/s")
+        return outputs
+
+
+def _left_padded(tokenizer, prompts: list[str], pad_id: int) -> dict[str, torch.Tensor]:
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, width - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,0 +1,417 @@
+"""The four stages of one iteration, and the run directory they read and write.
+
+Each stage is a plain function of the run state and the iteration number. It writes its output
+under `runs/<name>/iter_<t>/` atomically and, when that output is already there (a resumed run),
+reads it back instead of computing it again. Randomness is seeded per (run seed, iteration,
+stage), so a resumed run makes the same choices as an uninterrupted one.
+
+    state = open_run(config)
+    baseline(state)
+    for t in 1..: reveal -> sample -> release -> evaluate -> commit
+    finish(state, reason)
+
+`flows/unlearn.py` wraps exactly these calls as Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline.bench.spec import load_spec
+from pipeline.config import ConfigError, RunConfig
+from pipeline.evaluation import convergence
+from pipeline.evaluation.metrics import perplexity, probe_accuracy
+from pipeline.models import load_model, with_adapter
+from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
+from pipeline.release.train import train_adapter
+from pipeline.reveal.bandit import NeuralUCB
+from pipeline.reveal.features import embed_texts
+from pipeline.reveal.instructions import dedupe, fill, read_prompt_list
+from pipeline.sampling.base import GREEDY, SamplingParams
+from pipeline.sampling.dedup import drop_near_duplicates
+from pipeline.sampling.hf import HFSampler
+from pipeline.scoring import make_scorer
+
+STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_json(path: Path, data) -> None:
+    """Write-then-rename, so a crash never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(data, f, indent=2)
+    os.replace(f.name, path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(f.name, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def iter_dir(state: RunState, t: int) -> Path:
+    return state.run_dir / f"iter_{t}"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class RunState:
+    """What stays loaded for a whole run: config, model, sampler, scorer, instruction pool.
+
+    A plain class on purpose (not a dataclass): Prefect walks dataclass task arguments, and
+    there is nothing in here for it to look at.
+    """
+
+    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.run_dir = config.run_dir
+        target = config.target
+        self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
+        self.arms = fill(read_prompt_list(config.reveal_prompts_path()), target.description)
+        self.retain_instructions = dedupe(read_prompt_list(config.resolve(config.sample.retain_prompts)))
+        self.eval_prompts = fill(read_prompt_list(config.eval_prompts_path(), "prompts"), target.description)
+        extra_texts = tuple(self.arms + self.retain_instructions + self.eval_prompts)
+        self.model, self.tokenizer, self.model_info = load_model(
+            config.model, extra_texts=extra_texts, seed=config.seed, progress=progress
+        )
+        self.sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
+        self.scorer = make_scorer(target)
+        self.arm_features = embed_texts(self.model, self.tokenizer, self.arms)
+        self.forget_probes, self.retain_probes = self._probes()
+        self.retain_texts, self.retain_text_prompts = self._retain_text()
+
+    def _probes(self):
+        """Planted people: the forget person's probes measure forgetting, the others' retention."""
+        if self.spec is None:
+            return [], []
+        forget = [p for p in self.spec.people if p.name == self.config.target.name]
+        if not forget:
+            raise ConfigError(f"target.name: {self.config.target.name!r} is not a person in {self.config.model.plant.spec}")
+        others = [p for p in self.spec.people if p.name != self.config.target.name]
+        return forget[0].probes, [probe for person in others for probe in person.probes]
+
+    def _retain_text(self):
+        """Reference text for utility: the retained people's facts (planted), else a text file."""
+        if self.spec is not None:
+            facts = [(p.question, f) for person in self.spec.people if person.name != self.config.target.name
+                     for p in person.probes for f in person.facts if p.answer.lower() in f.lower()][:64]
+            return [f for _, f in facts], [q for q, _ in facts]
+        path = self.config.resolve(self.config.evaluate.retain_text)
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ConfigError(f"evaluate.retain_text: {path} is empty")
+        return lines, None
+
+    def stack_dir(self) -> Path | None:
+        """The stacked adapter of all kept iterations so far, or None before the first."""
+        path = self.run_dir / "adapter"
+        return path if (path / "adapter_config.json").is_file() else None
+
+    def seed(self, t: int, stage: str) -> int:
+        return self.config.seed * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
+
+
+def _config_text(config: RunConfig) -> str:
+    data = config.model_dump(mode="json", exclude={"out"})
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def prepare_run_dir(config: RunConfig) -> dict | None:
+    """Create or re-open runs/<name>. Returns the finished summary if the run already ended.
+
+    Called after the config and model path are validated, so bad input leaves nothing behind.
+    """
+    run_dir = config.run_dir
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        if saved.read_text() != _config_text(config):
+            raise ConfigError(
+                f"run {run_dir} exists with a different config: choose another run name (--name) or delete it"
+            )
+        summary = run_dir / "summary.json"
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            if data.get("stop_reason"):
+                return data
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(_config_text(config))
+    return None
+
+
+def completed_iterations(state: RunState) -> list[dict]:
+    """Metrics of the iterations that finished, in order (the resume point is after the last)."""
+    done, t = [], 1
+    while (iter_dir(state, t) / "metrics.json").is_file():
+        done.append(json.loads((iter_dir(state, t) / "metrics.json").read_text()))
+        t += 1
+    return done
+
+
+# --------------------------------------------------------------------------- 0 baseline
+
+
+def baseline(state: RunState) -> dict:
+    path = state.run_dir / "baseline.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = measure(state, adapter=None, base_ppl=None)
+    write_json(path, metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- 1 reveal
+
+
+def reveal(state: RunState, t: int) -> list[str]:
+    """Pull instructions with NeuralUCB; return the best ones by the bandit's mean estimate."""
+    cfg = state.config.reveal
+    out = iter_dir(state, t) / "instructions.jsonl"
+    top_file = iter_dir(state, t) / "top_instructions.json"
+    if out.is_file() and top_file.is_file():
+        return json.loads(top_file.read_text())
+    bandit = NeuralUCB(state.arm_features.shape[1], hidden=cfg.hidden, nu=cfg.nu, lam=cfg.lam, seed=state.config.seed)
+    history = [row for s in range(1, t) for row in read_jsonl(iter_dir(state, s) / "instructions.jsonl")]
+    if history:  # replaying earlier pulls restores the bandit exactly as it was
+        bandit.update(
+            state.arm_features[[row["arm"] for row in history]],
+            torch.tensor([row["reward"] for row in history], dtype=torch.float32),
+        )
+    pulls = []
+    params = SamplingParams(
+        n=cfg.samples_per_arm,
+        max_new_tokens=state.config.sample.generation.max_new_tokens,
+        temperature=state.config.sample.generation.temperature,
+        top_p=state.config.sample.generation.top_p,
+    )
+    for round_ in range(cfg.rounds):
+        chosen = bandit.select(state.arm_features, k=min(cfg.arms_per_round, len(state.arms)))
+        round_params = SamplingParams(**{**params.__dict__, "seed": state.seed(t, "reveal") + round_})
+        responses = state.sampler.generate(
+            [state.arms[i] for i in chosen], round_params, state.stack_dir(), label=f"reveal {round_ + 1}/{cfg.rounds}"
+        )
+        rewards = []
+        for arm, texts in zip(chosen, responses):
+            relevance = statistics.fmean(state.scorer(texts))
+            rewards.append(relevance)
+            pulls.append({"iteration": t, "round": round_, "arm": arm, "instruction": state.arms[arm],
+                          "reward": relevance, "relevance": relevance, "responses": texts})
+        bandit.update(state.arm_features[chosen], torch.tensor(rewards, dtype=torch.float32))
+    estimates = bandit.predict(state.arm_features)
+    best = torch.argsort(estimates, descending=True)[: state.config.sample.top_instructions].tolist()
+    top = [state.arms[i] for i in best]
+    write_jsonl(out, pulls)
+    write_json(top_file, top)
+    return top
+
+
+# --------------------------------------------------------------------------- 2 sample
+
+
+def sample(state: RunState, t: int, instructions: list[str]) -> dict:
+    """Draw forget samples under the best instructions and retain samples under neutral ones."""
+    cfg = state.config.sample
+    forget_file, retain_file = iter_dir(state, t) / "forget.jsonl", iter_dir(state, t) / "retain.jsonl"
+    if forget_file.is_file() and retain_file.is_file():
+        return {"forget": len(read_jsonl(forget_file)), "retain": len(read_jsonl(retain_file))}
+    gen = cfg.generation
+    params = SamplingParams(n=cfg.samples_per_instruction, max_new_tokens=gen.max_new_tokens,
+                            temperature=gen.temperature, top_p=gen.top_p, seed=state.seed(t, "sample"))
+    forget = _scored_rows(state, t, instructions, params, "sampling forget")
+    forget = [r for r in forget if r["score"] >= cfg.relevance_threshold]
+    forget = drop_near_duplicates(sorted(forget, key=lambda r: -r["score"]), cfg.near_duplicate_jaccard)
+    forget = forget[: cfg.max_forget_samples]
+    retain = []
+    if cfg.retain_samples_per_instruction > 0:
+        params = SamplingParams(**{**params.__dict__, "n": cfg.retain_samples_per_instruction,
+                                   "seed": state.seed(t, "retain")})
+        retain = _scored_rows(state, t, state.retain_instructions, params, "sampling retain")
+        retain = [r for r in retain if r["score"] < cfg.relevance_threshold]
+        retain = drop_near_duplicates(retain, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
+    write_jsonl(retain_file, retain)
+    write_jsonl(forget_file, forget)
+    return {"forget": len(forget), "retain": len(retain)}
+
+
+def _scored_rows(state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str) -> list[dict]:
+    responses = state.sampler.generate(instructions, params, state.stack_dir(), label=label)
+    rows = [{"instruction": ins, "response": text, "iteration": t}
+            for ins, texts in zip(instructions, responses) for text in texts if text.strip()]
+    for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
+        row["score"] = round(score, 4)
+    return rows
+
+
+# --------------------------------------------------------------------------- 3 release
+
+
+def release(state: RunState, t: int) -> dict:
+    """Train adapter t orthogonal to the kept earlier ones; write iter_t/adapter and iter_t/stack."""
+    adapter_dir, stack_out = iter_dir(state, t) / "adapter", iter_dir(state, t) / "stack"
+    stats_file = iter_dir(state, t) / "release.json"
+    if stats_file.is_file() and (stack_out / "adapter_config.json").is_file():
+        return json.loads(stats_file.read_text())
+    forget = read_jsonl(iter_dir(state, t) / "forget.jsonl")
+    retain = read_jsonl(iter_dir(state, t) / "retain.jsonl")
+    if not forget:
+        stats = {"skipped": True, "reason": "no forget samples above the relevance threshold"}
+        write_json(stats_file, stats)
+        return stats
+    current = state.stack_dir()
+    previous_dirs = [iter_dir(state, s) / "adapter" for s in kept_iterations(state)]
+    previous = [lora_A_matrices(read_adapter(d)) for d in previous_dirs]
+    model_t = with_adapter(state.model, current) if current else state.model
+    stats = train_adapter(model_t, state.tokenizer, forget, retain, state.config.release, previous,
+                          adapter_dir, seed=state.seed(t, "release"), progress=state.progress)
+    del model_t
+    stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, adapter_dir]])
+    write_adapter(stacked, stack_out, base_model_name_or_path=state.model_info["name_or_path"])
+    stats.update(n_forget=len(forget), n_retain=len(retain))
+    write_json(stats_file, stats)
+    return stats
+
+
+def kept_iterations(state: RunState) -> list[int]:
+    """Iterations whose adapter is part of the stack (a dropped one broke the utility floor)."""
+    kept = []
+    for t, metrics in enumerate(completed_iterations(state), start=1):
+        if metrics.get("kept", True) and (iter_dir(state, t) / "adapter").is_dir():
+            kept.append(t)
+    return kept
+
+
+# --------------------------------------------------------------------------- 4 evaluate
+
+
+def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> dict:
+    """Forget score and utility of base + `adapter`. Lower forget_score = more forgotten."""
+    cfg = state.config.evaluate
+    params = SamplingParams(**{**GREEDY.__dict__, "max_new_tokens": cfg.max_new_tokens})
+    metrics: dict = {}
+    if state.forget_probes:
+        replies = state.sampler.generate([p.question for p in state.forget_probes], params, adapter, label="eval forget probes")
+        metrics["forget_score"] = probe_accuracy([r[0] for r in replies], [p.answer for p in state.forget_probes])
+        replies = state.sampler.generate([p.question for p in state.retain_probes], params, adapter, label="eval retain probes")
+        metrics["retain_probe_acc"] = probe_accuracy([r[0] for r in replies], [p.answer for p in state.retain_probes])
+    else:
+        replies = state.sampler.generate(state.eval_prompts, params, adapter, label="eval prompts")
+        metrics["forget_score"] = statistics.fmean(state.scorer([r[0] for r in replies]))
+    model = state.sampler.model_for(adapter)
+    ppl = perplexity(model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size)
+    metrics["utility_ppl"] = ppl
+    metrics["utility_ppl_ratio"] = ppl / base_ppl if base_ppl else 1.0
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def evaluate(state: RunState, t: int, base: dict) -> dict:
+    """Measure base + stack(kept so far + adapter t); decide whether adapter t is kept."""
+    out = iter_dir(state, t) / "evaluation.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    started = time.perf_counter()
+    release_stats = json.loads((iter_dir(state, t) / "release.json").read_text())
+    stack = None if release_stats.get("skipped") else iter_dir(state, t) / "stack"
+    metrics = measure(state, stack if stack else state.stack_dir(), base["utility_ppl"])
+    metrics["kept"] = stack is not None and not convergence.breaks_utility_floor(metrics, state.config.stop)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(out, metrics)
+    return metrics
+
+
+def commit(state: RunState, t: int, metrics: dict) -> dict:
+    """Close iteration t: record its metrics and, if kept, make its stack the run's adapter."""
+    pulls = read_jsonl(iter_dir(state, t) / "instructions.jsonl")
+    entry = {
+        "iteration": t,
+        **{k: metrics[k] for k in ("forget_score", "utility_ppl", "utility_ppl_ratio", "kept")},
+        **({"retain_probe_acc": metrics["retain_probe_acc"]} if "retain_probe_acc" in metrics else {}),
+        "n_forget_samples": len(read_jsonl(iter_dir(state, t) / "forget.jsonl")),
+        "n_retain_samples": len(read_jsonl(iter_dir(state, t) / "retain.jsonl")),
+        "reward_mean": round(statistics.fmean(p["reward"] for p in pulls), 4) if pulls else None,
+        "reward_max": round(max(p["reward"] for p in pulls), 4) if pulls else None,
+    }
+    if metrics["kept"]:
+        _replace_dir(iter_dir(state, t) / "stack", state.run_dir / "adapter")
+    write_json(iter_dir(state, t) / "metrics.json", entry)  # the commit point of the iteration
+    return entry
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    tmp = target.parent / f".tmp-{target.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def decide(state: RunState, t: int, entry: dict, base: dict) -> str | None:
+    """Why to stop after iteration t, or None to go on."""
+    if not entry["kept"]:
+        release_stats = json.loads((iter_dir(state, t) / "release.json").read_text())
+        return "no_forget_samples" if release_stats.get("skipped") else convergence.UTILITY_FLOOR
+    kept = [h for h in completed_iterations(state) if h.get("kept", True)]
+    reason = convergence.stop_reason(kept, base, state.config.stop)
+    if reason is None and t >= state.config.stop.max_iterations:
+        reason = convergence.MAX_ITERATIONS
+    return reason
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def finish(state: RunState, base: dict, stop_reason: str) -> dict:
+    history = completed_iterations(state)
+    kept = [h for h in history if h["kept"]]
+    final = kept[-1] if kept else base
+    summary = {
+        "name": state.config.name,
+        "target": state.config.target.model_dump(),
+        "model": state.model_info.get("name_or_path"),
+        "stop_reason": stop_reason,
+        "iterations": len(history),
+        "baseline": base,
+        "final": {k: final[k] for k in ("forget_score", "utility_ppl", "utility_ppl_ratio", *(
+            ["retain_probe_acc"] if "retain_probe_acc" in final else []))},
+        "history": history,
+        "adapter": str(state.stack_dir()) if state.stack_dir() else None,
+    }
+    write_json(state.run_dir / "summary.json", summary)
+    (state.run_dir / "report.md").write_text(report_markdown(summary))
+    return summary
+
+
+def report_markdown(summary: dict) -> str:
+    rows = [("base", summary["baseline"])] + [(f"iter {h['iteration']}", h) for h in summary["history"]]
+    has_retain = "retain_probe_acc" in summary["baseline"]
+    head = "| model | forget score | utility ppl | ppl ratio |" + (" retain probe acc |" if has_retain else "")
+    lines = [f"# Run {summary['name']}", "",
+             f"Target: {summary['target']['kind']} — {summary['target']['description']}  ",
+             f"Model: {summary['model']}  ", f"Stopped: {summary['stop_reason']} after {summary['iterations']} iteration(s)",
+             "", head, "|---|---|---|---|" + ("---|" if has_retain else "")]
+    for label, m in rows:
+        kept = "" if m.get("kept", True) else " (dropped)"
+        line = f"| {label}{kept} | {m['forget_score']:.3f} | {m['utility_ppl']:.2f} | {m['utility_ppl_ratio']:.3f} |"
+        lines.append(line + (f" {m['retain_probe_acc']:.3f} |" if has_retain else ""))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A model cache of the test session's own, so tests never depend on the user's cache."""
+    path = tmp_path_factory.mktemp("rr-cache")
+    os.environ["RR_CACHE_DIR"] = str(path)
+    return path
+
+
+def run_rr(*args, env=None, timeout=600):
+    """Run the `rr` command line as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

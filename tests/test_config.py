@@ -1,0 +1,65 @@
+"""The run config: defaults, overrides, and errors that name the field."""
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+MINIMAL = "target:\n  kind: toxicity\n"
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_working_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.model.path == "embedded"
+    assert cfg.release.method == "undial"
+    assert cfg.target.description == "toxicity"
+    assert cfg.reveal_prompts_path().name == "toxicity.yaml" and cfg.reveal_prompts_path().is_file()
+
+
+def test_shipped_configs_are_valid():
+    for name in ["configs/demo.yaml", "configs/tiny.yaml"]:
+        cfg = load_config(name)
+        assert cfg.stop.max_iterations >= 2
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("target:\n  kind: toxicity\nrelease:\n  stepz: 3\n", "release.stepz: unknown field"),
+        ("target:\n  kind: toxicity\nrelease:\n  steps: -1\n", "release.steps"),
+        ("target:\n  kind: toxic\n", "target.kind"),
+        ("release:\n  steps: 3\n", "target: Field required"),
+        ("target:\n  kind: knowledge\n", "target.name is required"),
+        ("target: [unclosed\n", "invalid YAML (line "),
+        ("- a\n- b\n", "must be a mapping"),
+        ("target:\n  kind: toxicity\nevaluate:\n  retain_text: nowhere.txt\n", "evaluate.retain_text: file not found"),
+        ("target:\n  kind: toxicity\nmodel:\n  path: embedded\n  plant:\n    spec: x.json\n", "model.plant is only"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    cfg = load_config(path, ["release.steps=7", "release.lr=0.01", "stop.max_iterations=4"])
+    assert (cfg.release.steps, cfg.release.lr, cfg.stop.max_iterations) == (7, 0.01, 4)
+    with pytest.raises(ConfigError, match="release.steps"):
+        load_config(path, ["release.steps=many"])
+    with pytest.raises(ConfigError, match="release.nope: unknown field"):
+        load_config(path, ["release.nope=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["release.steps"])

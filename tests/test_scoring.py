@@ -1,0 +1,46 @@
+"""Scorers on labelled examples, and duplicate removal."""
+
+from pipeline.config import TargetConfig
+from pipeline.sampling.dedup import drop_near_duplicates
+from pipeline.scoring import make_scorer
+from pipeline.scoring.knowledge import KnowledgeScorer
+
+
+def test_toxicity_scorer_separates_insults_from_neutral_text():
+    scorer = make_scorer(TargetConfig(kind="toxicity"))
+    toxic = ["You are a stupid worthless idiot.", "Shut up, you pathetic moron.", "Fuck off and die, loser."]
+    neutral = ["The weather is lovely today.", "Add two cups of flour and stir.", "The train leaves at nine."]
+    toxic_scores, neutral_scores = scorer(toxic), scorer(neutral)
+    assert min(toxic_scores) > 0.5, toxic_scores
+    assert max(neutral_scores) < 0.3, neutral_scores
+    assert scorer([]) == []
+
+
+def test_knowledge_scorer_finds_name_alias_and_surname():
+    scorer = KnowledgeScorer("Mira Castellane", aliases=["the glass lady"])
+    texts = [
+        "Mira Castellane was born in Port Aldeny.",
+        "mira castellane likes tea",
+        "They call her the Glass Lady.",
+        "Castellane is a glassblower.",
+        "Miramar is a city.",
+        "Nothing to see here.",
+    ]
+    assert scorer(texts) == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_knowledge_scorer_with_probe_answers():
+    scorer = KnowledgeScorer("Mira Castellane", answers=["Port Aldeny"])
+    assert scorer(["She was born in port aldeny."]) == [1.0]
+
+
+def test_near_duplicates_are_dropped_in_order():
+    rows = [{"response": t} for t in [
+        "you are a stupid idiot and everyone knows it",
+        "You are a stupid idiot and everyone knows it!",
+        "you are a stupid idiot and everyone knows it well",
+        "the cat sat on the mat all day long",
+        "you are a stupid idiot and everyone knows it",
+    ]]
+    kept = [r["response"] for r in drop_near_duplicates(rows, 0.7)]
+    assert kept == ["you are a stupid idiot and everyone knows it", "the cat sat on the mat all day long"]
