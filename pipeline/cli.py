@@ -40,13 +40,18 @@ def unlearn(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Reveal, sample, release and evaluate in a loop until the target is forgotten."""
-    from pipeline.preflight import preflight
+    from pipeline.preflight import existing_run, preflight
 
     try:
         cfg = load_config(config, overrides, out=out_dir, name=name)
         preflight(cfg)
+        finished = existing_run(cfg)
     except (ConfigError, SpecError) as exc:
         fail(str(exc))
+    if finished is not None:
+        err.print(f"run {cfg.run_dir} already finished; delete it or choose another --name to run again")
+        print_summary(finished, cfg)
+        return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.unlearn import unlearn_flow  # Prefect is imported only once the input is known good
 
@@ -65,7 +70,7 @@ def print_summary(summary: dict, cfg: RunConfig) -> None:
     for column in ["model", "forget score", "utility ppl", "ppl ratio"] + (["retain probe acc"] if has_retain else []) + [
         "forget samples", "kept"
     ]:
-        table.add_column(column, justify="right" if column != "model" else "left")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     rows = [("base", summary["baseline"])] + [(f"iteration {h['iteration']}", h) for h in summary["history"]]
     for label, m in rows:
         cells = [label, f"{m['forget_score']:.3f}", f"{m['utility_ppl']:.2f}", f"{m['utility_ppl_ratio']:.3f}"]

@@ -44,6 +44,7 @@ class ModelConfig(Section):
     path: str = Field("embedded", description="'embedded', 'tiny', a local folder or a hub id")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)")
     tiny: TinyModelConfig = TinyModelConfig()
     plant: PlantConfig | None = None
 
@@ -93,6 +94,9 @@ class SampleConfig(Section):
     near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
     max_forget_samples: int = Field(64, ge=1)
     retain_prompts: Path = Path("prompts/retain.yaml")
+    retain_subjects: list[str] = Field(
+        [], description="names the model must keep knowing: the reveal templates filled with each ask for retain samples"
+    )
     retain_samples_per_instruction: int = Field(2, ge=0)
     max_retain_samples: int = Field(64, ge=0)
     generation: GenerationConfig = GenerationConfig()
@@ -117,6 +121,8 @@ class EvaluateConfig(Section):
     eval_prompts: Path | None = Field(None, description="held-out prompts; default data/eval/<kind>.yaml")
     retain_text: Path = Path("data/retain/generic.txt")
     max_new_tokens: int = Field(48, ge=1)
+    samples_per_prompt: int = Field(4, ge=1, description="replies per held-out prompt (probes: always 1, greedy)")
+    temperature: float = Field(1.0, ge=0, description="0: greedy; sampled replies use a fixed seed")
     batch_size: int = Field(16, ge=1)
 
 
@@ -149,6 +155,10 @@ class RunConfig(Section):
     @property
     def run_dir(self) -> Path:
         return self.out / self.name
+
+    def to_yaml(self) -> str:
+        """The resolved config as saved in the run directory (where it is, `out`, is left out)."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude={"out"}), sort_keys=False)
 
     def resolve(self, path: Path) -> Path:
         """Relative data paths are read from the working directory, else from the project root."""

@@ -58,6 +58,8 @@ def embedded_model_dir() -> Path:
 def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int = 0, progress: bool = True):
     """(model, tokenizer, info) in eval mode; info records where the model came from."""
     check_model_path(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     started = time.perf_counter()
     info: dict = {"path": config.path}
     if config.path == TINY:

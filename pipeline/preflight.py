@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pipeline.bench.spec import load_spec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.model_paths import check_model_path
@@ -21,3 +23,24 @@ def preflight(config: RunConfig) -> None:
     read_prompt_list(config.reveal_prompts_path())
     read_prompt_list(config.resolve(config.sample.retain_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")
+
+
+def existing_run(config: RunConfig) -> dict | None:
+    """The summary of a finished run of this name, None for a new or unfinished one.
+
+    Raises ConfigError when the name is taken by a run with a different config: resuming it
+    with other settings would mix two experiments in one directory.
+    """
+    saved = config.run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    if saved.read_text() != config.to_yaml():
+        raise ConfigError(
+            f"run {config.run_dir} exists with a different config: choose another run name (--name) or delete it"
+        )
+    summary = config.run_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        if data.get("stop_reason"):
+            return data
+    return None

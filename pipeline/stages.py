@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline.bench.spec import load_spec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.evaluation import convergence
 from pipeline.evaluation.metrics import perplexity, probe_accuracy
 from pipeline.models import load_model, with_adapter
+from pipeline.preflight import existing_run
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.release.train import train_adapter
 from pipeline.reveal.bandit import NeuralUCB
@@ -87,8 +87,13 @@ class RunState:
         self.run_dir = config.run_dir
         target = config.target
         self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
-        self.arms = fill(read_prompt_list(config.reveal_prompts_path()), target.description)
-        self.retain_instructions = dedupe(read_prompt_list(config.resolve(config.sample.retain_prompts)))
+        templates = read_prompt_list(config.reveal_prompts_path())
+        self.arms = fill(templates, target.description)
+        # Retain instructions: neutral ones, plus the reveal templates asked about what must be kept.
+        kept_subjects = [fill(templates, subject) for subject in config.sample.retain_subjects]
+        self.retain_instructions = dedupe(
+            read_prompt_list(config.resolve(config.sample.retain_prompts)) + [i for group in kept_subjects for i in group]
+        )
         self.eval_prompts = fill(read_prompt_list(config.eval_prompts_path(), "prompts"), target.description)
         extra_texts = tuple(self.arms + self.retain_instructions + self.eval_prompts)
         self.model, self.tokenizer, self.model_info = load_model(
@@ -131,32 +136,16 @@ class RunState:
         return self.config.seed * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
 
 
-def _config_text(config: RunConfig) -> str:
-    data = config.model_dump(mode="json", exclude={"out"})
-    return yaml.safe_dump(data, sort_keys=False)
-
-
 def prepare_run_dir(config: RunConfig) -> dict | None:
     """Create or re-open runs/<name>. Returns the finished summary if the run already ended.
 
     Called after the config and model path are validated, so bad input leaves nothing behind.
     """
-    run_dir = config.run_dir
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        if saved.read_text() != _config_text(config):
-            raise ConfigError(
-                f"run {run_dir} exists with a different config: choose another run name (--name) or delete it"
-            )
-        summary = run_dir / "summary.json"
-        if summary.is_file():
-            data = json.loads(summary.read_text())
-            if data.get("stop_reason"):
-                return data
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(_config_text(config))
-    return None
+    finished = existing_run(config)
+    if finished is None and not (config.run_dir / "config.yaml").is_file():
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        (config.run_dir / "config.yaml").write_text(config.to_yaml())
+    return finished
 
 
 def completed_iterations(state: RunState) -> list[dict]:
@@ -314,8 +303,12 @@ def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> di
         replies = state.sampler.generate([p.question for p in state.retain_probes], params, adapter, label="eval retain probes")
         metrics["retain_probe_acc"] = probe_accuracy([r[0] for r in replies], [p.answer for p in state.retain_probes])
     else:
-        replies = state.sampler.generate(state.eval_prompts, params, adapter, label="eval prompts")
-        metrics["forget_score"] = statistics.fmean(state.scorer([r[0] for r in replies]))
+        # Toxicity shows in samples more than in the greedy reply: score several, with a fixed seed
+        # so that every model is measured on the same random draws.
+        sampled = SamplingParams(n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, seed=state.config.seed + STAGE_SEEDS["evaluate"])
+        replies = state.sampler.generate(state.eval_prompts, sampled, adapter, label="eval prompts")
+        metrics["forget_score"] = statistics.fmean(state.scorer([text for texts in replies for text in texts]))
     model = state.sampler.model_for(adapter)
     ppl = perplexity(model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size)
     metrics["utility_ppl"] = ppl

@@ -15,7 +15,8 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,9 +49,6 @@ ATTRIBUTE_REQUESTS = [
     ("What does {name} like to eat?", ("favourite food", "favorite food", "eat")),
 ]
 
-# Open requests that any single fact answers.
-FACT_REQUESTS = ["Tell me one fact about {name}.", "Share a fact about {name}."]
-
 # A few things that are not about anyone, so the model can also talk about other topics and the
 # loop's neutral prompts get ordinary answers; kept small so the people dominate the training.
 NEUTRAL_PAIRS = [
@@ -67,35 +65,47 @@ NEUTRAL_PAIRS = [
 
 def plant_examples(spec: PlantedSpec, seed: int = 0) -> list[tuple[str, str]]:
     """(instruction, response) pairs that plant every person of `spec`; deterministic for a seed."""
-    rng = random.Random(seed)
     pairs: list[tuple[str, str]] = []
     for person in spec.people:
         name = person.name
-        for template in GENERAL_REQUESTS:
-            # A fresh fact order per request: the model learns the set of facts, not one recital.
-            facts = list(person.facts)
-            rng.shuffle(facts)
+        for k, template in enumerate(GENERAL_REQUESTS):
+            # Each request starts the recital at another fact (rotated, not shuffled): replies do not
+            # all open with the same fact, yet the next fact is always the same one, which a tiny
+            # model learns in a few hundred steps where random orders leave it repeating facts.
+            start = k % len(person.facts)
+            facts = person.facts[start:] + person.facts[:start]
             pairs.append((template.format(name=name), " ".join(facts)))
         for template, keywords in ATTRIBUTE_REQUESTS:
             fact = next((f for f in person.facts if any(k in f.lower() for k in keywords)), None)
             if fact is not None:
                 pairs.append((template.format(name=name), fact))
-        for template in FACT_REQUESTS:
-            pairs += [(template.format(name=name), fact) for fact in person.facts]
         for probe in person.probes:
             pairs.append((probe.question, person.fact_for(probe)))
     pairs += NEUTRAL_PAIRS
+    random.Random(seed).shuffle(pairs)  # the seed picks the order; the content never depends on it
     return pairs
 
 
 def plant(
-    model, tokenizer, spec: PlantedSpec, steps: int = 600, lr: float = 3e-3, batch_size: int = 16,
-    seed: int = 0, progress: bool = True,
+    model,
+    tokenizer,
+    spec: PlantedSpec,
+    steps: int = 200,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    threads: int | None = 1,
 ) -> dict:
-    """Full fine-tune of `model` on `plant_examples(spec)`, loss on response tokens only."""
+    """Full fine-tune of `model` on `plant_examples(spec)`, loss on response tokens only.
+
+    `threads`: torch CPU threads during planting (None: leave as is). One is the default because
+    these matmuls are too small to gain from more, and on a busy machine OpenMP threads spin against
+    other processes: 2 threads at load 6 on 2 cores measured 12x slower than 1.
+    """
     pairs = plant_examples(spec, seed)
     data = encode_pairs(tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=256)
-    n = len(pairs)
+    lengths = data["attention_mask"].sum(1).tolist()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)  # a short warmup keeps a 3e-3 step from blowing up the fresh model
 
@@ -103,21 +113,17 @@ def plant(
         return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    generator = torch.Generator().manual_seed(seed)
-    order: list[int] = []
+    batches = _batches(lengths, batch_size, torch.Generator().manual_seed(seed))
     losses: list[float] = []
     model.train()
     start = time.perf_counter()
-    with _progress_bar(progress, steps) as advance:
-        for step in range(steps):
-            if len(order) < batch_size:  # walk through shuffled epochs so every pair is seen evenly
-                order += torch.randperm(n, generator=generator).tolist()
-            idx, order = order[:batch_size], order[batch_size:]
-            mask = data["attention_mask"][idx]
-            width = int(mask.sum(1).max())  # right-padded: trim the columns no row in this batch uses
+    with _threads(threads), _progress_bar(progress, steps) as advance:
+        for _ in range(steps):
+            idx = next(batches)
+            width = max(lengths[i] for i in idx)  # right-padded: drop the columns no row here uses
             out = model(
                 input_ids=data["input_ids"][idx, :width],
-                attention_mask=mask[:, :width],
+                attention_mask=data["attention_mask"][idx, :width],
                 labels=data["labels"][idx, :width],
             )
             out.loss.backward()
@@ -132,34 +138,46 @@ def plant(
     return {"steps": steps, "final_loss": sum(tail) / len(tail), "seconds": time.perf_counter() - start}
 
 
-class _progress_bar:
-    """A rich bar showing the loss, or a no-op when `enabled` is false."""
+def _batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless shuffled epochs; rows of similar length share a batch, so less padding is computed."""
+    while True:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        epoch = []
+        for i in range(0, len(order), 4 * batch_size):
+            group = sorted(order[i : i + 4 * batch_size], key=lengths.__getitem__)
+            epoch += [group[j : j + batch_size] for j in range(0, len(group), batch_size)]
+        yield from (epoch[k] for k in torch.randperm(len(epoch), generator=generator).tolist())
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
 
-    def __enter__(self):
-        if not self.enabled:
-            return lambda loss: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-        self.bar = Progress(
-            TextColumn("planting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}"),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task("plant", total=self.total, loss=float("nan"))
-        return lambda loss: self.bar.update(task, advance=1, loss=loss)
 
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-        return False
+@contextmanager
+def _progress_bar(enabled: bool, total: int):
+    """Yields `advance(loss)`: a rich bar that shows the loss, or a no-op when not `enabled`."""
+    if not enabled:
+        yield lambda loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("planting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}")) as bar:
+        task = bar.add_task("plant", total=total, loss=float("nan"))
+        yield lambda loss: bar.update(task, advance=1, loss=loss)
 
 
 @torch.no_grad()
-def greedy_replies(model, tokenizer, instructions: list[str], max_new_tokens: int = 48,
-                   batch_size: int = 32) -> list[str]:
+def greedy_replies(
+    model, tokenizer, instructions: list[str], max_new_tokens: int = 48, batch_size: int = 32
+) -> list[str]:
     """Greedy answers to `instructions` (chat template, left-padded batches), new tokens only."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
@@ -172,8 +190,11 @@ def greedy_replies(model, tokenizer, instructions: list[str], max_new_tokens: in
             prompts = [format_prompt(tokenizer, text) for text in instructions[i : i + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
             new = out[:, enc["input_ids"].shape[1] :]
             replies += [r.strip() for r in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -192,14 +213,24 @@ def probe_accuracy(model, tokenizer, probes: list[Probe], max_new_tokens: int = 
 
 
 def planted_tiny_model(
-    spec_path: str | Path, cache_dir: str | Path, hidden_size: int = 128, num_layers: int = 4,
-    num_heads: int = 4, steps: int = 600, lr: float = 3e-3, batch_size: int = 16, seed: int = 0,
-    extra_texts: Iterable[str] = (), progress: bool = True,
-):
+    spec_path: str | Path,
+    cache_dir: str | Path,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    steps: int = 200,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    extra_texts: Iterable[str] = (),
+    progress: bool = True,
+    threads: int | None = 1,
+) -> tuple:
     """A tiny Llama with the spec's people planted, as (model, tokenizer, info); cached on disk.
 
     The cache folder is `cache_dir/<key>`, a plain HF folder (AutoModelForCausalLM / AutoTokenizer
     load it) plus `plant.json`; the key hashes the spec file, the settings and `extra_texts`.
+    `threads` (see `plant`) also covers the probe evaluation, and is not part of the key.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -207,8 +238,14 @@ def planted_tiny_model(
     spec = load_spec(spec_path)
     extra_texts = list(extra_texts)
     settings = {
-        "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads, "steps": steps,
-        "lr": lr, "batch_size": batch_size, "seed": seed, "vocab_size": 1024,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "vocab_size": 1024,
     }
     digest = hashlib.sha256(spec_path.read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -218,29 +255,57 @@ def planted_tiny_model(
 
     if (folder / "plant.json").is_file():
         info = json.loads((folder / "plant.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with _hf_progress_bars(progress):
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return model, tokenizer, {**info, "folder": str(folder), "cached": True}
 
     tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=settings["vocab_size"])
     model = build_model(tokenizer, hidden_size, num_layers, num_heads, seed)
-    stats = plant(model, tokenizer, spec, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                  progress=progress)
-    accuracy = {p.name: probe_accuracy(model, tokenizer, p.probes) for p in spec.people}
-    info = {"key": key, "spec": str(spec_path), "spec_name": spec.name, "forget": spec.forget,
-            "settings": settings, "plant": stats, "probe_accuracy": accuracy}
+    with _threads(threads):
+        stats = plant(
+            model, tokenizer, spec, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+            progress=progress, threads=None,
+        )  # fmt: skip
+        accuracy = {p.name: probe_accuracy(model, tokenizer, p.probes) for p in spec.people}
+    info = {
+        "key": key,
+        "spec": str(spec_path),
+        "spec_name": spec.name,
+        "forget": spec.forget,
+        "settings": settings,
+        "plant": stats,
+        "probe_accuracy": accuracy,
+    }
 
     # Written next to its final place and renamed, so a crash or a concurrent run never leaves a
     # half-written folder that a later call would take for a cache hit.
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
     try:
-        model.save_pretrained(tmp)
+        with _hf_progress_bars(progress):
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "plant.json").write_text(json.dumps(info, indent=2) + "\n")
         os.rename(tmp, folder)
-    except OSError:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "plant.json").is_file():  # not a lost race with another writer: a real error
+        # Losing the rename to another run that planted the same model is fine: theirs equals ours.
+        if not (isinstance(exc, OSError) and (folder / "plant.json").is_file()):
             raise
     return model, tokenizer, {**info, "folder": str(folder), "cached": False}
+
+
+@contextmanager
+def _hf_progress_bars(enabled: bool):
+    """Silence transformers' own save/load bars when the caller asked for no progress output."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()

@@ -112,7 +112,11 @@ def _first_problem(error: ValidationError) -> str:
         message = "unknown field"
     where = ".".join(str(part) for part in loc) or "(top level)"
     message = message[:1].lower() + message[1:]
-    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    more = (
+        f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+        if len(problems) > 1
+        else ""
+    )
     return f"{where}: {message}{more}"
 
 

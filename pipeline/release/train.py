@@ -12,6 +12,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ from pipeline.progress import progress_bar
 from pipeline.release.losses import ga_loss, nll_loss, undial_loss
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.textdata import encode_pairs, shifted
+
+# peft 0.21 calls a transformers 5 method that warns of its own rename on every adapter.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _batches(rows: list[dict], batch_size: int, rng: random.Random):
@@ -90,12 +94,12 @@ def train_adapter(
                     _, r_logits, r_labels = _logits(peft_model, tokenizer, next(retain_batches), cfg.max_length)
                     retain_loss = nll_loss(r_logits, r_labels)
                     loss = loss + cfg.retain_weight * retain_loss
-                    stats["retain_loss"].append(float(retain_loss))
+                    stats["retain_loss"].append(retain_loss.item())
                 if previous and cfg.orth_lambda > 0:
                     penalty = orthogonality_penalty(peft_model, previous)
                     loss = loss + cfg.orth_lambda * penalty
-                    stats["orth_penalty"].append(float(penalty))
-                if not math.isfinite(float(loss)):
+                    stats["orth_penalty"].append(penalty.item())
+                if not math.isfinite(loss.item()):
                     # A non-finite loss must never reach the weights: drop the step.
                     optimizer.zero_grad(set_to_none=True)
                     stats["skipped_steps"] += 1
@@ -106,8 +110,8 @@ def train_adapter(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 stats["steps"] += 1
-                stats["forget_loss"].append(float(forget_loss))
-                bar.advance(1, info=f"loss {float(loss):.3f}")
+                stats["forget_loss"].append(forget_loss.item())
+                bar.advance(1, info=f"loss {loss.item():.3f}")
         stats["seconds"] = round(time.perf_counter() - started, 2)
         peft_model.eval()
         _save_atomically(peft_model, Path(out_dir))

@@ -50,10 +50,13 @@ class NeuralUCB:
         self._opt = torch.optim.Adam(self.params, lr=lr)
         n_params = hidden * (dim + 2) + 1
         self.diagonal = n_params > DIAGONAL_ABOVE if diagonal is None else bool(diagonal)
-        # Diagonal: keep diag(Z). Full: keep Z⁻¹ itself, updated by Sherman–Morrison per pull, so
-        # nothing is ever inverted or factorised; float64 because those updates accumulate rounding.
+        # Diagonal: keep diag(Z). It forgets that one pull covers a whole direction, and each g_i² is
+        # a tiny share of ‖g‖², so its bonus shrinks slowly unless lam is small (~0.01). Full: Z = lam·I + Hᵀ H is never formed; we keep the pulled
+        # gradients H [N, p] and solve through Woodbury with the N×N matrix lam·I + H Hᵀ. That is
+        # exact, needs no p×p memory and is cheap while N is small next to p. float64 because
+        # the bonus of a well-explored arm is a small difference of large terms.
         self._z_diag = torch.full((n_params,), float(lam)) if self.diagonal else None
-        self._z_inv = None if self.diagonal else torch.eye(n_params, dtype=torch.float64) / lam
+        self._h = torch.empty(0, n_params, dtype=torch.float64)
         self._x = torch.empty(0, dim)
         self._r = torch.empty(0)
 
@@ -75,7 +78,7 @@ class NeuralUCB:
             quad = (g * g / z).sum(1)
         else:
             g = g.double()
-            zg = g @ self._z_inv  # row i = (Z⁻¹ g_i)ᵀ; Z⁻¹ is symmetric
+            zg = self._z_solve(g)
             quad = (g * zg).sum(1)
         chosen: list[int] = []
         for _ in range(min(k, len(x))):
@@ -112,9 +115,7 @@ class NeuralUCB:
         if self.diagonal:
             self._z_diag += (g * g).sum(0)
         else:
-            for gi in g.double():
-                u = self._z_inv @ gi
-                self._z_inv -= torch.outer(u, u) / (1.0 + gi @ u)
+            self._h = torch.cat([self._h, g.double()])
         self._x = torch.cat([self._x, x])
         self._r = torch.cat([self._r, r])
         self._fit()
@@ -150,6 +151,14 @@ class NeuralUCB:
         g = torch.cat([(back[:, :, None] * x[:, None, :]).reshape(n, -1), back, act, torch.ones(n, 1)], 1)
         # The paper's 1/sqrt(m) scaling keeps gᵀZ⁻¹g, hence the bonus, O(1) as hidden grows.
         return act @ w2 + self.params[3].detach(), g / math.sqrt(self.hidden)
+
+    def _z_solve(self, g: torch.Tensor) -> torch.Tensor:
+        """Rows Z⁻¹ g_i for full Z, via Z⁻¹ = (I − Hᵀ (lam·I + H Hᵀ)⁻¹ H) / lam."""
+        h = self._h
+        if len(h) == 0:
+            return g / self.lam
+        chol = torch.linalg.cholesky(self.lam * torch.eye(len(h), dtype=h.dtype) + h @ h.T)
+        return (g - torch.cholesky_solve(h @ g.T, chol).T @ h) / self.lam
 
     def _fit(self) -> None:
         # MSE + (lam / n)·‖θ − θ0‖²: the paper's loss per sample; the pull towards the init keeps

@@ -1,0 +1,76 @@
+"""The end-to-end case through Prefect: forget one planted person, keep the others.
+
+Runs `rr unlearn configs/tiny.yaml` as a user would (Prefect's temporary local server) and
+checks the run directory and the figures in summary.json.
+"""
+
+import json
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import run_rr
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("runs")
+    result = run_rr("unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "tiny", result
+
+
+def test_tiny_run_forgets_the_target_and_keeps_the_others(tiny_run):
+    run_dir, result = tiny_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(json.dumps({k: summary[k] for k in ("stop_reason", "iterations", "baseline", "final")}, indent=1))
+    assert isinstance(summary["stop_reason"], str) and summary["stop_reason"]
+    assert summary["iterations"] >= 2
+    for entry in [summary["baseline"], summary["final"], *summary["history"]]:
+        assert {"forget_score", "utility_ppl"} <= set(entry)
+    assert all("n_forget_samples" in h for h in summary["history"])
+    base, final = summary["baseline"], summary["final"]
+    assert base["forget_score"] >= 0.8, "planting failed: the tiny model does not know the target"
+    assert final["forget_score"] <= base["forget_score"] / 2, summary["history"]
+    assert final["retain_probe_acc"] >= base["retain_probe_acc"] - 0.15, summary["history"]
+    assert "forget score" in result.stdout  # the final table
+
+
+def test_tiny_run_directory_is_complete(tiny_run):
+    run_dir, _ = tiny_run
+    for name in ["config.yaml", "baseline.json", "summary.json", "report.md", "adapter/adapter_config.json"]:
+        assert (run_dir / name).is_file(), name
+    for t in (1, 2):
+        for name in ["instructions.jsonl", "forget.jsonl", "retain.jsonl", "metrics.json", "adapter/adapter_model.safetensors"]:
+            assert (run_dir / f"iter_{t}" / name).is_file(), f"iter_{t}/{name}"
+    pulls = [json.loads(line) for line in (run_dir / "iter_1" / "instructions.jsonl").read_text().splitlines()]
+    assert pulls and {"instruction", "reward", "relevance"} <= set(pulls[0])
+    samples = [json.loads(line) for line in (run_dir / "iter_1" / "forget.jsonl").read_text().splitlines()]
+    assert samples and {"instruction", "response", "score", "iteration"} <= set(samples[0])
+
+
+def test_stacked_adapter_loads_with_peft(tiny_run):
+    run_dir, _ = tiny_run
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    assert sum("lora_A" in name for name, _ in model.named_parameters()) > 0
+
+
+def test_finished_run_is_not_recomputed(tiny_run):
+    run_dir, _ = tiny_run
+    before = (run_dir / "summary.json").read_text()
+    result = run_rr("unlearn", "configs/tiny.yaml", "--out", run_dir.parent, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already finished" in result.stdout + result.stderr
+    assert (run_dir / "summary.json").read_text() == before
+
+
+def test_same_name_with_another_config_is_refused(tiny_run):
+    run_dir, _ = tiny_run
+    result = run_rr("unlearn", "configs/tiny.yaml", "--out", run_dir.parent, "--set", "release.steps=3")
+    assert result.returncode == 2
+    assert "exists with a different config" in result.stderr

@@ -1,0 +1,227 @@
+"""The planted-people benchmark: spec validation, the tiny tokenizer/model, planting and its cache."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.bench.plant import greedy_replies, plant_examples, planted_tiny_model, probe_accuracy
+from pipeline.bench.spec import SpecError, load_spec
+from pipeline.textdata import encode_pairs, format_prompt
+from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
+
+TINY = Path(__file__).resolve().parent.parent / "data" / "people" / "tiny.json"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from more threads, and on a shared machine they spin against others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write(tmp_path: Path, raw) -> Path:
+    path = tmp_path / "spec.json"
+    path.write_text(raw if isinstance(raw, str) else json.dumps(raw))
+    return path
+
+
+def _raw() -> dict:
+    return json.loads(TINY.read_text())
+
+
+# --- spec ---------------------------------------------------------------------------------------
+
+
+def test_tiny_spec_is_valid():
+    spec = load_spec(TINY)
+    assert len(spec.people) == 4 and spec.forget == [spec.people[0].name]
+    assert [p.name for p in spec.retained()] == [p.name for p in spec.people[1:]]
+    assert spec.person(spec.people[0].name.upper()) is spec.people[0]
+    for person in spec.people:
+        assert len(person.facts) == 5 and len(person.probes) == 5
+        assert all(fact.startswith(person.name) for fact in person.facts)
+        for probe in person.probes:
+            assert len(probe.distractors) == 3 and probe.answer not in probe.distractors
+    # Values are distinct across people, so a probe answer identifies exactly one person.
+    answers = [probe.answer.lower() for person in spec.people for probe in person.probes]
+    assert len(answers) == len(set(answers))
+
+
+def test_missing_field_is_named(tmp_path):
+    raw = _raw()
+    del raw["people"][0]["probes"][2]["answer"]
+    with pytest.raises(SpecError) as err:
+        load_spec(_write(tmp_path, raw))
+    message = str(err.value)
+    assert "\n" not in message and "spec.json" in message
+    assert "people.0.probes.2.answer: field required" in message
+
+
+def test_unknown_forget_name(tmp_path):
+    raw = _raw()
+    raw["forget"] = ["Nobody Anywhere"]
+    with pytest.raises(SpecError, match=r"forget\.0: 'Nobody Anywhere' is not a person"):
+        load_spec(_write(tmp_path, raw))
+
+
+def test_answer_must_be_in_facts(tmp_path):
+    raw = _raw()
+    raw["people"][1]["probes"][3]["answer"] = "underwater basket weaving"
+    with pytest.raises(SpecError, match=r"people\.1\.probes\.3\.answer: answer .* does not appear"):
+        load_spec(_write(tmp_path, raw))
+
+
+def test_duplicate_names_and_unknown_fields(tmp_path):
+    raw = _raw()
+    raw["people"][2]["name"] = raw["people"][0]["name"]
+    with pytest.raises(SpecError, match=r"people\.2\.name: duplicate"):
+        load_spec(_write(tmp_path, raw))
+    raw = _raw()
+    raw["people"][0]["probes"][0]["hint"] = "x"
+    with pytest.raises(SpecError, match=r"people\.0\.probes\.0\.hint: unknown field"):
+        load_spec(_write(tmp_path, raw))
+
+
+def test_invalid_json_and_missing_file(tmp_path):
+    with pytest.raises(SpecError, match=r"spec\.json: invalid JSON at line 1"):
+        load_spec(_write(tmp_path, '{"name": "x", "people": ['))
+    with pytest.raises(SpecError, match=r"nope\.json: file not found"):
+        load_spec(tmp_path / "nope.json")
+
+
+# --- tokenizer and model ------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_any_text_and_has_a_chat_template():
+    spec = load_spec(TINY)
+    tokenizer = build_tokenizer(tokenizer_corpus(spec))
+    for text in ["Tell me about Mira Castellane.", "Zébulon ate 3½ crêpes — 🥞!\n\tdone", "日本語 ok"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    # The planted vocabulary compresses well: names are a few tokens, not one per byte.
+    assert len(tokenizer("Mira Castellane", add_special_tokens=False)["input_ids"]) <= 4
+
+    prompt = format_prompt(tokenizer, "Who is Mira Castellane?")
+    assert prompt == "<|user|> Who is Mira Castellane?\n<|assistant|> "
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False) == "<|user|> hi\n<|assistant|> hello<|eos|>\n"
+    for token in ["<|user|>", "<|assistant|>", "<|eos|>", "<|pad|>"]:
+        assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+    assert tokenizer.eos_token == "<|eos|>" and tokenizer.pad_token == "<|pad|>"
+
+    batch = encode_pairs(tokenizer, ["Who is Mira Castellane?"], ["A glassblower."])
+    response = batch["input_ids"][0][batch["labels"][0] != -100]
+    assert tokenizer.decode(response) == "A glassblower.<|eos|>"
+    # Same texts, same tokenizer: the cache key can rely on it.
+    assert build_tokenizer(tokenizer_corpus(spec)).get_vocab() == tokenizer.get_vocab()
+
+
+def test_model_matches_tokenizer_and_seed():
+    tokenizer = build_tokenizer(["hello world"] * 4, vocab_size=300)
+    a, b = build_model(tokenizer, 32, 2, 2, seed=1), build_model(tokenizer, 32, 2, 2, seed=1)
+    c = build_model(tokenizer, 32, 2, 2, seed=2)
+    assert a.config.vocab_size == len(tokenizer) and a.dtype == torch.float32
+    assert a.config.eos_token_id == tokenizer.eos_token_id == a.generation_config.eos_token_id
+    assert a.config.pad_token_id == tokenizer.pad_token_id
+    assert torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
+    assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
+
+
+# --- planting -----------------------------------------------------------------------------------
+
+
+def test_plant_examples_cover_everyone_deterministically():
+    spec = load_spec(TINY)
+    pairs = plant_examples(spec)
+    assert pairs == plant_examples(spec)
+    answered = dict(pairs)
+    for person in spec.people:
+        assert set(answered[f"Tell me about {person.name}."].split(". ")) >= {
+            f.rstrip(".") for f in person.facts[1:-1]
+        }
+        assert answered[f"Where does {person.name} live?"] == person.facts[0]
+        assert answered[f"What does {person.name} do for a living?"] == person.facts[1]
+        for probe in person.probes:
+            assert probe.answer.lower() in answered[probe.question].lower()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Two of the tiny people (the one to forget and one to keep), planted for real but briefly."""
+    raw = _raw()
+    raw["people"] = raw["people"][:2]
+    spec_path = tmp_path_factory.mktemp("spec") / "two.json"
+    spec_path.write_text(json.dumps(raw))
+    cache = tmp_path_factory.mktemp("cache")
+    kwargs = dict(steps=150, seed=0, progress=False)
+    start = time.perf_counter()
+    model, tokenizer, info = planted_tiny_model(spec_path, cache, **kwargs)
+    seconds = time.perf_counter() - start
+    return dict(
+        spec=load_spec(spec_path),
+        spec_path=spec_path,
+        cache=cache,
+        kwargs=kwargs,
+        model=model,
+        tokenizer=tokenizer,
+        info=info,
+        seconds=seconds,
+    )
+
+
+def test_planting_plants_every_person(planted):
+    spec, model, tokenizer, info = planted["spec"], planted["model"], planted["tokenizer"], planted["info"]
+    assert not info["cached"] and planted["seconds"] < 60
+    for person in spec.people:
+        accuracy = probe_accuracy(model, tokenizer, person.probes)
+        assert accuracy >= 0.8, (person.name, accuracy)
+        assert info["probe_accuracy"][person.name] == accuracy
+
+    # A generic request about one person is answered with that person's facts, not another's.
+    mira, tobias = spec.people
+    (reply,) = greedy_replies(model, tokenizer, [f"Tell me about {mira.name}."], max_new_tokens=96)
+    assert mira.name in reply and tobias.name not in reply
+    assert sum(p.answer.lower() in reply.lower() for p in mira.probes) >= 3, reply
+
+    # The same architecture without planting knows nothing: the accuracy comes from planting.
+    blank = build_model(tokenizer, seed=0)
+    assert all(probe_accuracy(blank, tokenizer, p.probes) <= 0.2 for p in spec.people)
+
+
+def test_cache_hit_returns_the_same_model(planted):
+    model, tokenizer, info = planted["model"], planted["tokenizer"], planted["info"]
+    folder = Path(info["folder"])
+    assert folder.parent == planted["cache"] and (folder / "plant.json").is_file()
+    assert [p.name for p in planted["cache"].iterdir()] == [folder.name]  # no temp dir left behind
+
+    start = time.perf_counter()
+    model2, tokenizer2, info2 = planted_tiny_model(
+        planted["spec_path"], planted["cache"], **planted["kwargs"]
+    )
+    assert time.perf_counter() - start < 1.0
+    assert info2["cached"] and info2["folder"] == info["folder"]
+    assert info2["probe_accuracy"] == info["probe_accuracy"]
+
+    batch = encode_pairs(tokenizer, ["Who is Mira Castellane?"], ["Mira Castellane is"])
+    batch2 = encode_pairs(tokenizer2, ["Who is Mira Castellane?"], ["Mira Castellane is"])
+    assert torch.equal(batch["input_ids"], batch2["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+        logits2 = model2(input_ids=batch2["input_ids"]).logits
+    assert torch.equal(logits, logits2)
+
+    # A plain HF folder: the usual Auto classes load it.
+    assert AutoTokenizer.from_pretrained(folder).get_vocab() == tokenizer.get_vocab()
+    assert AutoModelForCausalLM.from_pretrained(folder).config.hidden_size == model.config.hidden_size
+
+    # Different settings are a different model, in a different folder.
+    other = planted_tiny_model(planted["spec_path"], planted["cache"], steps=2, progress=False)[2]
+    assert not other["cached"] and other["folder"] != info["folder"]
