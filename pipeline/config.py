@@ -84,6 +84,7 @@ class RevealConfig(Section):
     hidden: int = Field(100, ge=1)
     nu: float = Field(1.0, ge=0)
     lam: float = Field(1.0, gt=0)
+    diagonal: bool = Field(False, description="diagonal Z (cheaper, explores worse); the full Z is exact via Woodbury")
     prompts: Path | None = Field(None, description="seed instructions; default prompts/<kind>.yaml")
 
 
@@ -112,7 +113,8 @@ class ReleaseConfig(Section):
     batch_size: int = Field(4, ge=1)
     max_length: int = Field(160, ge=8)
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
-    retain_weight: float = Field(1.0, ge=0, description="weight of the retain NLL term (0: none)")
+    retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
+    retain_loss: Literal["nll", "kl"] = Field("nll", description="retain term: NLL of retain samples, or KL to the frozen model on them")
     orth_lambda: float = Field(0.1, ge=0, description="O-LoRA orthogonality weight")
     max_grad_norm: float = Field(1.0, gt=0)
 

@@ -28,11 +28,12 @@ import torch
 from pipeline.bench.spec import load_spec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.evaluation import convergence
-from pipeline.evaluation.metrics import perplexity, probe_accuracy
+from pipeline.evaluation.metrics import answer_rate, perplexity
 from pipeline.models import load_model, with_adapter
 from pipeline.preflight import existing_run
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.release.train import train_adapter
+from pipeline.report import write_report
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import dedupe, fill, read_prompt_list
@@ -179,7 +180,8 @@ def reveal(state: RunState, t: int) -> list[str]:
     top_file = iter_dir(state, t) / "top_instructions.json"
     if out.is_file() and top_file.is_file():
         return json.loads(top_file.read_text())
-    bandit = NeuralUCB(state.arm_features.shape[1], hidden=cfg.hidden, nu=cfg.nu, lam=cfg.lam, seed=state.config.seed)
+    bandit = NeuralUCB(state.arm_features.shape[1], hidden=cfg.hidden, nu=cfg.nu, lam=cfg.lam,
+                       seed=state.config.seed, diagonal=cfg.diagonal)
     history = [row for s in range(1, t) for row in read_jsonl(iter_dir(state, s) / "instructions.jsonl")]
     if history:  # replaying earlier pulls restores the bandit exactly as it was
         bandit.update(
@@ -299,9 +301,9 @@ def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> di
     metrics: dict = {}
     if state.forget_probes:
         replies = state.sampler.generate([p.question for p in state.forget_probes], params, adapter, label="eval forget probes")
-        metrics["forget_score"] = probe_accuracy([r[0] for r in replies], [p.answer for p in state.forget_probes])
+        metrics["forget_score"] = answer_rate([r[0] for r in replies], [p.answer for p in state.forget_probes])
         replies = state.sampler.generate([p.question for p in state.retain_probes], params, adapter, label="eval retain probes")
-        metrics["retain_probe_acc"] = probe_accuracy([r[0] for r in replies], [p.answer for p in state.retain_probes])
+        metrics["retain_probe_acc"] = answer_rate([r[0] for r in replies], [p.answer for p in state.retain_probes])
     else:
         # Toxicity shows in samples more than in the greedy reply: score several, with a fixed seed
         # so that every model is measured on the same random draws.
@@ -391,20 +393,5 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
         "adapter": str(state.stack_dir()) if state.stack_dir() else None,
     }
     write_json(state.run_dir / "summary.json", summary)
-    (state.run_dir / "report.md").write_text(report_markdown(summary))
+    write_report(summary, state.run_dir)
     return summary
-
-
-def report_markdown(summary: dict) -> str:
-    rows = [("base", summary["baseline"])] + [(f"iter {h['iteration']}", h) for h in summary["history"]]
-    has_retain = "retain_probe_acc" in summary["baseline"]
-    head = "| model | forget score | utility ppl | ppl ratio |" + (" retain probe acc |" if has_retain else "")
-    lines = [f"# Run {summary['name']}", "",
-             f"Target: {summary['target']['kind']} — {summary['target']['description']}  ",
-             f"Model: {summary['model']}  ", f"Stopped: {summary['stop_reason']} after {summary['iterations']} iteration(s)",
-             "", head, "|---|---|---|---|" + ("---|" if has_retain else "")]
-    for label, m in rows:
-        kept = "" if m.get("kept", True) else " (dropped)"
-        line = f"| {label}{kept} | {m['forget_score']:.3f} | {m['utility_ppl']:.2f} | {m['utility_ppl_ratio']:.3f} |"
-        lines.append(line + (f" {m['retain_probe_acc']:.3f} |" if has_retain else ""))
-    return "\n".join(lines) + "\n"

@@ -22,7 +22,11 @@ from pathlib import Path
 import torch
 
 from pipeline.bench.spec import PlantedSpec, Probe, load_spec
-from pipeline.textdata import encode_pairs, format_prompt
+from pipeline.evaluation.metrics import answer_rate
+from pipeline.progress import progress_bar
+from pipeline.sampling.base import SamplingParams
+from pipeline.sampling.hf import HFSampler
+from pipeline.textdata import encode_pairs
 from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
 
 # Requests for everything about a person; answered with all of the person's facts.
@@ -117,7 +121,7 @@ def plant(
     losses: list[float] = []
     model.train()
     start = time.perf_counter()
-    with _threads(threads), _progress_bar(progress, steps) as advance:
+    with _threads(threads), progress_bar("planting", steps, progress) as bar:
         for _ in range(steps):
             idx = next(batches)
             width = max(lengths[i] for i in idx)  # right-padded: drop the columns no row here uses
@@ -132,7 +136,7 @@ def plant(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(out.loss.item())
-            advance(losses[-1])
+            bar.advance(1, info=f"loss {losses[-1]:.3f}")
     model.eval()
     tail = losses[-10:] or [float("nan")]
     return {"steps": steps, "final_loss": sum(tail) / len(tail), "seconds": time.perf_counter() - start}
@@ -160,56 +164,22 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-@contextmanager
-def _progress_bar(enabled: bool, total: int):
-    """Yields `advance(loss)`: a rich bar that shows the loss, or a no-op when not `enabled`."""
-    if not enabled:
-        yield lambda loss: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = [TextColumn("planting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}")) as bar:
-        task = bar.add_task("plant", total=total, loss=float("nan"))
-        yield lambda loss: bar.update(task, advance=1, loss=loss)
-
-
 @torch.no_grad()
 def greedy_replies(
     model, tokenizer, instructions: list[str], max_new_tokens: int = 48, batch_size: int = 32
 ) -> list[str]:
-    """Greedy answers to `instructions` (chat template, left-padded batches), new tokens only."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right, so the prompts must end aligned
-    replies: list[str] = []
-    try:
-        for i in range(0, len(instructions), batch_size):
-            prompts = [format_prompt(tokenizer, text) for text in instructions[i : i + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]
-            replies += [r.strip() for r in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return replies
+    """Greedy answers to `instructions` through the `hf` sampler, the same path the loop uses."""
+    sampler = HFSampler(model, tokenizer, batch_size=batch_size, progress=False)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    return [texts[0] for texts in sampler.generate(instructions, params)]
 
 
 def probe_accuracy(model, tokenizer, probes: list[Probe], max_new_tokens: int = 48) -> float:
-    """Share of probes whose greedy answer contains the probe's answer (case-insensitive); 0 if none."""
+    """Share of probes whose greedy answer contains the probe's answer; 0 if there are none."""
     if not probes:
         return 0.0
     replies = greedy_replies(model, tokenizer, [p.question for p in probes], max_new_tokens)
-    return sum(p.answer.lower() in r.lower() for p, r in zip(probes, replies)) / len(probes)
+    return answer_rate(replies, [p.answer for p in probes])
 
 
 def planted_tiny_model(

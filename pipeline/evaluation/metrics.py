@@ -36,8 +36,8 @@ def perplexity(
     return math.exp(total_nll / total_tokens)
 
 
-def probe_accuracy(replies: list[str], answers: list[str]) -> float:
+def answer_rate(replies: list[str], answers: list[str]) -> float:
     """Share of replies that contain their probe's answer (case-insensitive, whole words)."""
     if not answers:
-        raise ValueError("probe_accuracy: no probes")
+        raise ValueError("answer_rate: no answers to look for")
     return sum(contains(reply, answer) for reply, answer in zip(replies, answers)) / len(answers)

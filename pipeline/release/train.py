@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 from pipeline.config import ReleaseConfig
 from pipeline.progress import progress_bar
-from pipeline.release.losses import ga_loss, nll_loss, undial_loss
+from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, undial_loss
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.textdata import encode_pairs, shifted
 
@@ -91,8 +91,13 @@ def train_adapter(
                     forget_loss = ga_loss(logits, labels)
                 loss = forget_loss
                 if retain_batches is not None:
-                    _, r_logits, r_labels = _logits(peft_model, tokenizer, next(retain_batches), cfg.max_length)
-                    retain_loss = nll_loss(r_logits, r_labels)
+                    r_enc, r_logits, r_labels = _logits(peft_model, tokenizer, next(retain_batches), cfg.max_length)
+                    if cfg.retain_loss == "kl":  # stay close to the frozen model's whole distribution
+                        with torch.no_grad(), peft_model.disable_adapter():
+                            r_ref = peft_model(input_ids=r_enc["input_ids"], attention_mask=r_enc["attention_mask"]).logits
+                        retain_loss = kl_to_ref(r_logits, shifted(r_ref.float(), r_enc["labels"])[0], r_labels != -100)
+                    else:
+                        retain_loss = nll_loss(r_logits, r_labels)
                     loss = loss + cfg.retain_weight * retain_loss
                     stats["retain_loss"].append(retain_loss.item())
                 if previous and cfg.orth_lambda > 0:

@@ -15,7 +15,9 @@ import math
 
 import torch
 
-DIAGONAL_ABOVE = 2_000  # parameters; beyond this a full p×p Z costs more than it is worth
+# Above this many parameters Z defaults to its diagonal: full Z keeps every pulled gradient
+# (N × p floats) and each select() costs O(N²·p), which gets heavy for wide nets and long runs.
+DIAGONAL_ABOVE = 2_000
 _PATIENCE, _REL_TOL = 20, 1e-4  # early stop: less than 0.01 % better than 20 steps ago
 
 
@@ -50,11 +52,11 @@ class NeuralUCB:
         self._opt = torch.optim.Adam(self.params, lr=lr)
         n_params = hidden * (dim + 2) + 1
         self.diagonal = n_params > DIAGONAL_ABOVE if diagonal is None else bool(diagonal)
-        # Diagonal: keep diag(Z). It forgets that one pull covers a whole direction, and each g_i² is
-        # a tiny share of ‖g‖², so its bonus shrinks slowly unless lam is small (~0.01). Full: Z = lam·I + Hᵀ H is never formed; we keep the pulled
-        # gradients H [N, p] and solve through Woodbury with the N×N matrix lam·I + H Hᵀ. That is
-        # exact, needs no p×p memory and is cheap while N is small next to p. float64 because
-        # the bonus of a well-explored arm is a small difference of large terms.
+        # Diagonal: keep diag(Z). It forgets that one pull covers a whole direction, and each g_i²
+        # is a tiny share of ‖g‖², so its bonus shrinks slowly unless lam is small (~0.01).
+        # Full: Z = lam·I + Hᵀ H is never formed; we keep the pulled gradients H [N, p] and solve
+        # through Woodbury with the N×N matrix lam·I + H Hᵀ: exact, no p×p memory, cheap while N
+        # is small. float64 because a well-explored arm's bonus is a small difference of big terms.
         self._z_diag = torch.full((n_params,), float(lam)) if self.diagonal else None
         self._h = torch.empty(0, n_params, dtype=torch.float64)
         self._x = torch.empty(0, dim)
@@ -155,6 +157,8 @@ class NeuralUCB:
     def _z_solve(self, g: torch.Tensor) -> torch.Tensor:
         """Rows Z⁻¹ g_i for full Z, via Z⁻¹ = (I − Hᵀ (lam·I + H Hᵀ)⁻¹ H) / lam."""
         h = self._h
+        # H Hᵀ is rebuilt on every call: O(N²·p), negligible next to the re-fit for the N (pulls)
+        # a reveal run makes, and there is no stale cache to keep in step with H.
         if len(h) == 0:
             return g / self.lam
         chol = torch.linalg.cholesky(self.lam * torch.eye(len(h), dtype=h.dtype) + h @ h.T)

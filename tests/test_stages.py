@@ -1,0 +1,77 @@
+"""The four stages as plain functions, without Prefect, on the planted tiny model."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from pipeline import stages
+from pipeline.config import load_config
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory, cache_dir):
+    threads = torch.get_num_threads()
+    cfg = load_config(
+        "configs/tiny.yaml",
+        ["release.steps=6", "reveal.rounds=2", "sample.samples_per_instruction=4"],
+        out=tmp_path_factory.mktemp("runs"),
+    )
+    run = stages.RunState(cfg, progress=False)
+    stages.prepare_run_dir(cfg)
+    yield run
+    torch.set_num_threads(threads)
+
+
+def test_one_iteration_stage_by_stage(state):
+    cfg = state.config
+    base = stages.baseline(state)
+    assert base["forget_score"] >= 0.8 and base["utility_ppl_ratio"] == 1.0
+
+    top = stages.reveal(state, 1)
+    assert len(top) == cfg.sample.top_instructions and set(top) <= set(state.arms)
+    pulls = stages.read_jsonl(stages.iter_dir(state, 1) / "instructions.jsonl")
+    assert len(pulls) == cfg.reveal.rounds * cfg.reveal.arms_per_round
+    assert all(0.0 <= p["reward"] <= 1.0 and len(p["responses"]) == cfg.reveal.samples_per_arm for p in pulls)
+    assert "Mira Castellane" in top[0]  # every seed instruction names the target
+
+    counts = stages.sample(state, 1, top)
+    forget = stages.read_jsonl(stages.iter_dir(state, 1) / "forget.jsonl")
+    retain = stages.read_jsonl(stages.iter_dir(state, 1) / "retain.jsonl")
+    assert counts == {"forget": len(forget), "retain": len(retain)} and forget and retain
+    assert all(r["score"] >= cfg.sample.relevance_threshold for r in forget)
+    assert all(r["score"] < cfg.sample.relevance_threshold for r in retain)
+    assert len({r["response"] for r in forget}) == len(forget)
+
+    stats = stages.release(state, 1)
+    assert stats["steps"] == cfg.release.steps and len(stats["forget_loss"]) == cfg.release.steps
+    assert (stages.iter_dir(state, 1) / "adapter" / "adapter_model.safetensors").is_file()
+
+    metrics = stages.evaluate(state, 1, base)
+    entry = stages.commit(state, 1, metrics)
+    assert entry["kept"] and state.stack_dir() is not None
+    assert stages.completed_iterations(state) == [entry]
+
+
+def test_completed_stages_are_read_back_not_recomputed(state):
+    folder = stages.iter_dir(state, 1)
+    files = ["top_instructions.json", "forget.jsonl", "release.json", "evaluation.json"]
+    before = {name: os.stat(folder / name).st_mtime_ns for name in files}
+    top = json.loads((folder / "top_instructions.json").read_text())
+    assert stages.reveal(state, 1) == top
+    stages.sample(state, 1, top)
+    stages.release(state, 1)
+    stages.evaluate(state, 1, stages.baseline(state))
+    assert {name: os.stat(folder / name).st_mtime_ns for name in files} == before
+
+
+def test_second_iteration_replays_the_bandit_and_stacks(state):
+    top = stages.reveal(state, 2)
+    assert len(top) == state.config.sample.top_instructions
+    stages.sample(state, 2, top)
+    stages.release(state, 2)
+    entry = stages.commit(state, 2, stages.evaluate(state, 2, stages.baseline(state)))
+    stacked = json.loads((state.stack_dir() / "adapter_config.json").read_text())
+    assert stacked["r"] == 2 * state.config.release.rank  # two adapters of rank 8, concatenated
+    assert entry["iteration"] == 2
