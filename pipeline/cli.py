@@ -12,8 +12,11 @@ from rich.table import Table
 
 from pipeline.bench.spec import SpecError
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.report import rows
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reveal & Release: unlearning without the forget data.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Reveal & Release: unlearning without the forget data."
+)
 err = Console(stderr=True)
 out = Console()
 
@@ -67,16 +70,25 @@ def unlearn(
 def print_summary(summary: dict, cfg: RunConfig) -> None:
     has_retain = "retain_probe_acc" in summary["baseline"]
     table = Table(title=f"{cfg.name}: forgetting {cfg.target.kind} '{cfg.target.description}'")
-    for column in ["model", "forget score", "utility ppl", "ppl ratio"] + (["retain probe acc"] if has_retain else []) + [
-        "forget samples", "kept"
-    ]:
+    for column in (
+        ["model", "forget score", "utility ppl", "ppl ratio"]
+        + (["retain probe acc"] if has_retain else [])
+        + ["forget samples", "kept"]
+    ):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
-    rows = [("base", summary["baseline"])] + [(f"iteration {h['iteration']}", h) for h in summary["history"]]
-    for label, m in rows:
-        cells = [label, f"{m['forget_score']:.3f}", f"{m['utility_ppl']:.2f}", f"{m['utility_ppl_ratio']:.3f}"]
+    for label, m in rows(summary):
+        cells = [
+            label,
+            f"{m['forget_score']:.3f}",
+            f"{m['utility_ppl']:.2f}",
+            f"{m['utility_ppl_ratio']:.3f}",
+        ]
         if has_retain:
             cells.append(f"{m['retain_probe_acc']:.3f}")
-        cells += [str(m.get("n_forget_samples", "")), "" if label == "base" else ("yes" if m["kept"] else "dropped")]
+        cells += [
+            str(m.get("n_forget_samples", "")),
+            "" if label == "base" else ("yes" if m["kept"] else "dropped"),
+        ]
         table.add_row(*cells)
     out.print(table)
     out.print(f"stop reason: {summary['stop_reason']}; run directory: {cfg.run_dir}")

@@ -44,7 +44,9 @@ class ModelConfig(Section):
     path: str = Field("embedded", description="'embedded', 'tiny', a local folder or a hub id")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)")
+    threads: int = Field(
+        0, ge=0, description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)"
+    )
     tiny: TinyModelConfig = TinyModelConfig()
     plant: PlantConfig | None = None
 
@@ -84,7 +86,9 @@ class RevealConfig(Section):
     hidden: int = Field(100, ge=1)
     nu: float = Field(1.0, ge=0)
     lam: float = Field(1.0, gt=0)
-    diagonal: bool = Field(False, description="diagonal Z (cheaper, explores worse); the full Z is exact via Woodbury")
+    diagonal: bool = Field(
+        False, description="diagonal Z (cheaper, explores worse); the full Z is exact via Woodbury"
+    )
     prompts: Path | None = Field(None, description="seed instructions; default prompts/<kind>.yaml")
 
 
@@ -96,7 +100,8 @@ class SampleConfig(Section):
     max_forget_samples: int = Field(64, ge=1)
     retain_prompts: Path = Path("prompts/retain.yaml")
     retain_subjects: list[str] = Field(
-        [], description="names the model must keep knowing: the reveal templates filled with each ask for retain samples"
+        [],
+        description="names the model must keep knowing: the reveal templates filled with each ask for retain samples",
     )
     retain_samples_per_instruction: int = Field(2, ge=0)
     max_retain_samples: int = Field(64, ge=0)
@@ -114,7 +119,9 @@ class ReleaseConfig(Section):
     max_length: int = Field(160, ge=8)
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
-    retain_loss: Literal["nll", "kl"] = Field("nll", description="retain term: NLL of retain samples, or KL to the frozen model on them")
+    retain_loss: Literal["nll", "kl"] = Field(
+        "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
+    )
     orth_lambda: float = Field(0.1, ge=0, description="O-LoRA orthogonality weight")
     max_grad_norm: float = Field(1.0, gt=0)
 
@@ -123,7 +130,9 @@ class EvaluateConfig(Section):
     eval_prompts: Path | None = Field(None, description="held-out prompts; default data/eval/<kind>.yaml")
     retain_text: Path = Path("data/retain/generic.txt")
     max_new_tokens: int = Field(48, ge=1)
-    samples_per_prompt: int = Field(4, ge=1, description="replies per held-out prompt (probes: always 1, greedy)")
+    samples_per_prompt: int = Field(
+        4, ge=1, description="replies per held-out prompt (probes: always 1, greedy)"
+    )
     temperature: float = Field(1.0, ge=0, description="0: greedy; sampled replies use a fixed seed")
     batch_size: int = Field(16, ge=1)
 

@@ -89,12 +89,16 @@ def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int
                 folder, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code
             )
         except OSError as exc:
-            raise ModelLoadError(f"model.path: cannot load {config.path}: {str(exc).splitlines()[0]}") from None
+            raise ModelLoadError(
+                f"model.path: cannot load {config.path}: {str(exc).splitlines()[0]}"
+            ) from None
         info["name_or_path"] = folder
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        raise ModelLoadError(f"model.path: {config.path} has no chat template (an instruction-tuned model is needed)")
+        raise ModelLoadError(
+            f"model.path: {config.path} has no chat template (an instruction-tuned model is needed)"
+        )
     model.eval()
     info["load_seconds"] = round(time.perf_counter() - started, 2)
     return model, tokenizer, info

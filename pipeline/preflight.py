@@ -19,7 +19,9 @@ def preflight(config: RunConfig) -> None:
     if config.model.plant is not None:
         spec = load_spec(config.model.plant.spec)
         if config.target.name not in [p.name for p in spec.people]:
-            raise ConfigError(f"target.name: {config.target.name!r} is not a person in {config.model.plant.spec}")
+            raise ConfigError(
+                f"target.name: {config.target.name!r} is not a person in {config.model.plant.spec}"
+            )
     read_prompt_list(config.reveal_prompts_path())
     read_prompt_list(config.resolve(config.sample.retain_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def rows(summary: dict) -> list[tuple[str, dict]]:
     return [("base", summary["baseline"])] + [(f"iteration {h['iteration']}", h) for h in summary["history"]]
@@ -16,7 +11,9 @@ def rows(summary: dict) -> list[tuple[str, dict]]:
 
 def report_markdown(summary: dict) -> str:
     has_retain = "retain_probe_acc" in summary["baseline"]
-    head = "| model | forget score | utility ppl | ppl ratio |" + (" retain probe acc |" if has_retain else "")
+    head = "| model | forget score | utility ppl | ppl ratio |" + (
+        " retain probe acc |" if has_retain else ""
+    )
     lines = [
         f"# Run {summary['name']}",
         "",
@@ -37,17 +34,30 @@ def report_markdown(summary: dict) -> str:
 
 def plot_forgetting(summary: dict, path: Path) -> None:
     """Forget score and utility (perplexity ratio) against iteration, iteration 0 = base."""
+    import matplotlib  # here, so that `rr` answers bad input without loading matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
     points = [(0, summary["baseline"])] + [(h["iteration"], h) for h in summary["history"]]
     steps = [t for t, _ in points]
     fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
     left.plot(steps, [m["forget_score"] for _, m in points], "o-", color="tab:red", label="forget score")
     if "retain_probe_acc" in summary["baseline"]:
-        left.plot(steps, [m["retain_probe_acc"] for _, m in points], "s-", color="tab:green", label="retain probe acc")
+        left.plot(
+            steps,
+            [m["retain_probe_acc"] for _, m in points],
+            "s-",
+            color="tab:green",
+            label="retain probe acc",
+        )
     left.set_xlabel("iteration (0 = base model)")
     left.set_ylabel("score")
     left.set_xticks(steps)
     right = left.twinx()
-    right.plot(steps, [m["utility_ppl_ratio"] for _, m in points], "^--", color="tab:blue", label="utility ppl ratio")
+    right.plot(
+        steps, [m["utility_ppl_ratio"] for _, m in points], "^--", color="tab:blue", label="utility ppl ratio"
+    )
     right.set_ylabel("perplexity / base")
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     left.legend(handles=handles, loc="best", fontsize=8)

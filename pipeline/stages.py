@@ -93,7 +93,8 @@ class RunState:
         # Retain instructions: neutral ones, plus the reveal templates asked about what must be kept.
         kept_subjects = [fill(templates, subject) for subject in config.sample.retain_subjects]
         self.retain_instructions = dedupe(
-            read_prompt_list(config.resolve(config.sample.retain_prompts)) + [i for group in kept_subjects for i in group]
+            read_prompt_list(config.resolve(config.sample.retain_prompts))
+            + [i for group in kept_subjects for i in group]
         )
         self.eval_prompts = fill(read_prompt_list(config.eval_prompts_path(), "prompts"), target.description)
         extra_texts = tuple(self.arms + self.retain_instructions + self.eval_prompts)
@@ -106,22 +107,26 @@ class RunState:
         self.forget_probes, self.retain_probes = self._probes()
         self.retain_texts, self.retain_text_prompts = self._retain_text()
 
+    def _other_people(self):
+        return [p for p in self.spec.people if p.name.lower() != self.config.target.name.lower()]
+
     def _probes(self):
         """Planted people: the forget person's probes measure forgetting, the others' retention."""
         if self.spec is None:
             return [], []
-        forget = [p for p in self.spec.people if p.name == self.config.target.name]
-        if not forget:
-            raise ConfigError(f"target.name: {self.config.target.name!r} is not a person in {self.config.model.plant.spec}")
-        others = [p for p in self.spec.people if p.name != self.config.target.name]
-        return forget[0].probes, [probe for person in others for probe in person.probes]
+        others = [probe for person in self._other_people() for probe in person.probes]
+        return self.spec.person(self.config.target.name).probes, others
 
     def _retain_text(self):
-        """Reference text for utility: the retained people's facts (planted), else a text file."""
+        """Reference text for utility: the other people's facts as answers to their probes (planted),
+        else the lines of `evaluate.retain_text`."""
         if self.spec is not None:
-            facts = [(p.question, f) for person in self.spec.people if person.name != self.config.target.name
-                     for p in person.probes for f in person.facts if p.answer.lower() in f.lower()][:64]
-            return [f for _, f in facts], [q for q, _ in facts]
+            pairs = [
+                (probe.question, person.fact_for(probe))
+                for person in self._other_people()
+                for probe in person.probes
+            ]
+            return [fact for _, fact in pairs], [question for question, _ in pairs]
         path = self.config.resolve(self.config.evaluate.retain_text)
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not lines:
@@ -180,8 +185,14 @@ def reveal(state: RunState, t: int) -> list[str]:
     top_file = iter_dir(state, t) / "top_instructions.json"
     if out.is_file() and top_file.is_file():
         return json.loads(top_file.read_text())
-    bandit = NeuralUCB(state.arm_features.shape[1], hidden=cfg.hidden, nu=cfg.nu, lam=cfg.lam,
-                       seed=state.config.seed, diagonal=cfg.diagonal)
+    bandit = NeuralUCB(
+        state.arm_features.shape[1],
+        hidden=cfg.hidden,
+        nu=cfg.nu,
+        lam=cfg.lam,
+        seed=state.config.seed,
+        diagonal=cfg.diagonal,
+    )
     history = [row for s in range(1, t) for row in read_jsonl(iter_dir(state, s) / "instructions.jsonl")]
     if history:  # replaying earlier pulls restores the bandit exactly as it was
         bandit.update(
@@ -199,14 +210,26 @@ def reveal(state: RunState, t: int) -> list[str]:
         chosen = bandit.select(state.arm_features, k=min(cfg.arms_per_round, len(state.arms)))
         round_params = SamplingParams(**{**params.__dict__, "seed": state.seed(t, "reveal") + round_})
         responses = state.sampler.generate(
-            [state.arms[i] for i in chosen], round_params, state.stack_dir(), label=f"reveal {round_ + 1}/{cfg.rounds}"
+            [state.arms[i] for i in chosen],
+            round_params,
+            state.stack_dir(),
+            label=f"reveal {round_ + 1}/{cfg.rounds}",
         )
         rewards = []
         for arm, texts in zip(chosen, responses):
             relevance = statistics.fmean(state.scorer(texts))
             rewards.append(relevance)
-            pulls.append({"iteration": t, "round": round_, "arm": arm, "instruction": state.arms[arm],
-                          "reward": relevance, "relevance": relevance, "responses": texts})
+            pulls.append(
+                {
+                    "iteration": t,
+                    "round": round_,
+                    "arm": arm,
+                    "instruction": state.arms[arm],
+                    "reward": relevance,
+                    "relevance": relevance,
+                    "responses": texts,
+                }
+            )
         bandit.update(state.arm_features[chosen], torch.tensor(rewards, dtype=torch.float32))
     estimates = bandit.predict(state.arm_features)
     best = torch.argsort(estimates, descending=True)[: state.config.sample.top_instructions].tolist()
@@ -226,16 +249,22 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     if forget_file.is_file() and retain_file.is_file():
         return {"forget": len(read_jsonl(forget_file)), "retain": len(read_jsonl(retain_file))}
     gen = cfg.generation
-    params = SamplingParams(n=cfg.samples_per_instruction, max_new_tokens=gen.max_new_tokens,
-                            temperature=gen.temperature, top_p=gen.top_p, seed=state.seed(t, "sample"))
+    params = SamplingParams(
+        n=cfg.samples_per_instruction,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        seed=state.seed(t, "sample"),
+    )
     forget = _scored_rows(state, t, instructions, params, "sampling forget")
     forget = [r for r in forget if r["score"] >= cfg.relevance_threshold]
     forget = drop_near_duplicates(sorted(forget, key=lambda r: -r["score"]), cfg.near_duplicate_jaccard)
     forget = forget[: cfg.max_forget_samples]
     retain = []
     if cfg.retain_samples_per_instruction > 0:
-        params = SamplingParams(**{**params.__dict__, "n": cfg.retain_samples_per_instruction,
-                                   "seed": state.seed(t, "retain")})
+        params = SamplingParams(
+            **{**params.__dict__, "n": cfg.retain_samples_per_instruction, "seed": state.seed(t, "retain")}
+        )
         retain = _scored_rows(state, t, state.retain_instructions, params, "sampling retain")
         retain = [r for r in retain if r["score"] < cfg.relevance_threshold]
         retain = drop_near_duplicates(retain, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
@@ -244,10 +273,16 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     return {"forget": len(forget), "retain": len(retain)}
 
 
-def _scored_rows(state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str) -> list[dict]:
+def _scored_rows(
+    state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str
+) -> list[dict]:
     responses = state.sampler.generate(instructions, params, state.stack_dir(), label=label)
-    rows = [{"instruction": ins, "response": text, "iteration": t}
-            for ins, texts in zip(instructions, responses) for text in texts if text.strip()]
+    rows = [
+        {"instruction": ins, "response": text, "iteration": t}
+        for ins, texts in zip(instructions, responses)
+        for text in texts
+        if text.strip()
+    ]
     for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
         row["score"] = round(score, 4)
     return rows
@@ -272,8 +307,17 @@ def release(state: RunState, t: int) -> dict:
     previous_dirs = [iter_dir(state, s) / "adapter" for s in kept_iterations(state)]
     previous = [lora_A_matrices(read_adapter(d)) for d in previous_dirs]
     model_t = with_adapter(state.model, current) if current else state.model
-    stats = train_adapter(model_t, state.tokenizer, forget, retain, state.config.release, previous,
-                          adapter_dir, seed=state.seed(t, "release"), progress=state.progress)
+    stats = train_adapter(
+        model_t,
+        state.tokenizer,
+        forget,
+        retain,
+        state.config.release,
+        previous,
+        adapter_dir,
+        seed=state.seed(t, "release"),
+        progress=state.progress,
+    )
     del model_t
     stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, adapter_dir]])
     write_adapter(stacked, stack_out, base_model_name_or_path=state.model_info["name_or_path"])
@@ -300,19 +344,35 @@ def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> di
     params = SamplingParams(**{**GREEDY.__dict__, "max_new_tokens": cfg.max_new_tokens})
     metrics: dict = {}
     if state.forget_probes:
-        replies = state.sampler.generate([p.question for p in state.forget_probes], params, adapter, label="eval forget probes")
-        metrics["forget_score"] = answer_rate([r[0] for r in replies], [p.answer for p in state.forget_probes])
-        replies = state.sampler.generate([p.question for p in state.retain_probes], params, adapter, label="eval retain probes")
-        metrics["retain_probe_acc"] = answer_rate([r[0] for r in replies], [p.answer for p in state.retain_probes])
+        replies = state.sampler.generate(
+            [p.question for p in state.forget_probes], params, adapter, label="eval forget probes"
+        )
+        metrics["forget_score"] = answer_rate(
+            [r[0] for r in replies], [p.answer for p in state.forget_probes]
+        )
+        replies = state.sampler.generate(
+            [p.question for p in state.retain_probes], params, adapter, label="eval retain probes"
+        )
+        metrics["retain_probe_acc"] = answer_rate(
+            [r[0] for r in replies], [p.answer for p in state.retain_probes]
+        )
     else:
         # Toxicity shows in samples more than in the greedy reply: score several, with a fixed seed
         # so that every model is measured on the same random draws.
-        sampled = SamplingParams(n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                                 temperature=cfg.temperature, seed=state.config.seed + STAGE_SEEDS["evaluate"])
+        sampled = SamplingParams(
+            n=cfg.samples_per_prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=state.config.seed + STAGE_SEEDS["evaluate"],
+        )
         replies = state.sampler.generate(state.eval_prompts, sampled, adapter, label="eval prompts")
-        metrics["forget_score"] = statistics.fmean(state.scorer([text for texts in replies for text in texts]))
+        metrics["forget_score"] = statistics.fmean(
+            state.scorer([text for texts in replies for text in texts])
+        )
     model = state.sampler.model_for(adapter)
-    ppl = perplexity(model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size)
+    ppl = perplexity(
+        model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size
+    )
     metrics["utility_ppl"] = ppl
     metrics["utility_ppl_ratio"] = ppl / base_ppl if base_ppl else 1.0
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
@@ -387,8 +447,15 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
         "stop_reason": stop_reason,
         "iterations": len(history),
         "baseline": base,
-        "final": {k: final[k] for k in ("forget_score", "utility_ppl", "utility_ppl_ratio", *(
-            ["retain_probe_acc"] if "retain_probe_acc" in final else []))},
+        "final": {
+            k: final[k]
+            for k in (
+                "forget_score",
+                "utility_ppl",
+                "utility_ppl_ratio",
+                *(["retain_probe_acc"] if "retain_probe_acc" in final else []),
+            )
+        },
         "history": history,
         "adapter": str(state.stack_dir()) if state.stack_dir() else None,
     }

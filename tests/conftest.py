@@ -21,5 +21,9 @@ def run_rr(*args, env=None, timeout=600):
     full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *map(str, args)],
-        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

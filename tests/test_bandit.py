@@ -55,8 +55,10 @@ def test_regret_below_uniform_random(kind):
     ucb = [_regret(kind, s, "neuralucb") for s in seeds]
     rnd = [_regret(kind, s, "random") for s in seeds]
     ucb_mean, rnd_mean = sum(ucb) / 3, sum(rnd) / 3
-    msg = f"{kind}: NeuralUCB regret {[round(r, 2) for r in ucb]} (mean {ucb_mean:.2f}) vs random " \
-          f"{[round(r, 2) for r in rnd]} (mean {rnd_mean:.2f})"
+    msg = (
+        f"{kind}: NeuralUCB regret {[round(r, 2) for r in ucb]} (mean {ucb_mean:.2f}) vs random "
+        f"{[round(r, 2) for r in rnd]} (mean {rnd_mean:.2f})"
+    )
     print(msg)
     # Observed: roughly 0.2x (linear) and 0.4x (cosine) of random's regret; 0.6x leaves room.
     assert ucb_mean < 0.6 * rnd_mean, msg

@@ -16,8 +16,12 @@ GOOD = "name: t\ntarget:\n  kind: toxicity\n"
         (GOOD + "model:\n  path: /no/such/model\n", [], "model.path: /no/such/model does not exist"),
         (GOOD, ["--set", "release.steps=lots"], "release.steps"),
         (GOOD, ["--set", "sample.retain_prompts=missing.yaml"], "sample.retain_prompts: file not found"),
-        ("name: t\ntarget:\n  kind: knowledge\n  name: Nobody Known\nmodel:\n  path: tiny\n"
-         "  plant:\n    spec: data/people/tiny.json\n", [], "target.name: 'Nobody Known' is not a person"),
+        (
+            "name: t\ntarget:\n  kind: knowledge\n  name: Nobody Known\nmodel:\n  path: tiny\n"
+            "  plant:\n    spec: data/people/tiny.json\n",
+            [],
+            "target.name: 'Nobody Known' is not a person",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, config_text, extra, expected):
@@ -36,9 +40,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, config_text, extra, expected)
 
 def test_a_bad_spec_file_names_its_field(tmp_path):
     spec = tmp_path / "spec.json"
-    spec.write_text('{"name": "x", "people": [{"name": "A B", "facts": ["A B is here."], "probes": []}], "forget": ["C"]}')
+    spec.write_text(
+        '{"name": "x", "people": [{"name": "A B", "facts": ["A B is here."], "probes": []}], "forget": ["C"]}'
+    )
     config = tmp_path / "config.yaml"
-    config.write_text(f"target:\n  kind: knowledge\n  name: A B\nmodel:\n  path: tiny\n  plant:\n    spec: {spec}\n")
+    config.write_text(
+        f"target:\n  kind: knowledge\n  name: A B\nmodel:\n  path: tiny\n  plant:\n    spec: {spec}\n"
+    )
     result = run_rr("unlearn", config, "--out", tmp_path / "runs")
     assert result.returncode == 2
     assert "forget" in result.stderr and str(spec) in result.stderr

@@ -37,8 +37,14 @@ def test_shipped_configs_are_valid():
         ("target:\n  kind: knowledge\n", "target.name is required"),
         ("target: [unclosed\n", "invalid YAML (line "),
         ("- a\n- b\n", "must be a mapping"),
-        ("target:\n  kind: toxicity\nevaluate:\n  retain_text: nowhere.txt\n", "evaluate.retain_text: file not found"),
-        ("target:\n  kind: toxicity\nmodel:\n  path: embedded\n  plant:\n    spec: x.json\n", "model.plant is only"),
+        (
+            "target:\n  kind: toxicity\nevaluate:\n  retain_text: nowhere.txt\n",
+            "evaluate.retain_text: file not found",
+        ),
+        (
+            "target:\n  kind: toxicity\nmodel:\n  path: embedded\n  plant:\n    spec: x.json\n",
+            "model.plant is only",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, text, expected):

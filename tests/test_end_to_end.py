@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("runs")
-    result = run_rr("unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)})
+    result = run_rr(
+        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out / "tiny", result
 
@@ -44,9 +46,17 @@ def test_tiny_run_directory_is_complete(tiny_run):
     for name in ["config.yaml", "baseline.json", "summary.json", "report.md", "adapter/adapter_config.json"]:
         assert (run_dir / name).is_file(), name
     for t in (1, 2):
-        for name in ["instructions.jsonl", "forget.jsonl", "retain.jsonl", "metrics.json", "adapter/adapter_model.safetensors"]:
+        for name in [
+            "instructions.jsonl",
+            "forget.jsonl",
+            "retain.jsonl",
+            "metrics.json",
+            "adapter/adapter_model.safetensors",
+        ]:
             assert (run_dir / f"iter_{t}" / name).is_file(), f"iter_{t}/{name}"
-    pulls = [json.loads(line) for line in (run_dir / "iter_1" / "instructions.jsonl").read_text().splitlines()]
+    pulls = [
+        json.loads(line) for line in (run_dir / "iter_1" / "instructions.jsonl").read_text().splitlines()
+    ]
     assert pulls and {"instruction", "reward", "relevance"} <= set(pulls[0])
     samples = [json.loads(line) for line in (run_dir / "iter_1" / "forget.jsonl").read_text().splitlines()]
     assert samples and {"instruction", "response", "score", "iteration"} <= set(samples[0])

@@ -35,12 +35,15 @@ def test_knowledge_scorer_with_probe_answers():
 
 
 def test_near_duplicates_are_dropped_in_order():
-    rows = [{"response": t} for t in [
-        "you are a stupid idiot and everyone knows it",
-        "You are a stupid idiot and everyone knows it!",
-        "you are a stupid idiot and everyone knows it well",
-        "the cat sat on the mat all day long",
-        "you are a stupid idiot and everyone knows it",
-    ]]
+    rows = [
+        {"response": t}
+        for t in [
+            "you are a stupid idiot and everyone knows it",
+            "You are a stupid idiot and everyone knows it!",
+            "you are a stupid idiot and everyone knows it well",
+            "the cat sat on the mat all day long",
+            "you are a stupid idiot and everyone knows it",
+        ]
+    ]
     kept = [r["response"] for r in drop_near_duplicates(rows, 0.7)]
     assert kept == ["you are a stupid idiot and everyone knows it", "the cat sat on the mat all day long"]

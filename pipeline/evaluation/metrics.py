@@ -12,8 +12,12 @@ from pipeline.textdata import encode_pairs, shifted
 
 @torch.no_grad()
 def perplexity(
-    model, tokenizer, texts: list[str], instructions: list[str] | None = None,
-    batch_size: int = 8, max_length: int = 256,
+    model,
+    tokenizer,
+    texts: list[str],
+    instructions: list[str] | None = None,
+    batch_size: int = 8,
+    max_length: int = 256,
 ) -> float:
     """exp(mean token NLL) of `texts`; with `instructions`, of the texts as chat replies to them."""
     total_nll, total_tokens = 0.0, 0

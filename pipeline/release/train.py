@@ -65,8 +65,12 @@ def train_adapter(
         raise ValueError("release: no forget samples to train on")
     rng = random.Random(seed)
     lora = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
-        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        target_modules=list(cfg.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # LoRA's A is initialised from the global generator
@@ -85,17 +89,27 @@ def train_adapter(
                 enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
                 if cfg.method == "undial":
                     with torch.no_grad(), peft_model.disable_adapter():
-                        ref = peft_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-                    forget_loss = undial_loss(logits, labels, shifted(ref.float(), enc["labels"])[0], beta=cfg.beta)
+                        ref = peft_model(
+                            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                        ).logits
+                    forget_loss = undial_loss(
+                        logits, labels, shifted(ref.float(), enc["labels"])[0], beta=cfg.beta
+                    )
                 else:  # graddiff: ascend on forget, descend on retain
                     forget_loss = ga_loss(logits, labels)
                 loss = forget_loss
                 if retain_batches is not None:
-                    r_enc, r_logits, r_labels = _logits(peft_model, tokenizer, next(retain_batches), cfg.max_length)
+                    r_enc, r_logits, r_labels = _logits(
+                        peft_model, tokenizer, next(retain_batches), cfg.max_length
+                    )
                     if cfg.retain_loss == "kl":  # stay close to the frozen model's whole distribution
                         with torch.no_grad(), peft_model.disable_adapter():
-                            r_ref = peft_model(input_ids=r_enc["input_ids"], attention_mask=r_enc["attention_mask"]).logits
-                        retain_loss = kl_to_ref(r_logits, shifted(r_ref.float(), r_enc["labels"])[0], r_labels != -100)
+                            r_ref = peft_model(
+                                input_ids=r_enc["input_ids"], attention_mask=r_enc["attention_mask"]
+                            ).logits
+                        retain_loss = kl_to_ref(
+                            r_logits, shifted(r_ref.float(), r_enc["labels"])[0], r_labels != -100
+                        )
                     else:
                         retain_loss = nll_loss(r_logits, r_labels)
                     loss = loss + cfg.retain_weight * retain_loss

@@ -22,8 +22,17 @@ _PATIENCE, _REL_TOL = 20, 1e-4  # early stop: less than 0.01 % better than 20 st
 
 
 class NeuralUCB:
-    def __init__(self, dim: int, hidden: int = 100, nu: float = 1.0, lam: float = 1.0, seed: int = 0,
-                 lr: float = 1e-2, fit_steps: int = 200, diagonal: bool | None = None):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 100,
+        nu: float = 1.0,
+        lam: float = 1.0,
+        seed: int = 0,
+        lr: float = 1e-2,
+        fit_steps: int = 200,
+        diagonal: bool | None = None,
+    ):
         if dim < 1 or hidden < 1:
             raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}")
         if lam <= 0 or nu < 0:
@@ -105,8 +114,9 @@ class NeuralUCB:
         x = self._check_contexts(contexts)
         r = torch.as_tensor(rewards).detach().to("cpu", torch.float32)
         if r.dim() != 1 or len(r) != len(x):
-            raise ValueError(f"rewards must be 1-D with one entry per context ({len(x)}), "
-                             f"got shape {tuple(r.shape)}")
+            raise ValueError(
+                f"rewards must be 1-D with one entry per context ({len(x)}), got shape {tuple(r.shape)}"
+            )
         if not torch.isfinite(r).all():
             raise ValueError("rewards must be finite")
         if len(x) == 0:
@@ -176,5 +186,8 @@ class NeuralUCB:
             loss.backward()
             self._opt.step()
             losses.append(loss.item())
-            if len(losses) > _PATIENCE and losses[-1 - _PATIENCE] - losses[-1] < _REL_TOL * losses[-1 - _PATIENCE]:
+            if (
+                len(losses) > _PATIENCE
+                and losses[-1 - _PATIENCE] - losses[-1] < _REL_TOL * losses[-1 - _PATIENCE]
+            ):
                 break

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 128) -> torch.Tensor:
+def embed_texts(
+    model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 128
+) -> torch.Tensor:
     rows = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(

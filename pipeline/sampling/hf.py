@@ -37,7 +37,11 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(
-        self, instructions: list[str], params: SamplingParams, adapter: Path | None = None, label: str = "sampling"
+        self,
+        instructions: list[str],
+        params: SamplingParams,
+        adapter: Path | None = None,
+        label: str = "sampling",
     ) -> list[list[str]]:
         model = self.model_for(adapter)
         tok = self.tokenizer
