@@ -35,7 +35,7 @@ class PlantConfig(Section):
     """Plant the facts of a spec into the model by fine-tuning before unlearning (tiny model)."""
 
     spec: Path
-    steps: int = Field(600, ge=1)
+    steps: int = Field(200, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, ge=1)
 
@@ -112,7 +112,7 @@ class ReleaseConfig(Section):
     method: Literal["undial", "graddiff"] = "undial"
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
-    target_modules: list[str] = ["q_proj", "v_proj"]
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lr: float = Field(1e-3, gt=0)
     steps: int = Field(20, ge=1)
     batch_size: int = Field(4, ge=1)

