@@ -38,7 +38,7 @@ def test_tiny_run_forgets_the_target_and_keeps_the_others(tiny_run):
     assert base["forget_score"] >= 0.8, "planting failed: the tiny model does not know the target"
     assert final["forget_score"] <= base["forget_score"] / 2, summary["history"]
     assert final["retain_probe_acc"] >= base["retain_probe_acc"] - 0.15, summary["history"]
-    assert "forget score" in result.stdout  # the final table
+    assert "iteration 2" in result.stdout and "stop reason:" in result.stdout  # the final table
 
 
 def test_tiny_run_directory_is_complete(tiny_run):
