@@ -21,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -208,7 +209,7 @@ def reveal(state: RunState, t: int) -> list[str]:
     )
     for round_ in range(cfg.rounds):
         chosen = bandit.select(state.arm_features, k=min(cfg.arms_per_round, len(state.arms)))
-        round_params = SamplingParams(**{**params.__dict__, "seed": state.seed(t, "reveal") + round_})
+        round_params = replace(params, seed=state.seed(t, "reveal") + round_)
         responses = state.sampler.generate(
             [state.arms[i] for i in chosen],
             round_params,
@@ -262,9 +263,7 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     forget = forget[: cfg.max_forget_samples]
     retain = []
     if cfg.retain_samples_per_instruction > 0:
-        params = SamplingParams(
-            **{**params.__dict__, "n": cfg.retain_samples_per_instruction, "seed": state.seed(t, "retain")}
-        )
+        params = replace(params, n=cfg.retain_samples_per_instruction, seed=state.seed(t, "retain"))
         retain = _scored_rows(state, t, state.retain_instructions, params, "sampling retain")
         retain = [r for r in retain if r["score"] < cfg.relevance_threshold]
         retain = drop_near_duplicates(retain, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
@@ -341,7 +340,7 @@ def kept_iterations(state: RunState) -> list[int]:
 def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> dict:
     """Forget score and utility of base + `adapter`. Lower forget_score = more forgotten."""
     cfg = state.config.evaluate
-    params = SamplingParams(**{**GREEDY.__dict__, "max_new_tokens": cfg.max_new_tokens})
+    params = replace(GREEDY, max_new_tokens=cfg.max_new_tokens)
     metrics: dict = {}
     if state.forget_probes:
         replies = state.sampler.generate(

@@ -43,7 +43,14 @@ def test_tiny_run_forgets_the_target_and_keeps_the_others(tiny_run):
 
 def test_tiny_run_directory_is_complete(tiny_run):
     run_dir, _ = tiny_run
-    for name in ["config.yaml", "baseline.json", "summary.json", "report.md", "adapter/adapter_config.json"]:
+    for name in [
+        "config.yaml",
+        "baseline.json",
+        "summary.json",
+        "report.md",
+        "plots/forgetting.png",
+        "adapter/adapter_config.json",
+    ]:
         assert (run_dir / name).is_file(), name
     for t in (1, 2):
         for name in [
