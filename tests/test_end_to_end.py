@@ -5,12 +5,17 @@ checks the run directory and the figures in summary.json.
 """
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import run_rr
+from tests.conftest import ROOT, run_rr
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +96,52 @@ def test_same_name_with_another_config_is_refused(tiny_run):
     result = run_rr("unlearn", "configs/tiny.yaml", "--out", run_dir.parent, "--set", "release.steps=3")
     assert result.returncode == 2
     assert "exists with a different config" in result.stderr
+
+
+def test_killed_run_resumes_and_ends_with_the_same_adapter(tiny_run, tmp_path, cache_dir):
+    """SIGKILL in the middle of iteration 2, start again: iteration 1 is not recomputed, and the
+    final stacked adapter is byte-for-byte the one of the uninterrupted run."""
+    reference, _ = tiny_run
+    out = tmp_path / "runs"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RR_CACHE_DIR": str(cache_dir)}
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "unlearn",
+        "configs/tiny.yaml",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    # A session of its own, so the kill also takes down the temporary Prefect server it starts.
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    marker = out / "tiny" / "iter_2" / "instructions.jsonl"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (out / "tiny" / "iter_2" / "metrics.json").exists(), (
+        "not killed mid-iteration 2"
+    )
+    iteration_1 = (out / "tiny" / "iter_1" / "metrics.json").stat().st_mtime_ns
+
+    result = run_rr(
+        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" in result.stdout + result.stderr
+    assert (out / "tiny" / "iter_1" / "metrics.json").stat().st_mtime_ns == iteration_1
+    resumed = json.loads((out / "tiny" / "summary.json").read_text())
+    uninterrupted = json.loads((reference / "summary.json").read_text())
+    assert resumed["history"] == uninterrupted["history"]
+    weights = "adapter/adapter_model.safetensors"
+    assert (out / "tiny" / weights).read_bytes() == (reference / weights).read_bytes()
