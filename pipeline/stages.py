@@ -425,11 +425,8 @@ def decide(state: RunState, t: int, entry: dict, base: dict) -> str | None:
     if not entry["kept"]:
         release_stats = json.loads((iter_dir(state, t) / "release.json").read_text())
         return "no_forget_samples" if release_stats.get("skipped") else convergence.UTILITY_FLOOR
-    kept = [h for h in completed_iterations(state) if h.get("kept", True)]
-    reason = convergence.stop_reason(kept, base, state.config.stop)
-    if reason is None and t >= state.config.stop.max_iterations:
-        reason = convergence.MAX_ITERATIONS
-    return reason
+    # A dropped adapter always ends the run, so every iteration before this one was kept.
+    return convergence.stop_reason(completed_iterations(state), base, state.config.stop)
 
 
 # --------------------------------------------------------------------------- the end
