@@ -1,5 +1,6 @@
 """The four stages as plain functions, without Prefect, on the planted tiny model."""
 
+import copy
 import json
 import os
 
@@ -8,6 +9,9 @@ import torch
 
 from pipeline import stages
 from pipeline.config import load_config
+from pipeline.evaluation.metrics import perplexity
+from pipeline.models import with_adapter
+from pipeline.release.train import train_adapter
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +79,18 @@ def test_second_iteration_replays_the_bandit_and_stacks(state):
     stacked = json.loads((state.stack_dir() / "adapter_config.json").read_text())
     assert stacked["r"] == 2 * state.config.release.rank  # two adapters of rank 8, concatenated
     assert entry["iteration"] == 2
+
+
+@pytest.mark.parametrize("method", ["undial", "npo", "ga", "graddiff"])
+def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp_path):
+    forget = stages.read_jsonl(stages.iter_dir(state, 1) / "forget.jsonl")
+    retain = stages.read_jsonl(stages.iter_dir(state, 1) / "retain.jsonl")
+    cfg = state.config.release.model_copy(update={"method": method, "steps": 8, "lr": 0.01})
+    texts, prompts = [r["response"] for r in forget], [r["instruction"] for r in forget]
+    before = perplexity(state.model, state.tokenizer, texts, prompts)
+    stats = train_adapter(
+        copy.deepcopy(state.model), state.tokenizer, forget, retain, cfg, [], tmp_path / "a", progress=False
+    )
+    after = perplexity(with_adapter(state.model, tmp_path / "a"), state.tokenizer, texts, prompts)
+    assert stats["steps"] == 8 and (stats["retain_loss"] == []) == (method == "ga")
+    assert after > before * 1.05, (method, before, after)

@@ -134,3 +134,29 @@ def graddiff_loss(
     retain set, so that forgetting does not take general ability down with it.
     """
     return ga_loss(forget_logits, forget_labels) + retain_weight * nll_loss(retain_logits, retain_labels)
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each row's kept tokens, `log π(y|x)` per sequence, shape [B]."""
+    nll, keep = _token_nll(logits, labels)
+    return -torch.where(keep, nll, torch.zeros_like(nll)).sum(-1)
+
+
+def npo_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+) -> torch.Tensor:
+    """Negative Preference Optimization on the forget data.
+
+    Zhang et al., "Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning",
+    2024, arXiv 2404.05868. With sequence log-probabilities (summed over response tokens):
+
+        L = −(2/β) · mean_i log σ(−β · (log πθ(y_i|x_i) − log πref(y_i|x_i)))
+
+    averaged over the sequences of the batch (a row with no kept token has log-ratio 0). Unlike gradient
+    ascent its gradient vanishes once πθ(y|x) falls well below πref(y|x), so it does not collapse.
+    """
+    _check_shapes(logits, labels, "labels")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
+    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()

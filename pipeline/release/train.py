@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 from pipeline.config import ReleaseConfig
 from pipeline.progress import progress_bar
-from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, undial_loss
+from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, npo_loss, undial_loss
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.textdata import encode_pairs, shifted
 
@@ -42,6 +42,28 @@ def _logits(model, tokenizer, batch, max_length: int):
     enc = encode_pairs(tokenizer, *batch, max_length=max_length)
     out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     return enc, *shifted(out.float(), enc["labels"])
+
+
+def _reference(peft_model, enc) -> torch.Tensor:
+    """Shifted logits of the frozen model M_t (the adapter switched off) on the same batch."""
+    with torch.no_grad(), peft_model.disable_adapter():
+        ref = peft_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    return shifted(ref.float(), enc["labels"])[0]
+
+
+def forget_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Tensor:
+    """The objective on a forget batch, by `release.method` (graddiff's retain half is added apart)."""
+    if cfg.method == "undial":
+        return undial_loss(logits, labels, _reference(peft_model, enc), beta=cfg.beta)
+    if cfg.method == "npo":
+        return npo_loss(logits, labels, _reference(peft_model, enc), beta=cfg.npo_beta)
+    return ga_loss(logits, labels)  # ga and graddiff
+
+
+def retain_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Tensor:
+    if cfg.retain_loss == "kl":  # stay close to the frozen model's whole distribution
+        return kl_to_ref(logits, _reference(peft_model, enc), labels != -100)
+    return nll_loss(logits, labels)
 
 
 def train_adapter(
@@ -79,7 +101,9 @@ def train_adapter(
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         forget_batches = _batches(forget, cfg.batch_size, rng)
-        retain_batches = _batches(retain, cfg.batch_size, rng) if retain and cfg.retain_weight > 0 else None
+        # `ga` is plain gradient ascent: the one objective without a retain term.
+        use_retain = retain and cfg.retain_weight > 0 and cfg.method != "ga"
+        retain_batches = _batches(retain, cfg.batch_size, rng) if use_retain else None
         stats = {"steps": 0, "skipped_steps": 0, "forget_loss": [], "retain_loss": [], "orth_penalty": []}
         started = time.perf_counter()
         peft_model.train()
@@ -87,31 +111,13 @@ def train_adapter(
             for _ in range(cfg.steps):
                 batch = next(forget_batches)
                 enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
-                if cfg.method == "undial":
-                    with torch.no_grad(), peft_model.disable_adapter():
-                        ref = peft_model(
-                            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-                        ).logits
-                    forget_loss = undial_loss(
-                        logits, labels, shifted(ref.float(), enc["labels"])[0], beta=cfg.beta
-                    )
-                else:  # graddiff: ascend on forget, descend on retain
-                    forget_loss = ga_loss(logits, labels)
+                forget_loss = forget_term(cfg, peft_model, enc, logits, labels)
                 loss = forget_loss
                 if retain_batches is not None:
                     r_enc, r_logits, r_labels = _logits(
                         peft_model, tokenizer, next(retain_batches), cfg.max_length
                     )
-                    if cfg.retain_loss == "kl":  # stay close to the frozen model's whole distribution
-                        with torch.no_grad(), peft_model.disable_adapter():
-                            r_ref = peft_model(
-                                input_ids=r_enc["input_ids"], attention_mask=r_enc["attention_mask"]
-                            ).logits
-                        retain_loss = kl_to_ref(
-                            r_logits, shifted(r_ref.float(), r_enc["labels"])[0], r_labels != -100
-                        )
-                    else:
-                        retain_loss = nll_loss(r_logits, r_labels)
+                    retain_loss = retain_term(cfg, peft_model, r_enc, r_logits, r_labels)
                     loss = loss + cfg.retain_weight * retain_loss
                     stats["retain_loss"].append(retain_loss.item())
                 if previous and cfg.orth_lambda > 0:
