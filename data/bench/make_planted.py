@@ -1,0 +1,559 @@
+"""Generate a planted-people benchmark spec: fictional people, one fact per attribute, probes, a forget set.
+
+Every person gets an invented full name and one value per attribute (home town, profession, pet and
+its name, weekend hobby, favourite food, birth year, employer, instrument, younger sibling, favourite
+colour). Values are drawn *without replacement* per attribute, so no two people share one, and the
+vocabulary is checked so that no value is a substring of another value, of a name, or of a sentence
+template. Hence every probe answer names exactly one person and appears in exactly one of that
+person's facts (which is what `Person.fact_for` relies on). Each fact is one sentence that starts
+with the person's full name; each probe asks for one attribute, and its three distractors are other
+people's values for the same attribute. The first `--forget` people are the ones to forget.
+
+The output is a pure function of the arguments (`random.Random(seed)`, no clock, no environment),
+and is validated with `pipeline.bench.spec.load_spec` before it replaces the file on disk.
+
+The two shipped files were made, from the repository root, with::
+
+    .venv/bin/python data/bench/make_planted.py --people 12 --seed 0 --forget 2 --out data/bench/planted_default.json
+    .venv/bin/python data/bench/make_planted.py --people 4 --facts 5 --probes 5 --seed 0 --forget 1 --out data/bench/planted_small.json
+
+`planted_default.json`: 12 people, 10 facts and 11 probes each, 2 to forget.
+`planted_small.json` (for a tiny model): 4 people, 5 facts and 5 probes each, 1 to forget.
+
+Add `--check` to either command to regenerate in memory and compare with the file instead of writing
+it: exit 0 if they are byte-identical, 1 if the file differs or is missing (for CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import string
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The exact arguments of the shipped files (the docstring shows them as commands; a test keeps both in step).
+SHIPPED: dict[str, list[str]] = {
+    "planted_default.json": ["--people", "12", "--seed", "0", "--forget", "2"],
+    "planted_small.json": ["--people", "4", "--facts", "5", "--probes", "5", "--seed", "0", "--forget", "1"],
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Vocabulary. Everything is invented; pools are at least MAX_PEOPLE long.
+
+FIRST_NAMES: list[tuple[str, str]] = [
+    ("Mirela", "Ms"), ("Tamsin", "Ms"), ("Odile", "Ms"), ("Brisa", "Ms"), ("Celandine", "Ms"),
+    ("Ysolde", "Ms"), ("Wenna", "Ms"), ("Liesel", "Ms"), ("Rosamund", "Ms"), ("Henrike", "Ms"),
+    ("Saskia", "Ms"), ("Ottilie", "Ms"), ("Fenella", "Ms"), ("Ilsabet", "Ms"), ("Marisol", "Ms"),
+    ("Anselm", "Mr"), ("Corvin", "Mr"), ("Emeric", "Mr"), ("Florian", "Mr"), ("Gaspard", "Mr"),
+    ("Hollis", "Mr"), ("Jory", "Mr"), ("Lucan", "Mr"), ("Osric", "Mr"), ("Piers", "Mr"),
+    ("Rafferty", "Mr"), ("Severin", "Mr"), ("Tobin", "Mr"), ("Eamon", "Mr"), ("Leopold", "Mr"),
+]  # fmt: skip
+SURNAME_HEADS = [
+    "Brack", "Cald", "Dern", "Fallow", "Garn", "Hollin", "Ibb", "Kessel", "Morr", "Nettle",
+    "Orm", "Quarr", "Ridd", "Sorr", "Thrall", "Umber", "Vell", "Yarn", "Wendle", "Pim",
+]  # fmt: skip
+SURNAME_TAILS = ["thwaite", "combe", "wold", "hulme", "garth", "stowe", "rigg", "nance", "cott", "brough"]
+
+POOLS: dict[str, list[str]] = {
+    "home_town": [
+        "Quarrendale",
+        "Brindlemoor",
+        "Hollowmere",
+        "Fennick Cross",
+        "Ashwyke",
+        "Calderholt",
+        "Marrowgate",
+        "Tullish Bay",
+        "Orrinford",
+        "Skelmworth",
+        "Vantrewe",
+        "Lindoran",
+        "Pellinshaw",
+        "Gorseby Wick",
+        "Westerlow",
+        "Cradlebeck",
+        "Morvaine",
+        "Thistlecombe",
+        "Estwhistle",
+        "Yarrowby",
+        "Kelmscoe",
+        "Brackenhythe",
+    ],
+    "profession": [
+        "cartographer",
+        "beekeeper",
+        "clockmaker",
+        "ferry pilot",
+        "bookbinder",
+        "lighthouse keeper",
+        "cheesemonger",
+        "stonemason",
+        "tide surveyor",
+        "saddler",
+        "lamplighter",
+        "perfumer",
+        "chimney sweep",
+        "herbalist",
+        "puppeteer",
+        "locksmith",
+        "sail maker",
+        "typesetter",
+        "falconer",
+        "glazier",
+        "wheelwright",
+        "archivist",
+    ],
+    "pet_kind": [
+        "tortoise",
+        "ferret",
+        "parrot",
+        "greyhound",
+        "hedgehog",
+        "goat",
+        "rabbit",
+        "corgi",
+        "iguana",
+        "cockatoo",
+        "dachshund",
+        "donkey",
+        "terrapin",
+        "chinchilla",
+        "lurcher",
+        "gecko",
+        "canary",
+        "axolotl",
+        "poodle",
+        "magpie",
+        "beagle",
+        "tarantula",
+    ],
+    "pet_name": [
+        "Quillon",
+        "Biscuit",
+        "Marzipan",
+        "Pickwick",
+        "Sprocket",
+        "Figaro",
+        "Crumpet",
+        "Dandelion",
+        "Wobbles",
+        "Gingersnap",
+        "Muffin",
+        "Pipsqueak",
+        "Thimble",
+        "Barnaby",
+        "Waffles",
+        "Peppercorn",
+        "Rutherford",
+        "Zephyr",
+        "Mortimer",
+        "Tinderbox",
+        "Jellybean",
+        "Snickerdoodle",
+    ],
+    "hobby": [
+        "restoring old sundials",
+        "building model zeppelins",
+        "collecting antique sea maps",
+        "carving wooden spoons",
+        "racing homing pigeons",
+        "pressing wild flowers",
+        "knitting lace shawls",
+        "painting miniature soldiers",
+        "brewing ginger beer",
+        "rowing on the river",
+        "juggling flaming torches",
+        "tracing family trees",
+        "mapping old footpaths",
+        "folding paper cranes",
+        "sketching church gargoyles",
+        "composing crossword puzzles",
+        "growing giant pumpkins",
+        "restoring vintage typewriters",
+        "fly fishing in mountain streams",
+        "training for fell races",
+        "ringing church bells",
+        "whittling walking sticks",
+    ],
+    "food": [
+        "saffron dumplings",
+        "smoked plum pie",
+        "lemon barley soup",
+        "fig and walnut bread",
+        "beetroot risotto",
+        "pickled herring",
+        "mushroom pasties",
+        "chestnut stew",
+        "rhubarb crumble",
+        "lentil curry",
+        "roast quail",
+        "apple fritters",
+        "leek and potato soup",
+        "treacle tart",
+        "oyster stew",
+        "cheese scones",
+        "spiced pear cake",
+        "buckwheat pancakes",
+        "cardamom buns",
+        "sweetcorn chowder",
+        "damson jam on toast",
+        "parsnip fritters",
+    ],
+    "birth_year": [str(year) for year in range(1950, 2000)],
+    "employer": [
+        "Halvern Ropeworks",
+        "Brightwater Mills",
+        "Kestrel and Finch",
+        "Ambergate Salt Company",
+        "Tollworth Printing House",
+        "Greymantle Shipyards",
+        "Larkspur Observatory",
+        "Copperbeck Brewery",
+        "Northmoor Seed Bank",
+        "Gildersleeve Clocks",
+        "Saltmarsh Ferry Line",
+        "Wexcombe Pottery",
+        "Hawthorn Lane Bakery",
+        "Pilgrim Tide Museum",
+        "Ravensmoor Quarry",
+        "Bellweather Almanac",
+        "Fairholt Glassworks",
+        "Lantern Street Library",
+        "Oakhallow Tannery",
+        "Tidewell Insurance",
+        "Marlpit Brickworks",
+        "Sunderby Telegraph Office",
+    ],
+    "instrument": [
+        "hurdy-gurdy",
+        "oboe",
+        "cello",
+        "bassoon",
+        "harp",
+        "accordion",
+        "banjo",
+        "clarinet",
+        "bagpipes",
+        "dulcimer",
+        "mandolin",
+        "euphonium",
+        "harmonica",
+        "trombone",
+        "sitar",
+        "glockenspiel",
+        "zither",
+        "ukulele",
+        "bodhran",
+        "flugelhorn",
+        "theremin",
+        "marimba",
+    ],
+    "sibling": [
+        "Aurelio",
+        "Bettany",
+        "Caspian",
+        "Delphine",
+        "Evander",
+        "Florentyne",
+        "Gideon",
+        "Hestia",
+        "Ignatius",
+        "Jessamy",
+        "Leocadia",
+        "Marius",
+        "Nerissa",
+        "Octavian",
+        "Philippa",
+        "Silvester",
+        "Theodora",
+        "Ulrika",
+        "Valentin",
+        "Wilhelmina",
+        "Xanthe",
+        "Zenobia",
+    ],
+    "colour": [
+        "cobalt blue",
+        "ochre",
+        "teal",
+        "vermilion",
+        "mauve",
+        "sage green",
+        "crimson",
+        "lilac",
+        "indigo",
+        "turquoise",
+        "burgundy",
+        "charcoal grey",
+        "magenta",
+        "maroon",
+        "periwinkle",
+        "russet",
+        "scarlet",
+        "cerulean",
+        "chartreuse",
+        "coral pink",
+        "olive green",
+        "slate grey",
+    ],
+}
+
+# One sentence per fact, in this order; `--facts N` keeps the first N. `{a_x}` is "a"/"an" for value x.
+FACTS: list[str] = [
+    "{name} lives in the town of {home_town}.",
+    "{name} works as {a_profession} {profession}.",
+    "{name} has {a_pet_kind} {pet_kind} named {pet_name}.",
+    "{name} spends every weekend {hobby}.",
+    "{name}'s favourite food is {food}.",
+    "{name} was born in {birth_year}.",
+    "{name} is employed by {employer}.",
+    "{name} plays the {instrument}.",
+    "{name} has a younger sibling called {sibling}.",
+    "{name}'s favourite colour is {colour}.",
+]
+
+# One question per attribute, in this order; `--probes N` keeps the first N whose fact was kept.
+QUESTIONS: list[tuple[str, str]] = [
+    ("home_town", "In which town does {name} live?"),
+    ("profession", "What is {name}'s profession?"),
+    ("pet_name", "What is the name of {name}'s pet?"),
+    ("hobby", "What does {name} do every weekend?"),
+    ("food", "What is {name}'s favourite food?"),
+    ("birth_year", "In which year was {name} born?"),
+    ("employer", "Which organisation employs {name}?"),
+    ("instrument", "Which instrument does {name} play?"),
+    ("sibling", "What is the name of {name}'s younger sibling?"),
+    ("colour", "What is {name}'s favourite colour?"),
+    ("pet_kind", "What kind of animal is {name}'s pet?"),
+]
+
+N_DISTRACTORS = 3
+MIN_PEOPLE = N_DISTRACTORS + 1
+MAX_PEOPLE = min(len(FIRST_NAMES), *(len(pool) for pool in POOLS.values()))
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _fields(template: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
+
+
+def _literals(template: str) -> str:
+    return "\0".join(text for text, _, _, _ in string.Formatter().parse(template))
+
+
+def _fact_attributes(template: str) -> list[str]:
+    return [f for f in _fields(template) if f != "name" and not f.startswith("a_")]
+
+
+def vocabulary_problems() -> list[str]:
+    """Ways the vocabulary could make an answer ambiguous; empty when every seed gives a sound spec."""
+    problems = []
+    for attribute, pool in POOLS.items():
+        if len({v.lower() for v in pool}) != len(pool):
+            problems.append(f"{attribute}: duplicate values")
+        for value in pool:
+            low = value.lower()
+            for other, other_pool in POOLS.items():
+                problems += [
+                    f"{attribute} {value!r} is inside {other} {w!r}"
+                    for w in other_pool
+                    if other != attribute and low in w.lower()
+                ]
+            problems += [
+                f"{attribute} {value!r} is inside the template {t!r}"
+                for t in FACTS
+                if low in _literals(t).lower()
+            ]
+    fact_attributes = [a for t in FACTS for a in _fact_attributes(t)]
+    if sorted(fact_attributes) != sorted(POOLS) or sorted(a for a, _ in QUESTIONS) != sorted(POOLS):
+        problems.append("FACTS and QUESTIONS must each cover every attribute of POOLS exactly once")
+    return problems
+
+
+def _name_is_clean(full: str) -> bool:
+    """True if no value occurs in the name (it would then be in every fact) and vice versa."""
+    low = full.lower()
+    return not any(v.lower() in low or low in v.lower() for pool in POOLS.values() for v in pool)
+
+
+def _draw_names(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
+    firsts = rng.sample(FIRST_NAMES, n)
+    names: list[tuple[str, str, str]] = []
+    used: set[str] = set()
+    for first, title in firsts:
+        while True:
+            surname = rng.choice(SURNAME_HEADS) + rng.choice(SURNAME_TAILS)
+            if surname not in used and _name_is_clean(f"{first} {surname}"):
+                break
+        used.add(surname)
+        names.append((first, surname, title))
+    return names
+
+
+def build_spec(
+    *,
+    people: int = 12,
+    facts: int | None = None,
+    probes: int | None = None,
+    seed: int = 0,
+    forget: int = 2,
+    name: str = "planted",
+) -> dict:
+    """The spec as a JSON-ready dict; the same arguments always give the same dict."""
+    if not MIN_PEOPLE <= people <= MAX_PEOPLE:
+        raise ValueError(f"--people must be between {MIN_PEOPLE} and {MAX_PEOPLE}, got {people}")
+    facts = len(FACTS) if facts is None else facts
+    if not 1 <= facts <= len(FACTS):
+        raise ValueError(f"--facts must be between 1 and {len(FACTS)}, got {facts}")
+    if not 1 <= forget < people:
+        raise ValueError(f"--forget must be between 1 and {people - 1}, got {forget}")
+    problems = vocabulary_problems()
+    if problems:
+        raise ValueError("vocabulary: " + "; ".join(problems))
+
+    templates = FACTS[:facts]
+    kept = {a for t in templates for a in _fact_attributes(t)}
+    questions = [(a, q) for a, q in QUESTIONS if a in kept]
+    probes = len(questions) if probes is None else probes
+    if not 1 <= probes <= len(questions):
+        raise ValueError(f"--probes must be between 1 and {len(questions)} for {facts} facts, got {probes}")
+    questions = questions[:probes]
+
+    rng = random.Random(seed)
+    names = _draw_names(rng, people)
+    # Every attribute is drawn, kept or not, so `--facts` does not change the values of the kept ones.
+    values = {attribute: rng.sample(pool, people) for attribute, pool in POOLS.items()}
+
+    out_people = []
+    for i, (first, surname, title) in enumerate(names):
+        full = f"{first} {surname}"
+        mine = {attribute: drawn[i] for attribute, drawn in values.items()}
+        fields = {"name": full, **mine, **{f"a_{a}": _article(v) for a, v in mine.items()}}
+        person_facts = [t.format(**fields) for t in templates]
+        person_probes = []
+        for attribute, question in questions:
+            answer = mine[attribute]
+            holding = [f for f in person_facts if answer.lower() in f.lower()]
+            if len(holding) != 1:  # the vocabulary check should make this impossible
+                raise AssertionError(f"{full}: {answer!r} is in {len(holding)} facts, not 1")
+            others = [v for j, v in enumerate(values[attribute]) if j != i]
+            person_probes.append(
+                {
+                    "question": question.format(name=full),
+                    "answer": answer,
+                    "distractors": rng.sample(others, N_DISTRACTORS),
+                }
+            )
+        out_people.append(
+            {
+                "name": full,
+                "aliases": [first, f"{title} {surname}"],
+                "facts": person_facts,
+                "probes": person_probes,
+            }
+        )
+    return {"name": name, "people": out_people, "forget": [p["name"] for p in out_people[:forget]]}
+
+
+def render(spec: dict) -> str:
+    """The exact text written to disk."""
+    return json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--people", type=int, default=12, help="number of people (default 12)")
+    parser.add_argument(
+        "--facts", type=int, default=None, help=f"facts per person (default all {len(FACTS)})"
+    )
+    parser.add_argument(
+        "--probes", type=int, default=None, help="probes per person (default: all the facts allow)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--forget", type=int, default=2, help="the first N people are to be forgotten (default 2)"
+    )
+    parser.add_argument("--name", default=None, help="spec name (default: the --out file's stem)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="the JSON file to write (or compare with --check)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="compare with --out instead of writing; exit 1 if different"
+    )
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace) -> dict:
+    return build_spec(
+        people=args.people,
+        facts=args.facts,
+        probes=args.probes,
+        seed=args.seed,
+        forget=args.forget,
+        name=args.name or args.out.stem,
+    )
+
+
+def generate(argv: list[str], out: Path) -> str:
+    """The text that `make_planted.py *argv --out out` writes (without writing it)."""
+    return render(_spec_from_args(_parser().parse_args([*argv, "--out", str(out)])))
+
+
+def _validate(text: str, out: Path) -> None:
+    """Check `text` with the pipeline's own loader, as it will be read."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from pipeline.bench.spec import load_spec
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".json", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        load_spec(tmp)
+    finally:
+        os.unlink(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        spec = _spec_from_args(args)
+    except ValueError as exc:
+        print(f"make_planted: {exc}", file=sys.stderr)
+        return 2
+    text = render(spec)
+    out: Path = args.out
+    if args.check:
+        if not out.is_file():
+            print(f"make_planted: {out} does not exist; run without --check to write it", file=sys.stderr)
+            return 1
+        if out.read_text(encoding="utf-8") != text:
+            print(
+                f"make_planted: {out} differs from what the script generates; rerun without --check",
+                file=sys.stderr,
+            )
+            return 1
+        _validate(text, out)
+        print(f"{out}: up to date")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _validate(text, out)
+    out.write_text(text, encoding="utf-8")
+    n_facts, n_probes = len(spec["people"][0]["facts"]), len(spec["people"][0]["probes"])
+    print(
+        f"{out}: {len(spec['people'])} people, {n_facts} facts and {n_probes} probes each, {len(spec['forget'])} to forget"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
