@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.config import ModelConfig
+from pipeline.files import atomic_dir
 from pipeline.model_paths import (
     EMBEDDED,
     EMBEDDED_NAME,
@@ -44,14 +43,9 @@ def embedded_model_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():  # another process converted it meanwhile
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 

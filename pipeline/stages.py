@@ -16,10 +16,8 @@ stage), so a resumed run makes the same choices as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +28,7 @@ from pipeline.bench.spec import load_spec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.evaluation import convergence
 from pipeline.evaluation.metrics import answer_rate, perplexity
+from pipeline.files import atomic_dir, read_jsonl, write_json, write_jsonl
 from pipeline.models import load_model, with_adapter
 from pipeline.preflight import existing_run
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
@@ -47,26 +46,6 @@ STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_json(path: Path, data) -> None:
-    """Write-then-rename, so a crash never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=2)
-    os.replace(f.name, path)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(f.name, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def iter_dir(state: RunState, t: int) -> Path:
@@ -405,19 +384,10 @@ def commit(state: RunState, t: int, metrics: dict) -> dict:
         "reward_max": round(max(p["reward"] for p in pulls), 4) if pulls else None,
     }
     if metrics["kept"]:
-        _replace_dir(iter_dir(state, t) / "stack", state.run_dir / "adapter")
+        with atomic_dir(state.run_dir / "adapter") as tmp:
+            shutil.copytree(iter_dir(state, t) / "stack", tmp, dirs_exist_ok=True)
     write_json(iter_dir(state, t) / "metrics.json", entry)  # the commit point of the iteration
     return entry
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    tmp = target.parent / f".tmp-{target.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source, tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
 
 
 def decide(state: RunState, t: int, entry: dict, base: dict) -> str | None:

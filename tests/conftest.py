@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,6 +15,17 @@ def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("rr-cache")
     os.environ["RR_CACHE_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine intra-op threads
+    spin against each other (measured 10x slower). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`; the count is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def run_rr(*args, env=None, timeout=600):

@@ -5,15 +5,7 @@ import torch
 
 from pipeline.reveal.bandit import NeuralUCB
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The bandit's ops are tiny; with other processes on the machine, intra-op threads spin-wait
-    # on each other and a run goes 10x slower. Restored afterwards for the rest of the session.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unit(n: int, d: int, gen: torch.Generator) -> torch.Tensor:

@@ -13,13 +13,7 @@ from pipeline.textdata import IGNORE_INDEX
 B, T, V = 3, 5, 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy machine intra-op threads only spin and wait, so stay single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed: int, dtype=torch.float32):

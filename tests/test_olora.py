@@ -23,14 +23,7 @@ from pipeline.release.olora import (
 HIDDEN = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: on a busy machine intra-op threads only spin and wait on each other
-    (the optimisation test goes from 0.2 s to a minute), so run this module single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

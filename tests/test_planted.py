@@ -18,13 +18,7 @@ from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
 TINY = Path(__file__).resolve().parent.parent / "data" / "people" / "tiny.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from more threads, and on a shared machine they spin against others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(tmp_path: Path, raw) -> Path:

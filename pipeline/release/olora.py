@@ -21,12 +21,12 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from pipeline.files import atomic_dir
 
 Adapter = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -174,37 +174,10 @@ def write_adapter(
     )
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    # os.replace cannot overwrite a non-empty folder, so move the old one aside first and put it back
-    # if the swap fails; the window without `target` is two renames long.
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Stacking
 
 
 def stack_adapters(adapters: list[Adapter], scales: list[float] | None = None) -> Adapter:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from pipeline.config import ReleaseConfig
+from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
 from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, npo_loss, undial_loss
 from pipeline.release.olora import orthogonality_penalty
@@ -139,16 +138,8 @@ def train_adapter(
                 bar.advance(1, info=f"loss {loss.item():.3f}")
         stats["seconds"] = round(time.perf_counter() - started, 2)
         peft_model.eval()
-        _save_atomically(peft_model, Path(out_dir))
+        with atomic_dir(Path(out_dir)) as tmp:
+            peft_model.save_pretrained(tmp)
     finally:
         peft_model.unload()  # give the caller its model back without LoRA layers
     return stats
-
-
-def _save_atomically(peft_model, out_dir: Path) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-adapter-"))
-    peft_model.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
