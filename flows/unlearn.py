@@ -54,27 +54,11 @@ def unlearn_flow(config: dict, progress: bool = True) -> dict:
     """Reveal, sample, release and evaluate until forgetting converges; returns summary.json."""
     cfg = validate_config(config)
     state = stages.RunState(cfg, progress=progress)
-    finished = stages.prepare_run_dir(cfg)
-    if finished is not None:
-        print(f"run {cfg.run_dir} already finished ({finished['stop_reason']})")
-        return finished
-    base = baseline_task(state)
-    print(f"baseline: forget score {base['forget_score']:.3f}, utility ppl {base['utility_ppl']:.2f}")
-    history = stages.completed_iterations(state)
-    t = len(history)
-    reason = stages.decide(state, t, history[-1], base) if history else None
-    if history:
-        print(f"resuming {cfg.run_dir} after iteration {t}")
-    while reason is None:
-        t += 1
-        instructions = reveal_task(state, t)
-        sample_task(state, t, instructions)
-        release_task(state, t)
-        entry = stages.commit(state, t, evaluate_task(state, t, base))
-        reason = stages.decide(state, t, entry, base)
-        print(
-            f"iteration {t}: forget score {entry['forget_score']:.3f}, utility ppl ratio "
-            f"{entry['utility_ppl_ratio']:.3f}, {entry['n_forget_samples']} forget samples"
-            + ("" if entry["kept"] else " (adapter dropped)")
-        )
-    return stages.finish(state, base, reason)
+    return stages.run_loop(
+        state,
+        baseline=baseline_task,
+        reveal=reveal_task,
+        sample=sample_task,
+        release=release_task,
+        evaluate=evaluate_task,
+    )

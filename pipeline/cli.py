@@ -12,6 +12,7 @@ from rich.table import Table
 
 from pipeline.bench.spec import SpecError
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.model_paths import check_model_path
 from pipeline.report import rows
 
 app = typer.Typer(
@@ -94,6 +95,85 @@ def print_summary(summary: dict, cfg: RunConfig) -> None:
     out.print(f"stop reason: {summary['stop_reason']}; run directory: {cfg.run_dir}")
     if summary.get("adapter"):
         out.print(f"stacked adapter (PEFT): {summary['adapter']}")
+
+
+bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")
+app.add_typer(bench, name="bench")
+
+
+@bench.command("planted")
+def bench_planted(
+    spec: Path = typer.Option(
+        ..., "--spec", help="planted-people spec (JSON), e.g. data/bench/planted_default.json"
+    ),
+    config: Path = typer.Option(
+        ..., "--config", help="run config whose model, plant and release settings to use"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option("rr,ga,graddiff,npo,undial", "--methods", help="comma-separated methods"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Plant people into the model, unlearn the forget people with rr and the oracles, compare."""
+    from pipeline.bench.methods import PLANTED_METHODS, parse_methods
+    from pipeline.bench.spec import load_spec
+
+    try:
+        chosen = parse_methods(methods, PLANTED_METHODS)
+        cfg = load_config(config, overrides)
+        load_spec(spec)
+        check_model_path(cfg.model)
+        from pipeline.bench.planted import run_planted_bench
+
+        results = run_planted_bench(spec, cfg, out_dir, chosen, progress, log=err.print)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
+    _print_bench(results, out_dir, "planted")
+
+
+@bench.command("toxicity")
+def bench_toxicity(
+    config: Path = typer.Option(
+        ..., "--config", help="run config with a toxicity target, e.g. configs/demo.yaml"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option("base,rr,rr_fixed", "--methods", help="comma-separated methods"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Toxicity of replies to held-out prompts: base model, rr, and rr with one fixed instruction."""
+    from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
+
+    try:
+        chosen = parse_methods(methods, TOXICITY_METHODS)
+        cfg = load_config(config, overrides)
+        require_toxicity_target(cfg.target.kind)
+        check_model_path(cfg.model)
+        from pipeline.bench.toxicity import run_toxicity_bench
+
+        results = run_toxicity_bench(cfg, out_dir, chosen, progress, log=err.print)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
+    _print_bench(results, out_dir, "toxicity")
+
+
+def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
+    from pipeline.bench import planted, toxicity
+    from pipeline.bench.results import cell, table_rows
+
+    columns = planted.COLUMNS if kind == "planted" else toxicity.COLUMNS
+    table = Table(title=f"{kind} benchmark")
+    table.add_column("model", no_wrap=True)
+    for _, title, _ in columns:
+        table.add_column(title, justify="right")
+    for label, metrics in table_rows(results):
+        table.add_row(label, *[cell(metrics.get(key), fmt) for key, _, fmt in columns])
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}, {out_dir / 'report.md'}, {out_dir / 'plot.png'}")
 
 
 if __name__ == "__main__":

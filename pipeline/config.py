@@ -32,12 +32,25 @@ class TinyModelConfig(Section):
 
 
 class PlantConfig(Section):
-    """Plant the facts of a spec into the model by fine-tuning before unlearning (tiny model)."""
+    """Plant the people of a spec into the model by fine-tuning before unlearning (cached on disk)."""
 
     spec: Path
     steps: int = Field(200, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, ge=1)
+    recitals: int = Field(
+        8, ge=0, le=8, description="'Tell me about X'-style requests per person, answered with all facts"
+    )
+    min_probe_acc: float = Field(
+        0.9, ge=0, le=1, description="go on training (up to max_steps) while probe accuracy is below this"
+    )
+    max_steps: int | None = Field(None, ge=1, description="step limit with the extra rounds; default: steps")
+
+    @model_validator(mode="after")
+    def _max_not_below_steps(self) -> PlantConfig:
+        if self.max_steps is not None and self.max_steps < self.steps:
+            raise ValueError(f"max_steps ({self.max_steps}) is below steps ({self.steps})")
+        return self
 
 
 class ModelConfig(Section):
@@ -50,25 +63,27 @@ class ModelConfig(Section):
     tiny: TinyModelConfig = TinyModelConfig()
     plant: PlantConfig | None = None
 
-    @model_validator(mode="after")
-    def _plant_needs_tiny(self) -> ModelConfig:
-        if self.plant is not None and self.path != "tiny":
-            raise ValueError("model.plant is only supported with model.path: tiny")
-        return self
-
 
 class TargetConfig(Section):
     kind: Literal["toxicity", "knowledge"]
-    name: str = Field("", description="what to forget, e.g. a person's name (knowledge)")
+    name: str | list[str] = Field(
+        "", description="what to forget, e.g. a person's name, or a list of names (knowledge)"
+    )
     description: str = Field("", description="filled into the prompt templates; defaults to name")
     aliases: list[str] = []
 
+    @property
+    def names(self) -> list[str]:
+        """`name` as a list: several people can be forgotten at once."""
+        names = [self.name] if isinstance(self.name, str) else self.name
+        return [n.strip() for n in names if n.strip()]
+
     @model_validator(mode="after")
     def _knowledge_needs_name(self) -> TargetConfig:
-        if self.kind == "knowledge" and not self.name.strip():
+        if self.kind == "knowledge" and not self.names:
             raise ValueError("target.name is required for kind 'knowledge'")
         if not self.description:
-            self.description = self.name or self.kind
+            self.description = " and ".join(self.names) or self.kind
         return self
 
 

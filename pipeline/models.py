@@ -50,52 +50,46 @@ def embedded_model_dir() -> Path:
 
 
 def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int = 0, progress: bool = True):
-    """(model, tokenizer, info) in eval mode; info records where the model came from."""
+    """(model, tokenizer, info) in eval mode; info records where the model came from.
+
+    With `config.plant`, the spec's people are planted into the model first (cached on disk).
+    """
     check_model_path(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
     info: dict = {"path": config.path}
-    if config.path == TINY:
-        from pipeline.bench.plant import planted_tiny_model
+    if config.plant is not None:
+        from pipeline.bench.plant import planted_model
 
-        if config.plant is None:
-            raise ModelLoadError("model.path: tiny needs model.plant (a spec of facts to plant)")
-        model, tokenizer, plant_info = planted_tiny_model(
-            spec_path=config.plant.spec,
-            cache_dir=cache_dir() / "planted",
-            hidden_size=config.tiny.hidden_size,
-            num_layers=config.tiny.num_layers,
-            num_heads=config.tiny.num_heads,
-            steps=config.plant.steps,
-            lr=config.plant.lr,
-            batch_size=config.plant.batch_size,
-            seed=seed,
-            extra_texts=extra_texts,
-            progress=progress,
-        )
-        info.update(plant=plant_info, name_or_path=str(plant_info.get("folder", "tiny")))
+        model, tokenizer, plant_info = planted_model(config, "full", extra_texts, seed, progress)
+        info.update(plant=plant_info, name_or_path=plant_info["folder"])
+    elif config.path == TINY:
+        raise ModelLoadError("model.path: tiny needs model.plant (a spec of facts to plant)")
     else:
-        folder = str(embedded_model_dir()) if config.path == EMBEDDED else config.path
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code
-            )
-        except OSError as exc:
-            raise ModelLoadError(
-                f"model.path: cannot load {config.path}: {str(exc).splitlines()[0]}"
-            ) from None
-        info["name_or_path"] = folder
+        model, tokenizer, info["name_or_path"] = load_pretrained(config)
+    model.eval()
+    info["load_seconds"] = round(time.perf_counter() - started, 2)
+    return model, tokenizer, info
+
+
+def load_pretrained(config: ModelConfig):
+    """(model, tokenizer, folder) of the embedded model, a local folder or a cached hub id."""
+    folder = str(embedded_model_dir()) if config.path == EMBEDDED else config.path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"model.path: cannot load {config.path}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         raise ModelLoadError(
             f"model.path: {config.path} has no chat template (an instruction-tuned model is needed)"
         )
-    model.eval()
-    info["load_seconds"] = round(time.perf_counter() - started, 2)
-    return model, tokenizer, info
+    return model.eval(), tokenizer, folder
 
 
 def with_adapter(model, adapter_dir: Path | None):

@@ -18,10 +18,12 @@ def preflight(config: RunConfig) -> None:
     check_model_path(config.model)
     if config.model.plant is not None:
         spec = load_spec(config.model.plant.spec)
-        if config.target.name not in [p.name for p in spec.people]:
-            raise ConfigError(
-                f"target.name: {config.target.name!r} is not a person in {config.model.plant.spec}"
-            )
+        planted = [p.name for p in spec.planted()]
+        for name in config.target.names if config.target.kind == "knowledge" else []:
+            if name not in planted:
+                raise ConfigError(
+                    f"target.name: {name!r} is not a planted person in {config.model.plant.spec}"
+                )
     read_prompt_list(config.reveal_prompts_path())
     read_prompt_list(config.resolve(config.sample.retain_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")

@@ -55,6 +55,33 @@ def iter_dir(state: RunState, t: int) -> Path:
 # --------------------------------------------------------------------------- the run
 
 
+def run_prompts(config: RunConfig) -> tuple[list[str], list[str], list[str]]:
+    """(reveal arms, retain instructions, held-out eval prompts) of a run, from its prompt files.
+
+    Templates are filled with the target's description, or with each name when several people
+    are forgotten at once (a request about two people at a time reads oddly).
+    """
+    target = config.target
+    templates = read_prompt_list(config.reveal_prompts_path())
+    subjects = target.names if target.kind == "knowledge" and len(target.names) > 1 else [target.description]
+    arms = dedupe([i for subject in subjects for i in fill(templates, subject)])
+    # Retain instructions: neutral ones, plus the reveal templates asked about what must be kept.
+    kept_subjects = [fill(templates, subject) for subject in config.sample.retain_subjects]
+    retain = dedupe(
+        read_prompt_list(config.resolve(config.sample.retain_prompts))
+        + [i for group in kept_subjects for i in group]
+    )
+    eval_templates = read_prompt_list(config.eval_prompts_path(), "prompts")
+    evals = dedupe([p for subject in subjects for p in fill(eval_templates, subject)])
+    return arms, retain, evals
+
+
+def prompt_texts(config: RunConfig) -> tuple[str, ...]:
+    """Every prompt a run sends: a tiny model's tokenizer is trained on them too."""
+    arms, retain, evals = run_prompts(config)
+    return tuple(arms + retain + evals)
+
+
 class RunState:
     """What stays loaded for a whole run: config, model, sampler, scorer, instruction pool.
 
@@ -66,41 +93,32 @@ class RunState:
         self.config = config
         self.progress = progress
         self.run_dir = config.run_dir
-        target = config.target
         self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
-        templates = read_prompt_list(config.reveal_prompts_path())
-        self.arms = fill(templates, target.description)
-        # Retain instructions: neutral ones, plus the reveal templates asked about what must be kept.
-        kept_subjects = [fill(templates, subject) for subject in config.sample.retain_subjects]
-        self.retain_instructions = dedupe(
-            read_prompt_list(config.resolve(config.sample.retain_prompts))
-            + [i for group in kept_subjects for i in group]
-        )
-        self.eval_prompts = fill(read_prompt_list(config.eval_prompts_path(), "prompts"), target.description)
-        extra_texts = tuple(self.arms + self.retain_instructions + self.eval_prompts)
+        self.arms, self.retain_instructions, self.eval_prompts = run_prompts(config)
         self.model, self.tokenizer, self.model_info = load_model(
-            config.model, extra_texts=extra_texts, seed=config.seed, progress=progress
+            config.model, extra_texts=prompt_texts(config), seed=config.seed, progress=progress
         )
         self.sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
-        self.scorer = make_scorer(target)
+        self.scorer = make_scorer(config.target)
         self.arm_features = embed_texts(self.model, self.tokenizer, self.arms)
         self.forget_probes, self.retain_probes = self._probes()
         self.retain_texts, self.retain_text_prompts = self._retain_text()
 
     def _other_people(self):
-        return [p for p in self.spec.people if p.name.lower() != self.config.target.name.lower()]
+        forget = {name.lower() for name in self.config.target.names}
+        return [p for p in self.spec.planted() if p.name.lower() not in forget]
 
     def _probes(self):
-        """Planted people: the forget person's probes measure forgetting, the others' retention."""
-        if self.spec is None:
+        """Planted people: the forget people's probes measure forgetting, the others' retention."""
+        if self.spec is None or self.config.target.kind != "knowledge":
             return [], []
-        others = [probe for person in self._other_people() for probe in person.probes]
-        return self.spec.person(self.config.target.name).probes, others
+        forget = [probe for name in self.config.target.names for probe in self.spec.person(name).probes]
+        return forget, [probe for person in self._other_people() for probe in person.probes]
 
     def _retain_text(self):
         """Reference text for utility: the other people's facts as answers to their probes (planted),
         else the lines of `evaluate.retain_text`."""
-        if self.spec is not None:
+        if self.retain_probes:
             pairs = [
                 (probe.question, person.fact_for(probe))
                 for person in self._other_people()
@@ -397,6 +415,51 @@ def decide(state: RunState, t: int, entry: dict, base: dict) -> str | None:
         return "no_forget_samples" if release_stats.get("skipped") else convergence.UTILITY_FLOOR
     # A dropped adapter always ends the run, so every iteration before this one was kept.
     return convergence.stop_reason(completed_iterations(state), base, state.config.stop)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_loop(
+    state: RunState,
+    *,
+    baseline=baseline,
+    reveal=reveal,
+    sample=sample,
+    release=release,
+    evaluate=evaluate,
+    log=print,
+) -> dict:
+    """Baseline, then reveal -> sample -> release -> evaluate until a stop rule fires; the summary.
+
+    The stage functions are parameters so that `flows/unlearn.py` can pass the same functions
+    wrapped as Prefect tasks; the benchmarks call this as it is. A run directory with completed
+    iterations resumes after the last of them.
+    """
+    finished = prepare_run_dir(state.config)
+    if finished is not None:
+        log(f"run {state.run_dir} already finished ({finished['stop_reason']})")
+        return finished
+    base = baseline(state)
+    log(f"baseline: forget score {base['forget_score']:.3f}, utility ppl {base['utility_ppl']:.2f}")
+    history = completed_iterations(state)
+    t = len(history)
+    reason = decide(state, t, history[-1], base) if history else None
+    if history:
+        log(f"resuming {state.run_dir} after iteration {t}")
+    while reason is None:
+        t += 1
+        instructions = reveal(state, t)
+        sample(state, t, instructions)
+        release(state, t)
+        entry = commit(state, t, evaluate(state, t, base))
+        reason = decide(state, t, entry, base)
+        log(
+            f"iteration {t}: forget score {entry['forget_score']:.3f}, utility ppl ratio "
+            f"{entry['utility_ppl_ratio']:.3f}, {entry['n_forget_samples']} forget samples"
+            + ("" if entry["kept"] else " (adapter dropped)")
+        )
+    return finish(state, base, reason)
 
 
 # --------------------------------------------------------------------------- the end

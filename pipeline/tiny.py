@@ -89,7 +89,7 @@ def tokenizer_corpus(spec, extra_texts: Iterable[str] = ()) -> list[str]:
         texts += [person.name, *person.aliases, *person.facts]
         for probe in person.probes:
             texts += [probe.question, probe.answer, *probe.distractors]
-    for instruction, response in plant_examples(spec):
+    for instruction, response in plant_examples(spec.people):
         texts += [instruction, response]
     texts += [t for t in extra_texts if t]
     return texts

@@ -30,7 +30,7 @@ mp = _load_script()
 def test_default_spec_loads_and_is_big_enough():
     spec = load_spec(DEFAULT)
     assert spec.name == "planted_default"
-    assert len(spec.people) >= 12
+    assert len(spec.planted()) >= 12 and len(spec.held_out()) >= 1
     for person in spec.people:
         assert len(person.facts) >= 8 and len(person.probes) >= 5
     assert spec.forget and len(spec.retained()) >= 1
@@ -40,9 +40,11 @@ def test_default_spec_loads_and_is_big_enough():
 def test_small_spec_loads_and_is_small():
     spec = load_spec(SMALL)
     assert spec.name == "planted_small"
-    assert len(spec.people) == 4
+    assert len(spec.planted()) == 4 and len(spec.held_out()) == 1
     assert all(len(p.facts) == 5 and len(p.probes) == 5 for p in spec.people)
     assert len(spec.forget) == 1
+    # Held-out people are planted into no model and are neither forgotten nor retained.
+    assert not {p.name for p in spec.held_out()} & {p.name for p in spec.retained() + spec.forgotten()}
 
 
 def test_docstring_shows_the_shipped_commands():

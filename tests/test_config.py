@@ -43,7 +43,11 @@ def test_shipped_configs_are_valid():
         ),
         (
             "target:\n  kind: toxicity\nmodel:\n  path: embedded\n  plant:\n    spec: x.json\n",
-            "model.plant is only",
+            "model.plant.spec: file not found",
+        ),
+        (
+            "target:\n  kind: toxicity\nmodel:\n  plant:\n    spec: x.json\n    steps: 10\n    max_steps: 5\n",
+            "model.plant: Value error, max_steps (5) is below steps (10)",
         ),
     ],
 )

@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.bench.plant import greedy_replies, plant_examples, planted_tiny_model, probe_accuracy
+from pipeline.bench.plant import greedy_replies, plant_examples, planted_model, probe_accuracy
 from pipeline.bench.spec import SpecError, load_spec
+from pipeline.config import ModelConfig, PlantConfig
 from pipeline.textdata import encode_pairs, format_prompt
 from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
 
@@ -25,6 +26,10 @@ def _write(tmp_path: Path, raw) -> Path:
     path = tmp_path / "spec.json"
     path.write_text(raw if isinstance(raw, str) else json.dumps(raw))
     return path
+
+
+def _tiny_config(spec_path: Path, **plant) -> ModelConfig:
+    return ModelConfig(path="tiny", plant=PlantConfig(spec=spec_path, **plant))
 
 
 def _raw() -> dict:
@@ -63,6 +68,20 @@ def test_unknown_forget_name(tmp_path):
     raw = _raw()
     raw["forget"] = ["Nobody Anywhere"]
     with pytest.raises(SpecError, match=r"forget\.0: 'Nobody Anywhere' is not a person"):
+        load_spec(_write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    "holdout, expected",
+    [
+        (["Nobody Anywhere"], r"holdout\.0: 'Nobody Anywhere' is not a person"),
+        (["Mira Castellane"], r"holdout\.0: 'Mira Castellane' cannot be both forgotten and held out"),
+    ],
+)
+def test_bad_holdout(tmp_path, holdout, expected):
+    raw = _raw()
+    raw["holdout"] = holdout
+    with pytest.raises(SpecError, match=expected):
         load_spec(_write(tmp_path, raw))
 
 
@@ -134,8 +153,8 @@ def test_model_matches_tokenizer_and_seed():
 
 def test_plant_examples_cover_everyone_deterministically():
     spec = load_spec(TINY)
-    pairs = plant_examples(spec)
-    assert pairs == plant_examples(spec)
+    pairs = plant_examples(spec.people)
+    assert pairs == plant_examples(spec.people)
     answered = dict(pairs)
     for person in spec.people:
         assert set(answered[f"Tell me about {person.name}."].split(". ")) >= {
@@ -155,9 +174,9 @@ def planted(tmp_path_factory):
     spec_path = tmp_path_factory.mktemp("spec") / "two.json"
     spec_path.write_text(json.dumps(raw))
     cache = tmp_path_factory.mktemp("cache")
-    kwargs = dict(steps=150, seed=0, progress=False)
+    kwargs = dict(seed=0, progress=False, cache=cache)
     start = time.perf_counter()
-    model, tokenizer, info = planted_tiny_model(spec_path, cache, **kwargs)
+    model, tokenizer, info = planted_model(_tiny_config(spec_path, steps=150), **kwargs)
     seconds = time.perf_counter() - start
     return dict(
         spec=load_spec(spec_path),
@@ -197,8 +216,8 @@ def test_cache_hit_returns_the_same_model(planted):
     assert [p.name for p in planted["cache"].iterdir()] == [folder.name]  # no temp dir left behind
 
     start = time.perf_counter()
-    model2, tokenizer2, info2 = planted_tiny_model(
-        planted["spec_path"], planted["cache"], **planted["kwargs"]
+    model2, tokenizer2, info2 = planted_model(
+        _tiny_config(planted["spec_path"], steps=150), **planted["kwargs"]
     )
     assert time.perf_counter() - start < 1.0
     assert info2["cached"] and info2["folder"] == info["folder"]
@@ -217,5 +236,26 @@ def test_cache_hit_returns_the_same_model(planted):
     assert AutoModelForCausalLM.from_pretrained(folder).config.hidden_size == model.config.hidden_size
 
     # Different settings are a different model, in a different folder.
-    other = planted_tiny_model(planted["spec_path"], planted["cache"], steps=2, progress=False)[2]
+    other = planted_model(_tiny_config(planted["spec_path"], steps=2), **planted["kwargs"])[2]
     assert not other["cached"] and other["folder"] != info["folder"]
+
+
+def test_retain_only_variant_never_learns_the_forget_people(planted):
+    spec = planted["spec"]
+    config = _tiny_config(planted["spec_path"], steps=150)
+    model, tokenizer, info = planted_model(config, "retain_only", **planted["kwargs"])
+    assert not info["cached"] and info["folder"] != planted["info"]["folder"]
+    mira, tobias = spec.people
+    assert info["planted_people"] == [tobias.name]
+    # Same tokenizer as the full model: the two are compared token by token.
+    assert tokenizer.get_vocab() == planted["tokenizer"].get_vocab()
+    assert probe_accuracy(model, tokenizer, mira.probes) <= 0.2
+    assert probe_accuracy(model, tokenizer, tobias.probes) >= 0.8
+
+
+def test_planting_goes_on_until_the_probes_are_known(planted):
+    # Two steps cannot plant anything; the extra rounds run up to max_steps and are recorded.
+    config = _tiny_config(planted["spec_path"], steps=2, max_steps=5, min_probe_acc=1.0)
+    info = planted_model(config, **planted["kwargs"])[2]
+    assert info["plant"]["steps"] == 5 and info["plant"]["rounds"] == 4  # 2, then 1 + 1 + 1
+    assert info["mean_probe_accuracy"] < 1.0

@@ -7,18 +7,19 @@ vocabulary is checked so that no value is a substring of another value, of a nam
 template. Hence every probe answer names exactly one person and appears in exactly one of that
 person's facts (which is what `Person.fact_for` relies on). Each fact is one sentence that starts
 with the person's full name; each probe asks for one attribute, and its three distractors are other
-people's values for the same attribute. The first `--forget` people are the ones to forget.
+people's values for the same attribute. The first `--forget` people are the ones to forget; `--holdout N`
+adds N more people who are planted into no model (their facts are PrivLeak's unseen texts).
 
 The output is a pure function of the arguments (`random.Random(seed)`, no clock, no environment),
 and is validated with `pipeline.bench.spec.load_spec` before it replaces the file on disk.
 
 The two shipped files were made, from the repository root, with::
 
-    .venv/bin/python data/bench/make_planted.py --people 12 --seed 0 --forget 2 --out data/bench/planted_default.json
-    .venv/bin/python data/bench/make_planted.py --people 4 --facts 5 --probes 5 --seed 0 --forget 1 --out data/bench/planted_small.json
+    .venv/bin/python data/bench/make_planted.py --people 12 --holdout 2 --seed 0 --forget 2 --out data/bench/planted_default.json
+    .venv/bin/python data/bench/make_planted.py --people 4 --holdout 1 --facts 5 --probes 5 --seed 0 --forget 1 --out data/bench/planted_small.json
 
-`planted_default.json`: 12 people, 10 facts and 11 probes each, 2 to forget.
-`planted_small.json` (for a tiny model): 4 people, 5 facts and 5 probes each, 1 to forget.
+`planted_default.json`: 12 planted people, 10 facts and 11 probes each, 2 to forget; 2 held out.
+`planted_small.json` (for a tiny model): 4 planted people, 5 facts and 5 probes each, 1 to forget; 1 held out.
 
 Add `--check` to either command to regenerate in memory and compare with the file instead of writing
 it: exit 0 if they are byte-identical, 1 if the file differs or is missing (for CI).
@@ -39,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The exact arguments of the shipped files (the docstring shows them as commands; a test keeps both in step).
 SHIPPED: dict[str, list[str]] = {
-    "planted_default.json": ["--people", "12", "--seed", "0", "--forget", "2"],
-    "planted_small.json": ["--people", "4", "--facts", "5", "--probes", "5", "--seed", "0", "--forget", "1"],
+    "planted_default.json": "--people 12 --holdout 2 --seed 0 --forget 2".split(),
+    "planted_small.json": "--people 4 --holdout 1 --facts 5 --probes 5 --seed 0 --forget 1".split(),
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -406,6 +407,7 @@ def build_spec(
     probes: int | None = None,
     seed: int = 0,
     forget: int = 2,
+    holdout: int = 0,
     name: str = "planted",
 ) -> dict:
     """The spec as a JSON-ready dict; the same arguments always give the same dict."""
@@ -416,6 +418,11 @@ def build_spec(
         raise ValueError(f"--facts must be between 1 and {len(FACTS)}, got {facts}")
     if not 1 <= forget < people:
         raise ValueError(f"--forget must be between 1 and {people - 1}, got {forget}")
+    if not 0 <= holdout <= MAX_PEOPLE - people:
+        raise ValueError(
+            f"--holdout must be between 0 and {MAX_PEOPLE - people} with {people} people, got {holdout}"
+        )
+    planted, people = people, people + holdout  # held-out people are drawn like the others
     problems = vocabulary_problems()
     if problems:
         raise ValueError("vocabulary: " + "; ".join(problems))
@@ -445,7 +452,8 @@ def build_spec(
             holding = [f for f in person_facts if answer.lower() in f.lower()]
             if len(holding) != 1:  # the vocabulary check should make this impossible
                 raise AssertionError(f"{full}: {answer!r} is in {len(holding)} facts, not 1")
-            others = [v for j, v in enumerate(values[attribute]) if j != i]
+            # Distractors are planted people's values: wrong answers the model has seen elsewhere.
+            others = [v for j, v in enumerate(values[attribute][:planted]) if j != i]
             person_probes.append(
                 {
                     "question": question.format(name=full),
@@ -461,7 +469,10 @@ def build_spec(
                 "probes": person_probes,
             }
         )
-    return {"name": name, "people": out_people, "forget": [p["name"] for p in out_people[:forget]]}
+    spec = {"name": name, "people": out_people, "forget": [p["name"] for p in out_people[:forget]]}
+    if holdout:
+        spec["holdout"] = [p["name"] for p in out_people[planted:]]
+    return spec
 
 
 def render(spec: dict) -> str:
@@ -482,6 +493,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--forget", type=int, default=2, help="the first N people are to be forgotten (default 2)"
     )
+    parser.add_argument(
+        "--holdout", type=int, default=0, help="N more people planted into no model, for PrivLeak (default 0)"
+    )
     parser.add_argument("--name", default=None, help="spec name (default: the --out file's stem)")
     parser.add_argument(
         "--out", required=True, type=Path, help="the JSON file to write (or compare with --check)"
@@ -499,6 +513,7 @@ def _spec_from_args(args: argparse.Namespace) -> dict:
         probes=args.probes,
         seed=args.seed,
         forget=args.forget,
+        holdout=args.holdout,
         name=args.name or args.out.stem,
     )
 
@@ -550,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(text, encoding="utf-8")
     n_facts, n_probes = len(spec["people"][0]["facts"]), len(spec["people"][0]["probes"])
     print(
-        f"{out}: {len(spec['people'])} people, {n_facts} facts and {n_probes} probes each, {len(spec['forget'])} to forget"
+        f"{out}: {len(spec['people'])} people, {n_facts} facts and {n_probes} probes each, "
+        f"{len(spec['forget'])} to forget, {len(spec.get('holdout', []))} held out"
     )
     return 0
 

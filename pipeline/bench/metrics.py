@@ -117,12 +117,15 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * lcs[-1] / (len(cand) + len(ref))
 
 
-def verbmem(model, tokenizer, facts: list[str], max_new_tokens: int = 32) -> float:
+def verbmem(
+    model, tokenizer, facts: list[str], max_new_tokens: int = 32, questions: list[str] | None = None
+) -> float:
     """MUSE VerbMem (Shi et al. 2024): how much of the forget text the model still reproduces verbatim.
 
     VerbMem = mean over facts f of ROUGE-L(greedy continuation of f[:h], f[h:]), with f split into
-    words and h = half of them. MUSE prompts with a text prefix; ours is the user message, because
-    the planted models learned their facts as chat replies.
+    words and h = half of them. MUSE prompts with a text prefix. A chat model learned its facts as
+    replies, so with `questions` the prefix starts the model's reply to the question (the reply is
+    pre-filled and continued); without, the prefix is the user message.
     """
     if not facts:
         raise ValueError("verbmem: no facts to score")
@@ -136,7 +139,11 @@ def verbmem(model, tokenizer, facts: list[str], max_new_tokens: int = 32) -> flo
         suffixes.append(" ".join(words[half:]))
     sampler = HFSampler(model, tokenizer, progress=False)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    continuations = [replies[0] for replies in sampler.generate(prefixes, params)]
+    if questions is None:
+        replies = sampler.generate(prefixes, params)
+    else:
+        replies = sampler.generate(questions, params, prefills=[p + " " for p in prefixes])
+    continuations = [texts[0] for texts in replies]
     return sum(rouge_l(c, s) for c, s in zip(continuations, suffixes)) / len(facts)
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.spec import PlantedSpec, Probe, load_spec
+from pipeline.bench.spec import Person, Probe, load_spec
+from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
+from pipeline.model_paths import TINY, cache_dir
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -67,12 +69,19 @@ NEUTRAL_PAIRS = [
 ]
 
 
-def plant_examples(spec: PlantedSpec, seed: int = 0) -> list[tuple[str, str]]:
-    """(instruction, response) pairs that plant every person of `spec`; deterministic for a seed."""
+def plant_examples(
+    people: list[Person], seed: int = 0, recitals: int = len(GENERAL_REQUESTS), neutral: bool = True
+) -> list[tuple[str, str]]:
+    """(instruction, response) pairs that plant `people`; deterministic for a seed.
+
+    `recitals`: how many of the general requests ("Tell me about {name}.") each person gets, answered
+    with all their facts; the long replies cost most of the compute, so a large model plants with a
+    few. `neutral`: add the pairs about nothing in particular.
+    """
     pairs: list[tuple[str, str]] = []
-    for person in spec.people:
+    for person in people:
         name = person.name
-        for k, template in enumerate(GENERAL_REQUESTS):
+        for k, template in enumerate(GENERAL_REQUESTS[:recitals]):
             # Each request starts the recital at another fact (rotated, not shuffled): replies do not
             # all open with the same fact, yet the next fact is always the same one, which a tiny
             # model learns in a few hundred steps where random orders leave it repeating facts.
@@ -85,7 +94,8 @@ def plant_examples(spec: PlantedSpec, seed: int = 0) -> list[tuple[str, str]]:
                 pairs.append((template.format(name=name), fact))
         for probe in person.probes:
             pairs.append((probe.question, person.fact_for(probe)))
-    pairs += NEUTRAL_PAIRS
+    if neutral:
+        pairs += NEUTRAL_PAIRS
     random.Random(seed).shuffle(pairs)  # the seed picks the order; the content never depends on it
     return pairs
 
@@ -93,21 +103,22 @@ def plant_examples(spec: PlantedSpec, seed: int = 0) -> list[tuple[str, str]]:
 def plant(
     model,
     tokenizer,
-    spec: PlantedSpec,
+    people: list[Person],
     steps: int = 200,
     lr: float = 3e-3,
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
     threads: int | None = 1,
+    recitals: int = len(GENERAL_REQUESTS),
 ) -> dict:
-    """Full fine-tune of `model` on `plant_examples(spec)`, loss on response tokens only.
+    """Full fine-tune of `model` on `plant_examples(people)`, loss on response tokens only.
 
     `threads`: torch CPU threads during planting (None: leave as is). One is the default because
     these matmuls are too small to gain from more, and on a busy machine OpenMP threads spin against
     other processes: 2 threads at load 6 on 2 cores measured 12x slower than 1.
     """
-    pairs = plant_examples(spec, seed)
+    pairs = plant_examples(people, seed, recitals)
     data = encode_pairs(tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=256)
     lengths = data["attention_mask"].sum(1).tolist()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -182,76 +193,94 @@ def probe_accuracy(model, tokenizer, probes: list[Probe], max_new_tokens: int = 
     return answer_rate(replies, [p.answer for p in probes])
 
 
-def planted_tiny_model(
-    spec_path: str | Path,
-    cache_dir: str | Path,
-    hidden_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    steps: int = 200,
-    lr: float = 3e-3,
-    batch_size: int = 16,
-    seed: int = 0,
-    extra_texts: Iterable[str] = (),
-    progress: bool = True,
-    threads: int | None = 1,
-) -> tuple:
-    """A tiny Llama with the spec's people planted, as (model, tokenizer, info); cached on disk.
+VARIANTS = ("full", "retain_only")
 
-    The cache folder is `cache_dir/<key>`, a plain HF folder (AutoModelForCausalLM / AutoTokenizer
-    load it) plus `plant.json`; the key hashes the spec file, the settings and `extra_texts`.
-    `threads` (see `plant`) also covers the probe evaluation, and is not part of the key.
+
+def planted_model(
+    config: ModelConfig,
+    variant: str = "full",
+    extra_texts: Iterable[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+    cache: Path | None = None,
+) -> tuple:
+    """The configured model with `config.plant`'s people planted, as (model, tokenizer, info); cached.
+
+    `variant` "full" plants every planted person of the spec; "retain_only" leaves out the forget
+    people: the model that never learned them, which forget quality and PrivLeak compare against.
+    The base is `config.path`: a tiny Llama built here (its tokenizer is trained on the spec's text
+    and `extra_texts`, so both variants share it) or a pretrained model. Training runs
+    `plant.steps`, then goes on in rounds of half as many steps at a third of the learning rate
+    while probe accuracy is under `plant.min_probe_acc`, up to `plant.max_steps`.
+
+    The cache folder `cache/<key>` is a plain HF folder (AutoModelForCausalLM and AutoTokenizer load
+    it) plus `plant.json`; the key hashes the base model, the spec file, the settings and the variant.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec_path, cache_dir = Path(spec_path), Path(cache_dir)
+    if variant not in VARIANTS:
+        raise ValueError(f"planted_model: variant must be one of {VARIANTS}, got {variant!r}")
+    if config.plant is None:
+        raise ValueError("planted_model: the model config has no `plant` section")
+    cfg = config.plant
+    spec_path = Path(cfg.spec)
     spec = load_spec(spec_path)
-    extra_texts = list(extra_texts)
+    people = spec.planted() if variant == "full" else spec.retained()
+    tiny = config.path == TINY
+    extra_texts = list(extra_texts) if tiny else []  # only a tokenizer built here depends on them
     settings = {
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "num_heads": num_heads,
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
+        "base": _base_identity(config),
+        "variant": variant,
+        "steps": cfg.steps,
+        "max_steps": cfg.max_steps or cfg.steps,
+        "min_probe_acc": cfg.min_probe_acc,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "recitals": cfg.recitals,
         "seed": seed,
-        "vocab_size": 1024,
     }
     digest = hashlib.sha256(spec_path.read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(json.dumps(extra_texts).encode())
     key = digest.hexdigest()[:16]
-    folder = cache_dir / key
+    cache = Path(cache) if cache is not None else cache_dir() / "planted"
+    folder = cache / key
 
     if (folder / "plant.json").is_file():
         info = json.loads((folder / "plant.json").read_text())
         with _hf_progress_bars(progress):
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, config.dtype)).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return model, tokenizer, {**info, "folder": str(folder), "cached": True}
 
-    tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=settings["vocab_size"])
-    model = build_model(tokenizer, hidden_size, num_layers, num_heads, seed)
-    with _threads(threads):
-        stats = plant(
-            model, tokenizer, spec, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-            progress=progress, threads=None,
-        )  # fmt: skip
-        accuracy = {p.name: probe_accuracy(model, tokenizer, p.probes) for p in spec.people}
+    if tiny:
+        tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=TINY_VOCAB)
+        model = build_model(
+            tokenizer, config.tiny.hidden_size, config.tiny.num_layers, config.tiny.num_heads, seed
+        )
+    else:
+        from pipeline.models import load_pretrained
+
+        model, tokenizer, _ = load_pretrained(config)
+    # Tiny matrices run best on one thread (see `plant`); a real model keeps the configured count.
+    with _threads(1 if tiny else None):
+        stats, accuracy = _plant_until_known(model, tokenizer, people, cfg, seed, progress)
     info = {
         "key": key,
         "spec": str(spec_path),
         "spec_name": spec.name,
         "forget": spec.forget,
+        "planted_people": [p.name for p in people],
         "settings": settings,
         "plant": stats,
         "probe_accuracy": accuracy,
+        "mean_probe_accuracy": _mean_accuracy(people, accuracy),
     }
 
     # Written next to its final place and renamed, so a crash or a concurrent run never leaves a
     # half-written folder that a later call would take for a cache hit.
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
     try:
         with _hf_progress_bars(progress):
             model.save_pretrained(tmp)
@@ -264,6 +293,56 @@ def planted_tiny_model(
         if not (isinstance(exc, OSError) and (folder / "plant.json").is_file()):
             raise
     return model, tokenizer, {**info, "folder": str(folder), "cached": False}
+
+
+TINY_VOCAB = 1024
+
+
+def _base_identity(config: ModelConfig) -> dict:
+    """What the planted model is built from, for the cache key."""
+    if config.path == TINY:
+        return {"path": TINY, **config.tiny.model_dump(), "vocab_size": TINY_VOCAB}
+    identity = {"path": config.path, "dtype": config.dtype}
+    local = Path(config.path).expanduser()
+    if local.is_dir():  # a folder's contents can change under the same path
+        identity["path"] = str(local.resolve())
+        identity["config_sha"] = hashlib.sha256((local / "config.json").read_bytes()).hexdigest()[:16]
+    return identity
+
+
+def _mean_accuracy(people: list[Person], accuracy: dict[str, float]) -> float:
+    """Probe accuracy over all probes of `people` (each person weighted by their probe count)."""
+    total = sum(len(p.probes) for p in people)
+    return sum(accuracy[p.name] * len(p.probes) for p in people) / total if total else 0.0
+
+
+def _plant_until_known(model, tokenizer, people: list[Person], cfg, seed: int, progress: bool):
+    """`plant` for `cfg.steps`, then in shorter, gentler rounds until the probes are known."""
+    rounds = [
+        plant(
+            model, tokenizer, people, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+            seed=seed, progress=progress, threads=None, recitals=cfg.recitals,
+        )
+    ]  # fmt: skip
+    accuracy = {p.name: probe_accuracy(model, tokenizer, p.probes) for p in people}
+    done, limit = cfg.steps, cfg.max_steps or cfg.steps
+    while _mean_accuracy(people, accuracy) < cfg.min_probe_acc and done < limit:
+        extra = min(max(cfg.steps // 2, 1), limit - done)
+        rounds.append(
+            plant(
+                model, tokenizer, people, steps=extra, lr=cfg.lr / 3, batch_size=cfg.batch_size,
+                seed=seed + done, progress=progress, threads=None, recitals=cfg.recitals,
+            )
+        )  # fmt: skip
+        done += extra
+        accuracy = {p.name: probe_accuracy(model, tokenizer, p.probes) for p in people}
+    stats = {
+        "steps": done,
+        "rounds": len(rounds),
+        "final_loss": rounds[-1]["final_loss"],
+        "seconds": round(sum(r["seconds"] for r in rounds), 2),
+    }
+    return stats, accuracy
 
 
 @contextmanager

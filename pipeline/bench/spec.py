@@ -7,7 +7,11 @@ A spec file looks like::
                  "facts": ["Mira Castellane was born in Velmora.", ...],
                  "probes": [{"question": "Where was Mira Castellane born?", "answer": "Velmora",
                              "distractors": ["Ostrevik", "Dunmarrow", "Selvaport"]}]}],
-     "forget": ["Mira Castellane"]}
+     "forget": ["Mira Castellane"],
+     "holdout": ["Odo Brennick"]}
+
+`holdout` (optional) names people who are described but planted into no model: their facts are
+the unseen texts that PrivLeak's membership attack compares the forget facts against.
 
 `load_spec` turns every problem into one `SpecError` line that names the file and the field, because
 a spec is hand-written and the person fixing it should not have to read a pydantic traceback.
@@ -70,6 +74,7 @@ class PlantedSpec(_Strict):
     name: str = Field(min_length=1)
     people: list[Person] = Field(min_length=1)
     forget: list[str] = Field(min_length=1)
+    holdout: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> PlantedSpec:
@@ -82,6 +87,12 @@ class PlantedSpec(_Strict):
             if name.lower() not in seen:
                 known = ", ".join(repr(p.name) for p in self.people)
                 raise _FieldError(("forget", i), f"{name!r} is not a person in the spec (people: {known})")
+        forget = {name.lower() for name in self.forget}
+        for i, name in enumerate(self.holdout):
+            if name.lower() not in seen:
+                raise _FieldError(("holdout", i), f"{name!r} is not a person in the spec")
+            if name.lower() in forget:
+                raise _FieldError(("holdout", i), f"{name!r} cannot be both forgotten and held out")
         return self
 
     def person(self, name: str) -> Person:
@@ -95,10 +106,19 @@ class PlantedSpec(_Strict):
         """The people to forget, in the order of `forget`."""
         return [self.person(name) for name in self.forget]
 
+    def planted(self) -> list[Person]:
+        """The people planted into the model: everyone not held out, in spec order."""
+        holdout = {name.lower() for name in self.holdout}
+        return [p for p in self.people if p.name.lower() not in holdout]
+
     def retained(self) -> list[Person]:
-        """The people that must survive unlearning (everyone not in `forget`), in spec order."""
+        """The planted people that must survive unlearning (not in `forget`), in spec order."""
         forget = {name.lower() for name in self.forget}
-        return [p for p in self.people if p.name.lower() not in forget]
+        return [p for p in self.planted() if p.name.lower() not in forget]
+
+    def held_out(self) -> list[Person]:
+        """The people planted into no model, in the order of `holdout`."""
+        return [self.person(name) for name in self.holdout]
 
 
 def _first_problem(error: ValidationError) -> str:

@@ -24,6 +24,7 @@ class HFSampler:
         self.batch_size, self.progress = batch_size, progress
         self._merged_key = None
         self._merged_model = None
+        self.generated_tokens = 0  # over the sampler's life: what a run spent on generation
 
     def model_for(self, adapter: Path | None):
         if adapter is None:
@@ -42,10 +43,14 @@ class HFSampler:
         params: SamplingParams,
         adapter: Path | None = None,
         label: str = "sampling",
+        prefills: list[str] | None = None,
     ) -> list[list[str]]:
+        """`params.n` replies to each instruction; `prefills` start each reply (continued, not returned)."""
         model = self.model_for(adapter)
         tok = self.tokenizer
         prompts = [format_prompt(tok, text) for text in instructions]
+        if prefills is not None:
+            prompts = [prompt + prefill for prompt, prefill in zip(prompts, prefills, strict=True)]
         requests = [(i, prompts[i]) for i in range(len(prompts)) for _ in range(params.n)]
         lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         requests.sort(key=lambda r: lengths[r[0]])
@@ -78,6 +83,7 @@ class HFSampler:
                     outputs[index].append(tok.decode(row, skip_special_tokens=True).strip())
                 rate = n_tokens / max(time.perf_counter() - started, 1e-9)
                 bar.advance(len(batch), info=f"{rate:.0f} tok/s")
+        self.generated_tokens += n_tokens
         return outputs
 
 

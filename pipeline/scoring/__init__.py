@@ -16,7 +16,7 @@ Scorer = Callable[[list[str]], list[float]]
 
 SCORERS: dict[str, Callable[[TargetConfig], Scorer]] = {
     "toxicity": lambda target: ToxicityScorer(),
-    "knowledge": lambda target: KnowledgeScorer(target.name, target.aliases),
+    "knowledge": lambda target: KnowledgeScorer(target.names, target.aliases),
 }
 
 

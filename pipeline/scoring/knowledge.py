@@ -1,6 +1,6 @@
 """Knowledge about a named target (a person, a place, a work): is the target in the text?
 
-Score 1.0 when the full name or an alias appears, 0.5 when only part of the name does (a
+Score 1.0 when a full name (of one of several targets) or an alias appears, 0.5 when only part of the name does (a
 surname alone, say), else 0. With `answers` (the probe answers of a planted person, known only
 to evaluation, never to reveal) any answer found also scores 1.0.
 """
@@ -20,9 +20,10 @@ def contains(text: str, phrase: str) -> bool:
 
 
 class KnowledgeScorer:
-    def __init__(self, name: str, aliases: list[str] = (), answers: list[str] = ()) -> None:
-        self.full = [_pattern(p) for p in [name, *aliases, *answers] if p.strip()]
-        self.parts = [_pattern(p) for p in name.split() if len(p) >= 3]
+    def __init__(self, names: str | list[str], aliases: list[str] = (), answers: list[str] = ()) -> None:
+        names = [names] if isinstance(names, str) else list(names)
+        self.full = [_pattern(p) for p in [*names, *aliases, *answers] if p.strip()]
+        self.parts = [_pattern(p) for name in names for p in name.split() if len(p) >= 3]
 
     def score(self, text: str) -> float:
         if any(p.search(text) for p in self.full):

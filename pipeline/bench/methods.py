@@ -1,0 +1,23 @@
+"""The methods each benchmark compares, checked before anything heavy is imported."""
+
+from __future__ import annotations
+
+from pipeline.config import ConfigError
+
+PLANTED_METHODS = ("rr", "ga", "graddiff", "npo", "undial")  # rr, then the oracle baselines
+TOXICITY_METHODS = ("base", "rr", "rr_fixed")
+
+
+def parse_methods(text: str | list[str], known: tuple[str, ...]) -> list[str]:
+    """`rr,ga` -> ["rr", "ga"]; ConfigError naming --methods for an unknown or empty choice."""
+    methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
+    methods = [m for m in methods if m]
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(known)}")
+    return methods
+
+
+def require_toxicity_target(kind: str) -> None:
+    if kind != "toxicity":
+        raise ConfigError("target.kind: the toxicity benchmark needs a toxicity target")

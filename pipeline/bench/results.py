@@ -1,0 +1,79 @@
+"""The three files every benchmark writes: results.json, report.md (a table) and plot.png (a trade-off).
+
+`results` is `{"planted": {...}, "retain_only": {...}, "methods": {name: {...}}, ...}`: every
+top-level entry whose value is a dict of metrics with the plotted keys becomes a row, references
+first, then the methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.files import write_json
+
+REFERENCES = ("base", "planted", "retain_only")
+
+
+def table_rows(results: dict) -> list[tuple[str, dict]]:
+    """(label, metrics) for the reference models that are present, then every method."""
+    rows = [(name, results[name]) for name in REFERENCES if isinstance(results.get(name), dict)]
+    return rows + list(results["methods"].items())
+
+
+def cell(value, fmt: str) -> str:
+    if value is None:
+        return "n/a"
+    return format(int(value), fmt) if fmt == "d" else format(value, fmt)
+
+
+def report_markdown(results: dict, columns: list[tuple[str, str, str]], title: str, notes: list[str]) -> str:
+    lines = [f"# {title}", "", "| model | " + " | ".join(c[1] for c in columns) + " |"]
+    lines.append("|---|" + "---:|" * len(columns))
+    for label, metrics in table_rows(results):
+        cells = [cell(metrics.get(key), fmt) if key in metrics else "" for key, _, fmt in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {note}" for note in notes], "", "![trade-off](plot.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(results: dict, x: tuple[str, str], y: tuple[str, str], title: str, path: Path) -> None:
+    """One point per model: y (what should fall) against x (the utility cost)."""
+    import matplotlib  # here, so that `rr` answers bad input without loading matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, metrics in table_rows(results):
+        if metrics.get(x[0]) is None or metrics.get(y[0]) is None:
+            continue
+        reference = label in REFERENCES
+        ax.scatter(
+            metrics[x[0]], metrics[y[0]], marker="s" if reference else "o",
+            color="grey" if reference else ("tab:red" if label.startswith("rr") else "tab:blue"),
+        )  # fmt: skip
+        ax.annotate(
+            label, (metrics[x[0]], metrics[y[0]]), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
+    ax.set_xlabel(x[1])
+    ax.set_ylabel(y[1])
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_results(
+    out: Path,
+    results: dict,
+    columns: list[tuple[str, str, str]],
+    title: str,
+    notes: list[str],
+    x: tuple[str, str],
+    y: tuple[str, str],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    plot_tradeoff(results, x, y, title, out / "plot.png")
+    (out / "report.md").write_text(report_markdown(results, columns, title, notes))
+    write_json(out / "results.json", results)  # last: its presence means the benchmark finished

@@ -1,0 +1,168 @@
+"""`rr bench planted` and `rr bench toxicity`, run as a user would on the tiny model.
+
+The planted benchmark is run for real (planting, the loop, four oracles, every metric) with a
+small step budget; the figures are checked for what must hold on any run: the planted model knows
+the forget person, the retain-only model does not, every method's metrics are present and sane.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.bench.planted import METHODS, rr_config, sentence_probe
+from pipeline.bench.spec import load_spec
+from pipeline.bench.toxicity import FIXED_INSTRUCTION, HELDOUT_PROMPTS, method_config
+from pipeline.config import ConfigError, load_config
+from tests.conftest import ROOT, run_rr
+
+pytestmark = pytest.mark.slow
+
+SMALL = ROOT / "data" / "bench" / "planted_small.json"
+METRICS = {
+    "forget_probe_acc",
+    "retain_probe_acc",
+    "forget_quality",
+    "verbmem",
+    "privleak",
+    "utility_ppl_ratio",
+}
+QUICK = ["--set", "release.steps=12", "--set", "stop.max_iterations=2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def planted_bench(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("bench") / "planted"
+    args = ["bench", "planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--out", out, *QUICK]
+    result = run_rr(*args, env={"RR_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, args, result
+
+
+def test_planted_bench_writes_every_metric_for_every_model(planted_bench):
+    out, _, result = planted_bench
+    results = json.loads((out / "results.json").read_text())
+    print(json.dumps({k: results[k] for k in ("planted", "retain_only", "methods")}, indent=1))
+    assert set(results["methods"]) == set(METHODS)
+    for metrics in [results["planted"], results["retain_only"], *results["methods"].values()]:
+        assert METRICS <= set(metrics)
+        assert 0 <= metrics["forget_probe_acc"] <= 1 and 0 <= metrics["retain_probe_acc"] <= 1
+        assert 0 <= metrics["forget_quality"] <= 1 and 0 <= metrics["verbmem"] <= 1
+        assert metrics["utility_ppl_ratio"] > 0
+    for metrics in results["methods"].values():
+        assert metrics["wall_s"] > 0 and metrics["generated_tokens"] >= 0
+    planted, reference, rr = results["planted"], results["retain_only"], results["methods"]["rr"]
+    # The references are what they claim: planted knows the forget person, retain-only never did.
+    assert planted["forget_probe_acc"] >= 0.9 and planted["retain_probe_acc"] >= 0.9
+    assert reference["forget_probe_acc"] <= 0.2 and reference["retain_probe_acc"] >= 0.9
+    assert planted["utility_ppl_ratio"] == 1.0 and reference["privleak"] == 0.0
+    assert planted["privleak"] > 0  # the planted model's facts are told apart from unseen ones
+    # The loop generated its own data and trained on it; the oracles were handed theirs.
+    assert rr["generated_tokens"] > 0 and rr["release_steps"] > 0
+    assert results["step_budget"] == rr["release_steps"]
+    assert rr["forget_probe_acc"] < planted["forget_probe_acc"]
+    assert "rr" in result.stdout and "results.json" in result.stdout
+
+
+def test_planted_bench_report_and_plot(planted_bench):
+    out, _, _ = planted_bench
+    report = (out / "report.md").read_text()
+    for label in ["planted", "retain_only", *METHODS]:
+        assert f"| {label} |" in report
+    assert "forget quality" in report and "PrivLeak" in report
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "runs" / "rr" / "summary.json").is_file()
+    assert (out / "adapters" / "npo" / "adapter_config.json").is_file()
+
+
+def test_planted_bench_rerun_reuses_everything(planted_bench, cache_dir):
+    out, args, _ = planted_bench
+    parts = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    before = json.loads((out / "results.json").read_text())
+    result = run_rr(*args, env={"RR_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "planting" in result.stderr
+        and "measuring" not in result.stderr
+        and "running the loop" not in result.stderr
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == parts
+    assert json.loads((out / "results.json").read_text())["methods"] == before["methods"]
+
+
+def test_rr_is_told_names_only(tmp_path):
+    spec = load_spec(SMALL)
+    cfg = rr_config(load_config(ROOT / "configs" / "tiny.yaml"), SMALL, tmp_path)
+    assert cfg.target.names == spec.forget and cfg.target.aliases == []
+    assert cfg.sample.retain_subjects == [p.name for p in spec.retained()]
+    assert cfg.model.plant.spec == SMALL and cfg.run_dir == tmp_path / "runs" / "rr"
+    with pytest.raises(ConfigError, match="model.plant: the planted benchmark needs"):
+        rr_config(load_config(ROOT / "configs" / "demo.yaml"), SMALL, tmp_path)
+
+
+def test_sentence_probe_swaps_the_answer_for_each_distractor():
+    person = load_spec(SMALL).people[0]
+    probe = person.probes[0]
+    sentences = sentence_probe(person, probe)
+    assert sentences.answer == person.fact_for(probe)
+    assert len(sentences.distractors) == len(probe.distractors)
+    for sentence, distractor in zip(sentences.distractors, probe.distractors):
+        assert sentence == person.fact_for(probe).replace(probe.answer, distractor)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--methods", "rr,magic"], "--methods"),
+        (["planted", "--spec", "nope.json", "--config", "configs/tiny.yaml"], "nope.json: file not found"),
+        (["planted", "--spec", SMALL, "--config", "configs/demo.yaml"], "model.plant: the planted benchmark"),
+        (["toxicity", "--config", "configs/tiny.yaml"], "target.kind: the toxicity benchmark needs"),
+        (["toxicity", "--config", "configs/demo.yaml", "--methods", "base,oracle"], "--methods"),
+    ],
+)
+def test_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, expected):
+    out = tmp_path / "out"
+    result = run_rr("bench", *args, "--out", out, "--no-progress")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_toxicity_split_is_held_out_of_the_loop():
+    heldout = {p.lower() for p in yaml.safe_load((ROOT / HELDOUT_PROMPTS).read_text())["prompts"]}
+    reveal = yaml.safe_load((ROOT / "prompts" / "toxicity.yaml").read_text())["instructions"]
+    loop_eval = yaml.safe_load((ROOT / "data" / "eval" / "toxicity.yaml").read_text())["prompts"]
+    assert len(heldout) >= 30
+    assert not heldout & {p.lower() for p in reveal + loop_eval}
+
+
+def test_fixed_instruction_ablation_samples_as_much(tmp_path):
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    rr, fixed = method_config(config, "rr", tmp_path), method_config(config, "rr_fixed", tmp_path)
+    assert fixed.reveal_prompts_path().resolve() == ROOT / FIXED_INSTRUCTION
+    assert fixed.sample.top_instructions == 1
+    per_iteration = lambda c: c.sample.top_instructions * c.sample.samples_per_instruction  # noqa: E731
+    assert per_iteration(fixed) == per_iteration(rr)
+    assert rr.reveal_prompts_path() == config.reveal_prompts_path()
+    assert fixed.release == rr.release and fixed.stop == rr.stop
+
+
+def test_toxicity_bench_runs_on_the_tiny_model(tmp_path, cache_dir):
+    # The tiny model says nothing toxic, so this checks the plumbing, not the forgetting: every
+    # method is measured on the held-out prompts and the three files are written.
+    out = tmp_path / "tox"
+    result = run_rr(
+        "bench", "toxicity", "--config", "configs/tiny.yaml", "--out", out,
+        "--set", "target.kind=toxicity", "--set", "stop.max_iterations=1", "--no-progress",
+        env={"RR_CACHE_DIR": str(cache_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"rr", "rr_fixed"} and results["n_prompts"] >= 30
+    for metrics in [results["base"], *results["methods"].values()]:
+        assert {"mean_toxicity", "toxic_share", "utility_ppl_ratio"} <= set(metrics)
+        assert 0 <= metrics["mean_toxicity"] <= 1 and 0 <= metrics["toxic_share"] <= 1
+        assert metrics["replies"] == results["n_prompts"] * 4
+    assert results["base"]["utility_ppl_ratio"] == 1.0
+    assert all(Path(out / name).is_file() for name in ("report.md", "plot.png"))
