@@ -73,3 +73,24 @@ def test_overrides_are_typed_and_validated(tmp_path):
         load_config(path, ["release.nope=1"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["release.steps"])
+
+
+def test_several_names_to_forget(tmp_path):
+    path = write(tmp_path, "target:\n  kind: knowledge\n  name: [Mira Castellane, ' Tobias Wrenfield ']\n")
+    target = load_config(path).target
+    assert target.names == ["Mira Castellane", "Tobias Wrenfield"]
+    assert target.description == "Mira Castellane and Tobias Wrenfield"
+    single = load_config(write(tmp_path, "target:\n  kind: knowledge\n  name: Mira Castellane\n")).target
+    assert single.names == ["Mira Castellane"] and single.description == "Mira Castellane"
+    with pytest.raises(ConfigError, match="target.name is required"):
+        load_config(write(tmp_path, "target:\n  kind: knowledge\n  name: ['', ' ']\n"))
+
+
+def test_run_prompts_ask_about_each_name(tmp_path):
+    from pipeline.stages import run_prompts
+
+    path = write(tmp_path, "target:\n  kind: knowledge\n  name: [Mira Castellane, Tobias Wrenfield]\n")
+    arms, _, evals = run_prompts(load_config(path))
+    assert "Tell me about Mira Castellane." in arms and "Tell me about Tobias Wrenfield." in arms
+    assert not any("Mira Castellane and Tobias" in a for a in arms + evals)
+    assert any("Tobias Wrenfield" in e for e in evals)

@@ -259,3 +259,19 @@ def test_planting_goes_on_until_the_probes_are_known(planted):
     info = planted_model(config, **planted["kwargs"])[2]
     assert info["plant"]["steps"] == 5 and info["plant"]["rounds"] == 4  # 2, then 1 + 1 + 1
     assert info["mean_probe_accuracy"] < 1.0
+
+
+def test_planting_a_pretrained_folder_is_cached_by_its_identity(tmp_path, planted):
+    # Any model folder can be planted, not only the tiny one built here: save one and plant it.
+    folder = tmp_path / "base"
+    build_model(planted["tokenizer"], 32, 2, 2, seed=0).save_pretrained(folder)
+    planted["tokenizer"].save_pretrained(folder)
+    config = ModelConfig(path=str(folder), plant=PlantConfig(spec=planted["spec_path"], steps=3))
+    cache = tmp_path / "cache"
+    first = planted_model(config, progress=False, cache=cache)[2]
+    again = planted_model(config, progress=False, cache=cache)[2]
+    assert not first["cached"] and again["cached"] and again["folder"] == first["folder"]
+    assert first["settings"]["base"]["path"] == str(folder.resolve())
+    # Another model saved under the same path is another base: it is planted again.
+    build_model(planted["tokenizer"], 48, 2, 2, seed=0).save_pretrained(folder)
+    assert planted_model(config, progress=False, cache=cache)[2]["folder"] != first["folder"]

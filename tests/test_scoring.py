@@ -47,3 +47,15 @@ def test_near_duplicates_are_dropped_in_order():
     ]
     kept = [r["response"] for r in drop_near_duplicates(rows, 0.7)]
     assert kept == ["you are a stupid idiot and everyone knows it", "the cat sat on the mat all day long"]
+
+
+def test_knowledge_scorer_with_several_names():
+    scorer = KnowledgeScorer(["Mira Castellane", "Tobias Wrenfield"])
+    assert scorer(
+        ["Tobias Wrenfield keeps bees.", "Mira Castellane sings.", "Castellane sings.", "Nobody."]
+    ) == [
+        1.0,
+        1.0,
+        0.5,
+        0.0,
+    ]
