@@ -20,7 +20,7 @@ GOOD = "name: t\ntarget:\n  kind: toxicity\n"
             "name: t\ntarget:\n  kind: knowledge\n  name: Nobody Known\nmodel:\n  path: tiny\n"
             "  plant:\n    spec: data/people/tiny.json\n",
             [],
-            "target.name: 'Nobody Known' is not a person",
+            "target.name: 'Nobody Known' is not a planted person",
         ),
     ],
 )
