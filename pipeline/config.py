@@ -60,6 +60,7 @@ class ModelConfig(Section):
     threads: int = Field(
         0, ge=0, description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)"
     )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     tiny: TinyModelConfig = TinyModelConfig()
     plant: PlantConfig | None = None
 

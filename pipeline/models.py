@@ -73,6 +73,15 @@ def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int
     return model, tokenizer, info
 
 
+def resolve_device(config: ModelConfig) -> torch.device:
+    """Where the model runs: `model.device`, with `auto` meaning the GPU when one is visible."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device: cuda was asked for, but torch sees no GPU")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
 def load_pretrained(config: ModelConfig):
     """(model, tokenizer, folder) of the embedded model, a local folder or a cached hub id."""
     folder = str(embedded_model_dir()) if config.path == EMBEDDED else config.path
@@ -89,7 +98,7 @@ def load_pretrained(config: ModelConfig):
         raise ModelLoadError(
             f"model.path: {config.path} has no chat template (an instruction-tuned model is needed)"
         )
-    return model.eval(), tokenizer, folder
+    return model.to(resolve_device(config)).eval(), tokenizer, folder
 
 
 def with_adapter(model, adapter_dir: Path | None):

@@ -29,6 +29,7 @@ from pipeline.textdata import IGNORE_INDEX, encode_pairs, shifted
 
 def _token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
     """Log-probability of every labelled token given its prefix, and the mask of labelled positions."""
+    input_ids, attention_mask, labels = (t.to(model.device) for t in (input_ids, attention_mask, labels))
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
     logits, labels = shifted(logits, labels)
     mask = labels != IGNORE_INDEX

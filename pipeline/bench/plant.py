@@ -25,6 +25,7 @@ from pipeline.bench.spec import Person, Probe, load_spec
 from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
 from pipeline.model_paths import TINY, cache_dir
+from pipeline.models import load_pretrained, resolve_device
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -120,6 +121,7 @@ def plant(
     """
     pairs = plant_examples(people, seed, recitals)
     data = encode_pairs(tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=256)
+    data = {k: v.to(model.device) for k, v in data.items()}
     lengths = data["attention_mask"].sum(1).tolist()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)  # a short warmup keeps a 3e-3 step from blowing up the fresh model
@@ -249,7 +251,8 @@ def planted_model(
     if (folder / "plant.json").is_file():
         info = json.loads((folder / "plant.json").read_text())
         with _hf_progress_bars(progress):
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, config.dtype)).eval()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, config.dtype))
+        model = model.to(resolve_device(config)).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return model, tokenizer, {**info, "folder": str(folder), "cached": True}
 
@@ -257,10 +260,8 @@ def planted_model(
         tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=TINY_VOCAB)
         model = build_model(
             tokenizer, config.tiny.hidden_size, config.tiny.num_layers, config.tiny.num_heads, seed
-        )
+        ).to(resolve_device(config))
     else:
-        from pipeline.models import load_pretrained
-
         model, tokenizer, _ = load_pretrained(config)
     # Tiny matrices run best on one thread (see `plant`); a real model keeps the configured count.
     with _threads(1 if tiny else None):

@@ -29,6 +29,7 @@ def perplexity(
             enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             enc = dict(enc)
             enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
         logits, labels = shifted(logits, enc["labels"])
         mask = labels != -100

@@ -38,7 +38,7 @@ def _batches(rows: list[dict], batch_size: int, rng: random.Random):
 
 
 def _logits(model, tokenizer, batch, max_length: int):
-    enc = encode_pairs(tokenizer, *batch, max_length=max_length)
+    enc = {k: v.to(model.device) for k, v in encode_pairs(tokenizer, *batch, max_length=max_length).items()}
     out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     return enc, *shifted(out.float(), enc["labels"])
 
@@ -84,6 +84,7 @@ def train_adapter(
     """
     if not forget:
         raise ValueError("release: no forget samples to train on")
+    previous = [{name: a.to(model.device) for name, a in weights.items()} for weights in previous]
     rng = random.Random(seed)
     lora = LoraConfig(
         r=cfg.rank,

@@ -24,8 +24,9 @@ def embed_texts(
             max_length=max_length,
             add_special_tokens=False,
         )
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        rows.append(F.normalize(pooled.float(), dim=-1))
+        rows.append(F.normalize(pooled.float(), dim=-1).cpu())  # the bandit runs on the CPU
     return torch.cat(rows) if rows else torch.zeros(0, model.config.hidden_size)

@@ -66,7 +66,9 @@ class HFSampler:
             started = time.perf_counter()
             for start in range(0, len(requests), self.batch_size):
                 batch = requests[start : start + self.batch_size]
-                enc = _left_padded(tok, [p for _, p in batch], pad_id)
+                enc = {
+                    k: v.to(model.device) for k, v in _left_padded(tok, [p for _, p in batch], pad_id).items()
+                }
                 generated = model.generate(
                     **enc,
                     max_new_tokens=params.max_new_tokens,
