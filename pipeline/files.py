@@ -26,6 +26,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(f.name, path)
 
 
+def read_lines(path: Path, field: str) -> list[str]:
+    """The non-blank lines of a text file, stripped; ConfigError naming `field` if there are none."""
+    from pipeline.config import ConfigError
+
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{field}: {path} is empty")
+    return lines
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

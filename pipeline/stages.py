@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from pipeline.bench.spec import load_spec
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import RunConfig
 from pipeline.evaluation import convergence
 from pipeline.evaluation.metrics import answer_rate, perplexity
-from pipeline.files import atomic_dir, read_jsonl, write_json, write_jsonl
+from pipeline.files import atomic_dir, read_jsonl, read_lines, write_json, write_jsonl
 from pipeline.models import load_model, with_adapter
 from pipeline.preflight import existing_run
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
@@ -126,10 +126,7 @@ class RunState:
             ]
             return [fact for _, fact in pairs], [question for question, _ in pairs]
         path = self.config.resolve(self.config.evaluate.retain_text)
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not lines:
-            raise ConfigError(f"evaluate.retain_text: {path} is empty")
-        return lines, None
+        return read_lines(path, "evaluate.retain_text"), None
 
     def stack_dir(self) -> Path | None:
         """The stacked adapter of all kept iterations so far, or None before the first."""

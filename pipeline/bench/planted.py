@@ -37,7 +37,7 @@ from pipeline.bench.results import write_results
 from pipeline.bench.spec import Person, PlantedSpec, Probe, load_spec
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.evaluation.metrics import perplexity
-from pipeline.files import write_json
+from pipeline.files import read_lines, write_json
 from pipeline.models import with_adapter
 from pipeline.release.train import train_adapter
 from pipeline.stages import RunState, iter_dir, prompt_texts, run_loop
@@ -162,8 +162,7 @@ def run_planted_bench(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    utility_texts = _lines(cfg.resolve(cfg.evaluate.retain_text))
-    batch = cfg.evaluate.batch_size
+    utility_texts = read_lines(cfg.resolve(cfg.evaluate.retain_text), "evaluate.retain_text")
     parts = out / "parts"
 
     # Both models from the same base, seed and tokenizer: only the forget people's data differs.
@@ -174,44 +173,34 @@ def run_planted_bench(
     reference, ref_tokenizer, ref_info = planted_model(cfg.model, "retain_only", extra, cfg.seed, progress)
     _check_planted(full_info, cfg.model.plant.min_probe_acc, log)
 
-    def measured(label: str, make_model, extra_fields=None) -> dict:
-        """Measure once; a rerun of the benchmark reads the saved measurement back."""
-        path = parts / f"{label}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        log(f"measuring {label} ...")
-        found = make_model()
-        raw = measure(found[0], found[1], spec, utility_texts, batch)
-        raw.update(extra_fields() if extra_fields else {})
-        write_json(path, raw)
-        return raw
+    def measure_model(found_model, found_tokenizer) -> dict:
+        return measure(found_model, found_tokenizer, spec, utility_texts, cfg.evaluate.batch_size)
 
-    planted_raw = measured("planted", lambda: (model, tokenizer))
-    retain_raw = measured("retain_only", lambda: (reference, ref_tokenizer))
+    planted_raw = _once(parts / "planted.json", lambda: measure_model(model, tokenizer), log)
+    retain_raw = _once(parts / "retain_only.json", lambda: measure_model(reference, ref_tokenizer), log)
 
     raws: dict[str, dict] = {}
     budget = cfg.release.steps * cfg.stop.max_iterations
     if "rr" in methods:
-        raws["rr"] = _run_rr(cfg, model, tokenizer, spec, utility_texts, parts, progress, log)
+        raws["rr"] = _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log)
         budget = raws["rr"]["release_steps"] or budget
     forget_rows, retain_rows = oracle_rows(spec, cfg.model.plant.recitals)
     for method in [m for m in methods if m in ORACLES]:
         release = cfg.release.model_copy(update={"method": method, "steps": budget})
         if method == "graddiff":  # gradient difference is defined with the retain NLL
             release = release.model_copy(update={"retain_loss": "nll"})
-        adapter = out / "adapters" / method
-        timing: dict = {}
 
-        def trained(release=release, adapter=adapter, timing=timing):
+        def run_oracle(release=release, adapter=out / "adapters" / method) -> dict:
             started = time.perf_counter()
             stats = train_adapter(
                 model, tokenizer, forget_rows, retain_rows, release, [], adapter,
                 seed=cfg.seed, progress=progress,
             )  # fmt: skip
-            timing.update(wall_s=round(time.perf_counter() - started, 2), release_steps=stats["steps"])
-            return with_adapter(model, adapter), tokenizer
+            wall = round(time.perf_counter() - started, 2)
+            raw = measure_model(with_adapter(model, adapter), tokenizer)
+            return {**raw, "wall_s": wall, "release_steps": stats["steps"], "generated_tokens": 0}
 
-        raws[method] = measured(method, trained, lambda timing=timing: {**timing, "generated_tokens": 0})
+        raws[method] = _once(parts / f"{method}.json", run_oracle, log)
 
     results = {
         "spec": str(spec_path),
@@ -236,7 +225,17 @@ def run_planted_bench(
     return results
 
 
-def _run_rr(cfg, model, tokenizer, spec, utility_texts, parts, progress, log) -> dict:
+def _once(path: Path, compute, log) -> dict:
+    """`compute()` saved to `path`; a benchmark started again reads it back instead."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    log(f"measuring {path.stem} ...")
+    raw = compute()
+    write_json(path, raw)
+    return raw
+
+
+def _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log) -> dict:
     path, loop_path = parts / "rr.json", parts / "rr_loop.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -264,7 +263,7 @@ def _run_rr(cfg, model, tokenizer, spec, utility_texts, parts, progress, log) ->
         write_json(loop_path, loop)
     log("measuring rr ...")
     adapter = Path(loop["adapter"]) if loop["adapter"] else None
-    raw = measure(with_adapter(model, adapter), tokenizer, spec, utility_texts, cfg.evaluate.batch_size)
+    raw = measure_model(with_adapter(model, adapter), tokenizer)
     raw.update({k: v for k, v in loop.items() if k != "adapter"})
     write_json(path, raw)
     return raw
@@ -277,13 +276,6 @@ def _check_planted(info: dict, target: float, log) -> None:
             f"warning: the planted model knows only {accuracy:.2f} of the probes (target {target}); "
             "raise model.plant.steps or max_steps, or lr"
         )
-
-
-def _lines(path: Path) -> list[str]:
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not lines:
-        raise ConfigError(f"evaluate.retain_text: {path} is empty")
-    return lines
 
 
 def _notes(spec: PlantedSpec, cfg: RunConfig, budget: int) -> list[str]:

@@ -21,7 +21,7 @@ from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxi
 from pipeline.bench.results import write_results
 from pipeline.config import RunConfig, validate_config
 from pipeline.evaluation.metrics import perplexity
-from pipeline.files import write_json
+from pipeline.files import read_lines, write_json
 from pipeline.models import load_model
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.sampling.base import SamplingParams
@@ -89,11 +89,7 @@ def run_toxicity_bench(
     configs = {m: method_config(config, m, out) for m in methods if m != "base"}
     out.mkdir(parents=True, exist_ok=True)
     scorer = ToxicityScorer()
-    utility_texts = [
-        line.strip()
-        for line in config.resolve(config.evaluate.retain_text).read_text().splitlines()
-        if line.strip()
-    ]
+    utility_texts = read_lines(config.resolve(config.evaluate.retain_text), "evaluate.retain_text")
 
     raws: dict[str, dict] = {}
     for method in ["base", *[m for m in methods if m != "base"]]:
