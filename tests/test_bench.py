@@ -89,6 +89,10 @@ def test_planted_bench_rerun_reuses_everything(planted_bench, cache_dir):
     )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == parts
     assert json.loads((out / "results.json").read_text())["methods"] == before["methods"]
+    # Other settings into the same folder would mix two benchmarks: refused, nothing touched.
+    other = run_rr(*args, "--set", "release.lr=0.001", env={"RR_CACHE_DIR": str(cache_dir)})
+    assert other.returncode == 2 and "holds a benchmark with other settings" in other.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == parts
 
 
 def test_rr_is_told_names_only(tmp_path):

@@ -15,6 +15,7 @@ benchmark started again reuses what is there).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import statistics
@@ -33,7 +34,7 @@ from pipeline.bench.metrics import (
     verbmem,
 )
 from pipeline.bench.plant import plant_examples, planted_model, probe_accuracy
-from pipeline.bench.results import write_results
+from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.spec import Person, PlantedSpec, Probe, load_spec
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.evaluation.metrics import perplexity
@@ -159,7 +160,8 @@ def run_planted_bench(
     methods = parse_methods(methods, METHODS)
     spec = load_spec(spec_path)
     cfg = rr_config(config, Path(spec_path).resolve(), out)
-    out.mkdir(parents=True, exist_ok=True)
+    spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
+    claim_out_dir(out, cfg.to_yaml() + f"spec_sha256: {spec_sha}\n")
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     utility_texts = read_lines(cfg.resolve(cfg.evaluate.retain_text), "evaluate.retain_text")
@@ -200,7 +202,8 @@ def run_planted_bench(
             raw = measure_model(with_adapter(model, adapter), tokenizer)
             return {**raw, "wall_s": wall, "release_steps": stats["steps"], "generated_tokens": 0}
 
-        raws[method] = _once(parts / f"{method}.json", run_oracle, log)
+        # The budget is in the name: oracles trained for another budget are not rr's match.
+        raws[method] = _once(parts / f"{method}-{budget}steps.json", run_oracle, log)
 
     results = {
         "spec": str(spec_path),

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.files import write_json
 
 REFERENCES = ("base", "planted", "retain_only")
+
+
+def claim_out_dir(out: Path, settings: str) -> None:
+    """Tie `out` to one benchmark setup, so a rerun with other settings never reuses its parts."""
+    path = out / "bench.yaml"
+    if path.is_file() and path.read_text() != settings:
+        raise ConfigError(f"{out} holds a benchmark with other settings: choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(settings)
 
 
 def table_rows(results: dict) -> list[tuple[str, dict]]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
-from pipeline.bench.results import write_results
+from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.config import RunConfig, validate_config
 from pipeline.evaluation.metrics import perplexity
 from pipeline.files import read_lines, write_json
@@ -87,7 +87,7 @@ def run_toxicity_bench(
     methods = parse_methods(methods, METHODS)
     prompts = read_prompt_list(config.resolve(HELDOUT_PROMPTS), "prompts")
     configs = {m: method_config(config, m, out) for m in methods if m != "base"}
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out, config.to_yaml())
     scorer = ToxicityScorer()
     utility_texts = read_lines(config.resolve(config.evaluate.retain_text), "evaluate.retain_text")
 
