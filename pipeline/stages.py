@@ -96,7 +96,10 @@ class RunState:
         self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
         self.arms, self.retain_instructions, self.eval_prompts = run_prompts(config)
         self.model, self.tokenizer, self.model_info = load_model(
-            config.model, extra_texts=prompt_texts(config), seed=config.seed, progress=progress
+            config.model,
+            extra_texts=tuple(self.arms + self.retain_instructions + self.eval_prompts),
+            seed=config.seed,
+            progress=progress,
         )
         self.sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
         self.scorer = make_scorer(config.target)
