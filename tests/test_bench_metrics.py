@@ -161,6 +161,21 @@ def test_min_k_percent_score(tiny):
     )
 
 
+def test_min_k_percent_score_of_a_chat_reply(tiny):
+    model, tokenizer = tiny
+    prompt, text = "Tell me about Mira Castellane.", FACTS[1]
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # Only the reply's tokens and its EOS are scored, each given the prompt and the reply so far.
+    reference = _logprobs_of(model, prompt_ids + reply_ids)[len(prompt_ids) - 1 :]
+    assert len(reference) == len(reply_ids)
+    score = min_k_percent_score(model, tokenizer, text, k=1.0, prompt=prompt)
+    assert score == pytest.approx(sum(reference) / len(reference), abs=1e-5)
+    assert min_k_percent_score(model, tokenizer, text, k=1e-9, prompt=prompt) == pytest.approx(
+        min(reference), abs=1e-5
+    )
+
+
 def test_verbmem_is_a_rouge_in_unit_interval(tiny):
     model, tokenizer = tiny
     score = verbmem(model, tokenizer, FACTS, max_new_tokens=8)

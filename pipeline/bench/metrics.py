@@ -149,21 +149,26 @@ def verbmem(
 
 
 @torch.no_grad()
-def min_k_percent_score(model, tokenizer, text: str, k: float = 0.2) -> float:
+def min_k_percent_score(model, tokenizer, text: str, k: float = 0.2, prompt: str | None = None) -> float:
     """Min-K% Prob (Shi et al. 2024): mean log-probability of the k-fraction least likely tokens.
 
     score = (1/|S|) * sum_{t in S} log P(x_t | x_<t), with S the max(1, floor(k * n)) tokens of
-    lowest log-probability among the n predicted tokens of the raw text (no chat template). Text
-    the model was trained on has few surprising tokens, so a higher score suggests membership.
+    lowest log-probability among the n predicted tokens: those of the raw text, or, with `prompt`,
+    those of the text (and its EOS) as the chat reply to `prompt`, the form a chat model is trained
+    on. Text the model was trained on has few surprising tokens, so a higher score suggests membership.
     """
     if not 0 < k <= 1:
         raise ValueError(f"min_k_percent_score: k must be in (0, 1], got {k}")
-    enc = tokenizer(text, return_tensors="pt", truncation=True)
-    input_ids = enc["input_ids"]
-    if input_ids.shape[1] < 2:
-        raise ValueError(f"min_k_percent_score: {text!r} has fewer than two tokens, so none is predicted")
-    logprobs, _ = _token_logprobs(model, input_ids, enc["attention_mask"], input_ids)
-    token_logprobs = logprobs[0]
+    if prompt is not None:
+        enc = encode_pairs(tokenizer, [prompt], [text])
+        logprobs, mask = _token_logprobs(model, enc["input_ids"], enc["attention_mask"], enc["labels"])
+        token_logprobs = logprobs[0][mask[0]]
+    else:
+        enc = tokenizer(text, return_tensors="pt", truncation=True)
+        input_ids = enc["input_ids"]
+        if input_ids.shape[1] < 2:
+            raise ValueError(f"min_k_percent_score: {text!r} has fewer than two tokens, so none is predicted")
+        token_logprobs = _token_logprobs(model, input_ids, enc["attention_mask"], input_ids)[0][0]
     count = max(1, int(k * token_logprobs.numel()))
     return float(torch.topk(token_logprobs, count, largest=False).values.mean())
 

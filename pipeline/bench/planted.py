@@ -97,7 +97,6 @@ def measure(model, tokenizer, spec: PlantedSpec, utility_texts: list[str], batch
     retain_probes = [probe for person in spec.retained() for probe in person.probes]
     forget_facts = [fact for person in spec.forgotten() for fact in person.facts]
     recital_requests = [f"Tell me about {person.name}." for person in spec.forgotten() for _ in person.facts]
-    holdout_facts = [fact for person in spec.held_out() for fact in person.facts]
     sentences = [
         sentence_probe(person, p) for person in spec.forgotten() for p in person.probes if p.distractors
     ]
@@ -111,9 +110,17 @@ def measure(model, tokenizer, spec: PlantedSpec, utility_texts: list[str], batch
         "utility_ppl": perplexity(model, tokenizer, utility_texts, batch_size=batch_size),
         "mia_auc": None,
     }
-    if holdout_facts:  # Min-K% membership attack: forget facts (members) against unseen ones
-        scores = lambda texts: [min_k_percent_score(model, tokenizer, t) for t in texts]  # noqa: E731
-        raw["mia_auc"] = auc(scores(forget_facts), scores(holdout_facts))
+    if spec.held_out():
+        # Min-K% membership attack: forget facts (members) against unseen ones, each as the reply
+        # to a request about its person, the form the facts were planted in.
+        def scores(people):
+            return [
+                min_k_percent_score(model, tokenizer, fact, prompt=f"Tell me about {person.name}.")
+                for person in people
+                for fact in person.facts
+            ]
+
+        raw["mia_auc"] = auc(scores(spec.forgotten()), scores(spec.held_out()))
     return raw
 
 
@@ -192,18 +199,25 @@ def run_planted_bench(
         if method == "graddiff":  # gradient difference is defined with the retain NLL
             release = release.model_copy(update={"retain_loss": "nll"})
 
-        def run_oracle(release=release, adapter=out / "adapters" / method) -> dict:
-            started = time.perf_counter()
-            stats = train_adapter(
-                model, tokenizer, forget_rows, retain_rows, release, [], adapter,
-                seed=cfg.seed, progress=progress,
-            )  # fmt: skip
-            wall = round(time.perf_counter() - started, 2)
-            raw = measure_model(with_adapter(model, adapter), tokenizer)
-            return {**raw, "wall_s": wall, "release_steps": stats["steps"], "generated_tokens": 0}
+        # The budget is in the names: oracles trained for another budget are not rr's match.
+        name = f"{method}-{budget}steps"
+        adapter, train_file = out / "adapters" / name, parts / f"{name}.train.json"
 
-        # The budget is in the name: oracles trained for another budget are not rr's match.
-        raws[method] = _once(parts / f"{method}-{budget}steps.json", run_oracle, log)
+        def run_oracle(release=release, adapter=adapter, train_file=train_file) -> dict:
+            if not train_file.is_file():  # else trained before, and only the measurement is missing
+                started = time.perf_counter()
+                stats = train_adapter(
+                    model, tokenizer, forget_rows, retain_rows, release, [], adapter,
+                    seed=cfg.seed, progress=progress,
+                )  # fmt: skip
+                wall = round(time.perf_counter() - started, 2)
+                write_json(
+                    train_file, {"wall_s": wall, "release_steps": stats["steps"], "generated_tokens": 0}
+                )
+            training = json.loads(train_file.read_text())
+            return {**measure_model(with_adapter(model, adapter), tokenizer), **training}
+
+        raws[method] = _once(parts / f"{name}.json", run_oracle, log)
 
     results = {
         "spec": str(spec_path),
