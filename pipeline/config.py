@@ -188,6 +188,22 @@ class RunConfig(Section):
         """The resolved config as saved in the run directory (where it is, `out`, is left out)."""
         return yaml.safe_dump(self.model_dump(mode="json", exclude={"out"}), sort_keys=False)
 
+    def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
+        """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
+
+        The CPU thread count is a property of the machine, not of the experiment: a run may resume,
+        or a benchmark go on, with another.
+        """
+
+        def comparable(data: dict) -> dict:
+            data = dict(data)
+            data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
+            return data
+
+        saved = yaml.safe_load(saved_yaml)
+        current = {**yaml.safe_load(self.to_yaml()), **(extra or {})}
+        return isinstance(saved, dict) and comparable(saved) == comparable(current)
+
     def resolve(self, path: Path) -> Path:
         """Relative data paths are read from the working directory, else from the project root."""
         if path.is_absolute() or path.exists():

@@ -38,7 +38,7 @@ def existing_run(config: RunConfig) -> dict | None:
     saved = config.run_dir / "config.yaml"
     if not saved.is_file():
         return None
-    if saved.read_text() != config.to_yaml():
+    if not config.same_experiment(saved.read_text()):
         raise ConfigError(
             f"run {config.run_dir} exists with a different config: choose another run name (--name) or delete it"
         )

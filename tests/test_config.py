@@ -94,3 +94,15 @@ def test_run_prompts_ask_about_each_name(tmp_path):
     assert "Tell me about Mira Castellane." in arms and "Tell me about Tobias Wrenfield." in arms
     assert not any("Mira Castellane and Tobias" in a for a in arms + evals)
     assert any("Tobias Wrenfield" in e for e in evals)
+
+
+def test_same_experiment_ignores_the_thread_count(tmp_path):
+    path = write(tmp_path, "target:\n  kind: toxicity\n")
+    saved = load_config(path).to_yaml()
+    assert load_config(path, ["model.threads=3"]).same_experiment(saved)
+    assert not load_config(path, ["release.lr=0.5"]).same_experiment(saved)
+    assert not load_config(path, ["model.device=cpu"]).same_experiment(saved)
+    cfg = load_config(path)
+    assert cfg.same_experiment(saved + "spec_sha256: ab\n", {"spec_sha256": "ab"})
+    assert not cfg.same_experiment(saved + "spec_sha256: ab\n", {"spec_sha256": "cd"})
+    assert not cfg.same_experiment("- not a mapping\n")

@@ -49,11 +49,11 @@ ORACLES = METHODS[1:]
 COLUMNS = [  # (key in results.json, column title, format)
     ("forget_probe_acc", "forget probe acc", ".3f"),
     ("retain_probe_acc", "retain probe acc", ".3f"),
-    ("forget_truth_ratio", "truth ratio", ".3f"),
+    ("forget_truth_ratio", "truth ratio", ".3g"),
     ("forget_quality", "forget quality", ".3g"),
     ("verbmem", "VerbMem", ".3f"),
     ("privleak", "PrivLeak", "+.3f"),
-    ("utility_ppl_ratio", "utility ppl ratio", ".3f"),
+    ("utility_ppl_ratio", "utility ppl ratio", ".3g"),  # GA can reach 1e50
     ("generated_tokens", "generated tokens", "d"),
     ("wall_s", "wall s", ".0f"),
 ]
@@ -168,7 +168,7 @@ def run_planted_bench(
     spec = load_spec(spec_path)
     cfg = rr_config(config, Path(spec_path).resolve(), out)
     spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
-    claim_out_dir(out, cfg.to_yaml() + f"spec_sha256: {spec_sha}\n")
+    claim_out_dir(out, cfg, {"spec_sha256": spec_sha})
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     utility_texts = read_lines(cfg.resolve(cfg.evaluate.retain_text), "evaluate.retain_text")

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import ConfigError
+import yaml
+
+from pipeline.config import ConfigError, RunConfig
 from pipeline.files import write_json
 
 REFERENCES = ("base", "planted", "retain_only")
 
 
-def claim_out_dir(out: Path, settings: str) -> None:
+def claim_out_dir(out: Path, config: RunConfig, extra: dict | None = None) -> None:
     """Tie `out` to one benchmark setup, so a rerun with other settings never reuses its parts."""
     path = out / "bench.yaml"
-    if path.is_file() and path.read_text() != settings:
+    text = config.to_yaml() + (yaml.safe_dump(extra) if extra else "")
+    if path.is_file() and not config.same_experiment(path.read_text(), extra):
         raise ConfigError(f"{out} holds a benchmark with other settings: choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(settings)
+    path.write_text(text)
 
 
 def table_rows(results: dict) -> list[tuple[str, dict]]:

@@ -87,7 +87,7 @@ def run_toxicity_bench(
     methods = parse_methods(methods, METHODS)
     prompts = read_prompt_list(config.resolve(HELDOUT_PROMPTS), "prompts")
     configs = {m: method_config(config, m, out) for m in methods if m != "base"}
-    claim_out_dir(out, config.to_yaml())
+    claim_out_dir(out, config)
     scorer = ToxicityScorer()
     utility_texts = read_lines(config.resolve(config.evaluate.retain_text), "evaluate.retain_text")
 
