@@ -57,17 +57,21 @@ def plot_tradeoff(results: dict, x: tuple[str, str], y: tuple[str, str], title: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    cap = 5.0  # beyond this a model is broken (GA can reach 1e50): drawn at the edge, value in its label
     for label, metrics in table_rows(results):
         if metrics.get(x[0]) is None or metrics.get(y[0]) is None:
             continue
-        reference = label in REFERENCES
+        reference, off_scale = label in REFERENCES, metrics[x[0]] > cap
+        point = (min(metrics[x[0]], cap), metrics[y[0]])
         ax.scatter(
-            metrics[x[0]], metrics[y[0]], marker="s" if reference else "o",
+            *point, marker=">" if off_scale else ("s" if reference else "o"),
             color="grey" if reference else ("tab:red" if label.startswith("rr") else "tab:blue"),
         )  # fmt: skip
+        text = f"{label} ({metrics[x[0]]:.2g})" if off_scale else label
         ax.annotate(
-            label, (metrics[x[0]], metrics[y[0]]), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
+            text, point, textcoords="offset points", xytext=(-5 if off_scale else 5, 4), fontsize=8,
+            ha="right" if off_scale else "left",
+        )  # fmt: skip
     ax.set_xlabel(x[1])
     ax.set_ylabel(y[1])
     ax.set_title(title, fontsize=9)
