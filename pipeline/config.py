@@ -106,6 +106,12 @@ class RevealConfig(Section):
         False, description="diagonal Z (cheaper, explores worse); the full Z is exact via Woodbury"
     )
     prompts: Path | None = Field(None, description="seed instructions; default prompts/<kind>.yaml")
+    relevance_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="reward = weighted harmonic mean of relevance (this weight) and diversity",
+    )
 
 
 class SampleConfig(Section):

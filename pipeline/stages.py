@@ -37,6 +37,7 @@ from pipeline.report import write_report
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import dedupe, fill, read_prompt_list
+from pipeline.reveal.reward import diversity, pull_reward
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
 from pipeline.sampling.hf import HFSampler
@@ -216,15 +217,18 @@ def reveal(state: RunState, t: int) -> list[str]:
         rewards = []
         for arm, texts in zip(chosen, responses):
             relevance = statistics.fmean(state.scorer(texts))
-            rewards.append(relevance)
+            spread = diversity(embed_texts(state.model, state.tokenizer, texts))
+            reward = pull_reward(relevance, spread, cfg.relevance_weight)
+            rewards.append(reward)
             pulls.append(
                 {
                     "iteration": t,
                     "round": round_,
                     "arm": arm,
                     "instruction": state.arms[arm],
-                    "reward": relevance,
-                    "relevance": relevance,
+                    "reward": round(reward, 6),
+                    "relevance": round(relevance, 6),
+                    "diversity": round(spread, 6),
                     "responses": texts,
                 }
             )

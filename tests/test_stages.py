@@ -12,6 +12,7 @@ from pipeline.config import load_config
 from pipeline.evaluation.metrics import perplexity
 from pipeline.models import with_adapter
 from pipeline.release.train import train_adapter
+from pipeline.reveal.reward import pull_reward
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,12 @@ def test_one_iteration_stage_by_stage(state):
     pulls = stages.read_jsonl(stages.iter_dir(state, 1) / "instructions.jsonl")
     assert len(pulls) == cfg.reveal.rounds * cfg.reveal.arms_per_round
     assert all(0.0 <= p["reward"] <= 1.0 and len(p["responses"]) == cfg.reveal.samples_per_arm for p in pulls)
+    # Reward = harmonic mean of relevance and Vendi diversity, both recorded with the pull.
+    k = cfg.reveal.samples_per_arm
+    assert all(1 / k - 1e-6 <= p["diversity"] <= 1 + 1e-6 for p in pulls)
+    for p in pulls:
+        expected = pull_reward(p["relevance"], p["diversity"], cfg.reveal.relevance_weight)
+        assert p["reward"] == pytest.approx(expected, abs=1e-5)
     assert "Mira Castellane" in top[0]  # every seed instruction names the target
 
     counts = stages.sample(state, 1, top)
