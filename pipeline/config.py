@@ -66,12 +66,14 @@ class ModelConfig(Section):
 
 
 class TargetConfig(Section):
-    kind: Literal["toxicity", "knowledge"]
+    kind: Literal["toxicity", "knowledge", "code", "entity", "custom"]
     name: str | list[str] = Field(
         "", description="what to forget, e.g. a person's name, or a list of names (knowledge)"
     )
     description: str = Field("", description="filled into the prompt templates; defaults to name")
     aliases: list[str] = []
+    entity_label: str = Field("PERSON", description="entity: the spaCy NER label to forget")
+    scorer: str = Field("", description="custom: 'module:function' scoring a list of texts in [0, 1]")
 
     @property
     def names(self) -> list[str]:
@@ -83,6 +85,8 @@ class TargetConfig(Section):
     def _knowledge_needs_name(self) -> TargetConfig:
         if self.kind == "knowledge" and not self.names:
             raise ValueError("target.name is required for kind 'knowledge'")
+        if self.kind == "custom" and not self.scorer.strip():
+            raise ValueError("target.scorer ('module:function') is required for kind 'custom'")
         if not self.description:
             self.description = " and ".join(self.names) or self.kind
         return self

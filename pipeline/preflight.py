@@ -24,6 +24,10 @@ def preflight(config: RunConfig) -> None:
                 raise ConfigError(
                     f"target.name: {name!r} is not a planted person in {config.model.plant.spec}"
                 )
+    if config.target.kind in ("entity", "custom"):  # an optional dependency or a user's module
+        from pipeline.scoring import make_scorer
+
+        make_scorer(config.target)
     read_prompt_list(config.reveal_prompts_path())
     read_prompt_list(config.resolve(config.sample.retain_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")

@@ -22,6 +22,11 @@ GOOD = "name: t\ntarget:\n  kind: toxicity\n"
             [],
             "target.name: 'Nobody Known' is not a planted person",
         ),
+        (
+            "name: t\ntarget:\n  kind: custom\n  description: x\n  scorer: nosuchmodule:score\n",
+            [],
+            "target.scorer: cannot import nosuchmodule",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, config_text, extra, expected):

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.config import TargetConfig
+from pipeline.scoring.code import CodeScorer
+from pipeline.scoring.custom import CustomScorer
+from pipeline.scoring.entity import EntityScorer
 from pipeline.scoring.knowledge import KnowledgeScorer
 from pipeline.scoring.toxicity import ToxicityScorer
 
@@ -17,6 +20,9 @@ Scorer = Callable[[list[str]], list[float]]
 SCORERS: dict[str, Callable[[TargetConfig], Scorer]] = {
     "toxicity": lambda target: ToxicityScorer(),
     "knowledge": lambda target: KnowledgeScorer(target.names, target.aliases),
+    "code": lambda target: CodeScorer(),
+    "entity": lambda target: EntityScorer(target.entity_label),
+    "custom": lambda target: CustomScorer(target.scorer),
 }
 
 

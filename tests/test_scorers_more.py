@@ -1,0 +1,77 @@
+"""The code, entity and custom scorers, on labelled examples."""
+
+import sys
+
+import pytest
+
+from pipeline.config import ConfigError, TargetConfig
+from pipeline.scoring import make_scorer
+from pipeline.scoring.code import code_share
+
+
+@pytest.mark.parametrize(
+    "text, low, high",
+    [
+        ("The cat sat on the mat and looked out of the window.", 0.0, 0.0),
+        ("Hello", 0.0, 0.0),  # a lone word parses as Python but is not code
+        ("def add(a, b):\n    return a + b", 1.0, 1.0),
+        ("x = [i * 2 for i in range(10)]\nprint(x)", 1.0, 1.0),
+        ("```\nfor i in range(3):\n    print(i)\n```", 1.0, 1.0),  # the fences count for nothing
+        ("Here is how:\n```python\nprint('hi')\n```\nThat prints hi.", 0.3, 0.7),
+        ("First sort the list.\nitems.sort()\nThen print it.", 0.2, 0.6),
+        ("", 0.0, 0.0),
+    ],
+)
+def test_code_share_on_labelled_examples(text, low, high):
+    assert low <= code_share(text) <= high
+
+
+def test_code_scorer_from_the_registry():
+    scorer = make_scorer(TargetConfig(kind="code", description="Python code"))
+    prose, code = scorer(["I like tea in the morning.", "import os\nprint(os.getcwd())"])
+    assert prose == 0.0 and code == 1.0
+
+
+def _lengths(texts):  # a custom scorer a user could write: longer replies score higher
+    return [min(1.0, len(t) / 20) for t in texts]
+
+
+def _broken(texts):
+    return [2.0 for _ in texts]
+
+
+def test_custom_scorer_loads_module_function(monkeypatch):
+    monkeypatch.setitem(sys.modules, "my_scores", sys.modules[__name__])
+    scorer = make_scorer(TargetConfig(kind="custom", description="long text", scorer="my_scores:_lengths"))
+    assert scorer(["a" * 5, "b" * 40]) == [0.25, 1.0]
+    broken = make_scorer(TargetConfig(kind="custom", description="x", scorer="my_scores:_broken"))
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        broken(["x"])
+
+
+@pytest.mark.parametrize(
+    "scorer, expected",
+    [
+        ("nomodule_here:f", "target.scorer: cannot import nomodule_here"),
+        ("os:no_such_function", "target.scorer: os has no function 'no_such_function'"),
+        ("just_a_name", "target.scorer: expected 'module:function'"),
+    ],
+)
+def test_custom_scorer_errors_name_the_field(scorer, expected):
+    with pytest.raises(ConfigError, match=expected):
+        make_scorer(TargetConfig(kind="custom", description="x", scorer=scorer))
+
+
+def test_custom_needs_a_scorer():
+    with pytest.raises(ValueError, match="target.scorer"):
+        TargetConfig(kind="custom", description="x")
+
+
+def test_entity_scorer_says_how_to_install_spacy():
+    try:
+        import spacy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install spacy"):
+            make_scorer(TargetConfig(kind="entity", description="famous scientists"))
+        return
+    pytest.skip("spaCy is installed here; the labelled entity examples need its English model")
