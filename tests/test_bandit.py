@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -28,17 +30,50 @@ def _regret(kind: str, seed: int, policy: str, rounds: int = 150) -> float:
     noise = torch.Generator().manual_seed(2000 + seed)
     coin = torch.Generator().manual_seed(3000 + seed)
     bandit = NeuralUCB(x.shape[1], seed=seed) if policy == "neuralucb" else None
+    totals, counts = torch.zeros(len(x)), torch.zeros(len(x))  # for epsilon-greedy
     regret = 0.0
     for _ in range(rounds):
-        if bandit is None:
-            j = int(torch.randint(len(x), (1,), generator=coin))
-        else:
+        if bandit is not None:
             j = bandit.select(x, k=1)[0]
+        elif policy == "egreedy" and float(torch.rand((), generator=coin)) >= EPSILON:
+            # Greedy on the empirical means; an arm never pulled is tried first (optimistic start).
+            means = torch.where(counts > 0, totals / counts.clamp(min=1), torch.tensor(math.inf))
+            j = int(torch.argmax(means))
+        else:
+            j = int(torch.randint(len(x), (1,), generator=coin))
         reward = mean[j] + 0.05 * torch.randn((), generator=noise)
         regret += float(mean.max() - mean[j])
+        totals[j] += reward
+        counts[j] += 1
         if bandit is not None:
             bandit.update(x[j : j + 1], reward.reshape(1))
     return regret
+
+
+EPSILON = 0.1
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "linear",
+        pytest.param(
+            "cosine",
+            # Measured 2026-11-23: NeuralUCB 12.25 against tabular epsilon-greedy 6.78 (20 arms, low
+            # noise: trying each arm once nearly solves it). Issue 4 asks for better; strict, so the
+            # day it passes the marker must go.
+            marks=pytest.mark.xfail(
+                strict=True, reason="NeuralUCB not yet tuned to beat epsilon-greedy here"
+            ),
+        ),
+    ],
+)
+def test_regret_below_epsilon_greedy(kind):
+    seeds = range(3)
+    ucb = sum(_regret(kind, s, "neuralucb") for s in seeds) / 3
+    greedy = sum(_regret(kind, s, "egreedy") for s in seeds) / 3
+    print(f"{kind}: NeuralUCB mean regret {ucb:.2f} vs epsilon-greedy ({EPSILON}) {greedy:.2f}")
+    assert ucb < greedy
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -194,3 +229,51 @@ def test_bad_input_raises():
     with pytest.raises(ValueError):
         NeuralUCB(0)
     assert len(bandit._r) == 0, "a rejected update must not touch the history"
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_saved_state_continues_exactly(tmp_path, diagonal):
+    x, mean = _problem("cosine", 0)
+    bandit = NeuralUCB(x.shape[1], hidden=20, seed=3, diagonal=diagonal)
+    for j in [0, 5, 7]:
+        bandit.update(x[j : j + 1], mean[j : j + 1])
+    bandit.discount(0.8)
+    bandit.save(tmp_path / "bandit")
+    assert {p.name for p in (tmp_path / "bandit").iterdir()} == {"bandit.safetensors", "bandit.json"}
+    copy = NeuralUCB.load(tmp_path / "bandit")
+    # The same choices and estimates from here on, update after update (Adam's moments included).
+    for _ in range(3):
+        chosen = bandit.select(x, k=3)
+        assert copy.select(x, k=3) == chosen
+        bandit.update(x[chosen], mean[chosen])
+        copy.update(x[chosen], mean[chosen])
+        assert torch.equal(bandit.predict(x), copy.predict(x))
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_discount_forgets_old_rewards_and_old_certainty(diagonal):
+    x, _ = _problem("linear", 1)
+    arm = x[:1]
+
+    def trained(gamma):
+        bandit = NeuralUCB(x.shape[1], hidden=20, seed=0, diagonal=diagonal)
+        for _ in range(5):
+            bandit.update(arm, torch.tensor([0.0]))  # the arm used to pay 0 ...
+        bandit.discount(gamma)
+        bandit.update(arm, torch.tensor([1.0]))  # ... and now pays 1
+        return bandit
+
+    kept, discounted = trained(1.0), trained(0.05)
+    # The fit follows the new reward once the old ones are discounted ...
+    assert float(discounted.predict(arm)) > float(kept.predict(arm)) + 0.2
+
+    # ... and Z shrinks back towards lam*I, so the arm is less certain (bigger bonus) than without.
+    def bonus(bandit):
+        _, g = bandit._mean_and_grad(arm)
+        if bandit.diagonal:
+            return float((g * g / bandit._z_diag).sum())
+        return float((g.double() * bandit._z_solve(g.double())).sum())
+
+    assert bonus(discounted) > bonus(kept)
+    with pytest.raises(ValueError, match="gamma"):
+        kept.discount(0.0)

@@ -11,9 +11,12 @@ Plain torch, CPU, and no use of the global RNG: the same seed gives the same cho
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 # Above this many parameters Z defaults to its diagonal: full Z keeps every pulled gradient
 # (N × p floats) and each select() costs O(N²·p), which gets heavy for wide nets and long runs.
@@ -61,6 +64,7 @@ class NeuralUCB:
         self._opt = torch.optim.Adam(self.params, lr=lr)
         n_params = hidden * (dim + 2) + 1
         self.diagonal = n_params > DIAGONAL_ABOVE if diagonal is None else bool(diagonal)
+        self.seed = seed
         # Diagonal: keep diag(Z). It forgets that one pull covers a whole direction, and each g_i²
         # is a tiny share of ‖g‖², so its bonus shrinks slowly unless lam is small (~0.01).
         # Full: Z = lam·I + Hᵀ H is never formed; we keep the pulled gradients H [N, p] and solve
@@ -70,6 +74,7 @@ class NeuralUCB:
         self._h = torch.empty(0, n_params, dtype=torch.float64)
         self._x = torch.empty(0, dim)
         self._r = torch.empty(0)
+        self._w = torch.empty(0)  # weight of each past pull in the fit: 1, times gamma per discount
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -130,7 +135,63 @@ class NeuralUCB:
             self._h = torch.cat([self._h, g.double()])
         self._x = torch.cat([self._x, x])
         self._r = torch.cat([self._r, r])
+        self._w = torch.cat([self._w, torch.ones(len(r))])
         self._fit()
+
+    def discount(self, gamma: float) -> None:
+        """Weigh everything seen so far by `gamma` (in (0, 1]): the fit and Z.
+
+        Rewards drift as the model unlearns, so an iteration's pulls should count less than the
+        next one's: call this between iterations. Z becomes lam·I + Σ gamma^age · g gᵀ.
+        """
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        self._w = self._w * gamma
+        if self.diagonal:
+            self._z_diag = (self._z_diag - self.lam) * gamma + self.lam
+        else:
+            self._h = self._h * math.sqrt(gamma)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> None:
+        """Write the whole state to `folder`: tensors as safetensors, settings as JSON (no pickle)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"param.{i}": p.detach() for i, p in enumerate(self.params)}
+        tensors |= {f"theta0.{i}": p for i, p in enumerate(self.theta0)}
+        tensors |= {"h": self._h, "x": self._x, "r": self._r, "w": self._w}
+        if self.diagonal:
+            tensors["z_diag"] = self._z_diag
+        for i, state in self._opt.state_dict()["state"].items():
+            tensors |= {f"adam.{i}.{name}": value for name, value in state.items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "bandit.safetensors")
+        settings = {
+            "dim": self.dim, "hidden": self.hidden, "nu": self.nu, "lam": self.lam, "seed": self.seed,
+            "lr": self.lr, "fit_steps": self.fit_steps, "diagonal": self.diagonal,
+        }  # fmt: skip
+        (folder / "bandit.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> NeuralUCB:
+        """The bandit `save` wrote, continuing exactly where it stopped."""
+        folder = Path(folder)
+        bandit = cls(**json.loads((folder / "bandit.json").read_text()))
+        tensors = load_file(folder / "bandit.safetensors")
+        with torch.no_grad():
+            for i, p in enumerate(bandit.params):
+                p.copy_(tensors[f"param.{i}"])
+        bandit.theta0 = [tensors[f"theta0.{i}"] for i in range(len(bandit.params))]
+        bandit._h, bandit._x, bandit._r, bandit._w = (tensors[k] for k in ("h", "x", "r", "w"))
+        if bandit.diagonal:
+            bandit._z_diag = tensors["z_diag"]
+        opt_state = bandit._opt.state_dict()
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".")
+                opt_state["state"].setdefault(int(index), {})[name] = value
+        bandit._opt.load_state_dict(opt_state)
+        return bandit
 
     def predict(self, contexts: torch.Tensor) -> torch.Tensor:
         """Mean reward estimate f(x) per row, without exploration bonus."""
@@ -181,7 +242,8 @@ class NeuralUCB:
         losses: list[float] = []
         for _ in range(self.fit_steps):
             self._opt.zero_grad()
-            loss = torch.mean((self._forward(self._x) - self._r) ** 2)
+            # Weighted MSE: discounted pulls count less (all weights are 1 until `discount`).
+            loss = torch.sum(self._w * (self._forward(self._x) - self._r) ** 2) / self._w.sum()
             loss = loss + reg * sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.theta0))
             loss.backward()
             self._opt.step()
