@@ -110,6 +110,9 @@ class RevealConfig(Section):
         False, description="diagonal Z (cheaper, explores worse); the full Z is exact via Woodbury"
     )
     prompts: Path | None = Field(None, description="seed instructions; default prompts/<kind>.yaml")
+    gamma: float = Field(
+        0.8, gt=0, le=1, description="weight of the bandit's earlier pulls per iteration (rewards drift)"
+    )
     relevance_weight: float = Field(
         0.5,
         ge=0,

@@ -184,19 +184,20 @@ def reveal(state: RunState, t: int) -> list[str]:
     top_file = iter_dir(state, t) / "top_instructions.json"
     if out.is_file() and top_file.is_file():
         return json.loads(top_file.read_text())
-    bandit = NeuralUCB(
-        state.arm_features.shape[1],
-        hidden=cfg.hidden,
-        nu=cfg.nu,
-        lam=cfg.lam,
-        seed=state.config.seed,
-        diagonal=cfg.diagonal,
-    )
-    history = [row for s in range(1, t) for row in read_jsonl(iter_dir(state, s) / "instructions.jsonl")]
-    if history:  # replaying earlier pulls restores the bandit exactly as it was
-        bandit.update(
-            state.arm_features[[row["arm"] for row in history]],
-            torch.tensor([row["reward"] for row in history], dtype=torch.float32),
+    saved = iter_dir(state, t - 1) / "bandit"
+    if (saved / "bandit.json").is_file():
+        # The bandit goes on from where iteration t-1 left it; its rewards were measured on the
+        # model before the last release, so they count for less (`reveal.gamma`).
+        bandit = NeuralUCB.load(saved)
+        bandit.discount(cfg.gamma)
+    else:
+        bandit = NeuralUCB(
+            state.arm_features.shape[1],
+            hidden=cfg.hidden,
+            nu=cfg.nu,
+            lam=cfg.lam,
+            seed=state.config.seed,
+            diagonal=cfg.diagonal,
         )
     pulls = []
     params = SamplingParams(
@@ -236,6 +237,8 @@ def reveal(state: RunState, t: int) -> list[str]:
     estimates = bandit.predict(state.arm_features)
     best = torch.argsort(estimates, descending=True)[: state.config.sample.top_instructions].tolist()
     top = [state.arms[i] for i in best]
+    with atomic_dir(iter_dir(state, t) / "bandit") as tmp:
+        bandit.save(tmp)
     write_jsonl(out, pulls)
     write_json(top_file, top)
     return top

@@ -12,6 +12,7 @@ from pipeline.config import load_config
 from pipeline.evaluation.metrics import perplexity
 from pipeline.models import with_adapter
 from pipeline.release.train import train_adapter
+from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.reward import pull_reward
 
 
@@ -77,9 +78,16 @@ def test_completed_stages_are_read_back_not_recomputed(state):
     assert {name: os.stat(folder / name).st_mtime_ns for name in files} == before
 
 
-def test_second_iteration_replays_the_bandit_and_stacks(state):
+def test_second_iteration_continues_the_bandit_and_stacks(state):
     top = stages.reveal(state, 2)
     assert len(top) == state.config.sample.top_instructions
+    # The bandit of iteration 2 went on from iteration 1's saved state, its old pulls discounted.
+    cfg = state.config.reveal
+    pulls_per_iteration = cfg.rounds * cfg.arms_per_round
+    bandit = NeuralUCB.load(stages.iter_dir(state, 2) / "bandit")
+    assert len(bandit._r) == 2 * pulls_per_iteration
+    assert torch.allclose(bandit._w[:pulls_per_iteration], torch.full((pulls_per_iteration,), cfg.gamma))
+    assert torch.equal(bandit._w[pulls_per_iteration:], torch.ones(pulls_per_iteration))
     stages.sample(state, 2, top)
     stages.release(state, 2)
     entry = stages.commit(state, 2, stages.evaluate(state, 2, stages.baseline(state)))
