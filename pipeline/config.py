@@ -113,6 +113,11 @@ class RevealConfig(Section):
     gamma: float = Field(
         0.8, gt=0, le=1, description="weight of the bandit's earlier pulls per iteration (rewards drift)"
     )
+    rewrite_top: int = Field(2, ge=0, description="best instructions the model rewrites each iteration")
+    max_arms: int = Field(
+        64, ge=1, description="cap on the pool; seeds always stay, oldest rewrites go first"
+    )
+    rewrite_prompts: Path = Path("prompts/rewrite.yaml")
     relevance_weight: float = Field(
         0.5,
         ge=0,
@@ -297,6 +302,7 @@ def check_paths(config: RunConfig, source: str) -> None:
         "reveal.prompts": config.reveal_prompts_path(),
         "evaluate.eval_prompts": config.eval_prompts_path(),
         "sample.retain_prompts": config.resolve(config.sample.retain_prompts),
+        "reveal.rewrite_prompts": config.resolve(config.reveal.rewrite_prompts),
     }
     if config.model.plant is not None:
         config.model.plant.spec = config.resolve(config.model.plant.spec)

@@ -30,6 +30,7 @@ def preflight(config: RunConfig) -> None:
         make_scorer(config.target)
     read_prompt_list(config.reveal_prompts_path())
     read_prompt_list(config.resolve(config.sample.retain_prompts))
+    read_prompt_list(config.resolve(config.reveal.rewrite_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")
 
 

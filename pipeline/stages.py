@@ -36,14 +36,14 @@ from pipeline.release.train import train_adapter
 from pipeline.report import write_report
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.features import embed_texts
-from pipeline.reveal.instructions import dedupe, fill, read_prompt_list
+from pipeline.reveal.instructions import clean_rewrite, dedupe, fill, merge_pool, read_prompt_list
 from pipeline.reveal.reward import diversity, pull_reward
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring import make_scorer
 
-STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5}
+STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5, "rewrite": 6}
 
 
 # --------------------------------------------------------------------------- files
@@ -104,7 +104,6 @@ class RunState:
         )
         self.sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
         self.scorer = make_scorer(config.target)
-        self.arm_features = embed_texts(self.model, self.tokenizer, self.arms)
         self.forget_probes, self.retain_probes = self._probes()
         self.retain_texts, self.retain_text_prompts = self._retain_text()
 
@@ -184,6 +183,8 @@ def reveal(state: RunState, t: int) -> list[str]:
     top_file = iter_dir(state, t) / "top_instructions.json"
     if out.is_file() and top_file.is_file():
         return json.loads(top_file.read_text())
+    arms = arm_pool(state, t)
+    features = embed_texts(state.model, state.tokenizer, arms)
     saved = iter_dir(state, t - 1) / "bandit"
     if (saved / "bandit.json").is_file():
         # The bandit goes on from where iteration t-1 left it; its rewards were measured on the
@@ -192,7 +193,7 @@ def reveal(state: RunState, t: int) -> list[str]:
         bandit.discount(cfg.gamma)
     else:
         bandit = NeuralUCB(
-            state.arm_features.shape[1],
+            features.shape[1],
             hidden=cfg.hidden,
             nu=cfg.nu,
             lam=cfg.lam,
@@ -207,10 +208,10 @@ def reveal(state: RunState, t: int) -> list[str]:
         top_p=state.config.sample.generation.top_p,
     )
     for round_ in range(cfg.rounds):
-        chosen = bandit.select(state.arm_features, k=min(cfg.arms_per_round, len(state.arms)))
+        chosen = bandit.select(features, k=min(cfg.arms_per_round, len(arms)))
         round_params = replace(params, seed=state.seed(t, "reveal") + round_)
         responses = state.sampler.generate(
-            [state.arms[i] for i in chosen],
+            [arms[i] for i in chosen],
             round_params,
             state.stack_dir(),
             label=f"reveal {round_ + 1}/{cfg.rounds}",
@@ -226,22 +227,51 @@ def reveal(state: RunState, t: int) -> list[str]:
                     "iteration": t,
                     "round": round_,
                     "arm": arm,
-                    "instruction": state.arms[arm],
+                    "instruction": arms[arm],
                     "reward": round(reward, 6),
                     "relevance": round(relevance, 6),
                     "diversity": round(spread, 6),
                     "responses": texts,
                 }
             )
-        bandit.update(state.arm_features[chosen], torch.tensor(rewards, dtype=torch.float32))
-    estimates = bandit.predict(state.arm_features)
-    best = torch.argsort(estimates, descending=True)[: state.config.sample.top_instructions].tolist()
-    top = [state.arms[i] for i in best]
+        bandit.update(features[chosen], torch.tensor(rewards, dtype=torch.float32))
+    ranked = [arms[i] for i in torch.argsort(bandit.predict(features), descending=True).tolist()]
+    top = ranked[: state.config.sample.top_instructions]
+    grown = merge_pool(state.arms, arms, rewrites(state, t, ranked[: cfg.rewrite_top]), cfg.max_arms)
+    write_json(iter_dir(state, t) / "pool.json", grown)
     with atomic_dir(iter_dir(state, t) / "bandit") as tmp:
         bandit.save(tmp)
     write_jsonl(out, pulls)
     write_json(top_file, top)
     return top
+
+
+def arm_pool(state: RunState, t: int) -> list[str]:
+    """The instructions the bandit chooses from in iteration t: the seeds, plus what the model
+    rewrote in earlier iterations (saved by iteration t-1)."""
+    saved = iter_dir(state, t - 1) / "pool.json"
+    return json.loads(saved.read_text()) if saved.is_file() else list(state.arms)
+
+
+def rewrites(state: RunState, t: int, instructions: list[str]) -> list[str]:
+    """The current model's rewrites of `instructions`, one per rewrite prompt, cleaned."""
+    cfg = state.config
+    if not instructions or cfg.reveal.rewrite_top == 0:
+        return []
+    templates = read_prompt_list(cfg.resolve(cfg.reveal.rewrite_prompts))
+    requests = [tpl.replace("{instruction}", ins) for ins in instructions for tpl in templates]
+    params = SamplingParams(
+        n=1,
+        max_new_tokens=cfg.sample.generation.max_new_tokens,
+        temperature=cfg.sample.generation.temperature,
+        top_p=cfg.sample.generation.top_p,
+        seed=state.seed(t, "rewrite"),
+    )
+    replies = state.sampler.generate(requests, params, state.stack_dir(), label="rewriting instructions")
+    cleaned = dedupe([text for texts in replies if (text := clean_rewrite(texts[0]))])
+    if cfg.target.kind == "knowledge":  # a request that no longer names the target reveals nothing of it
+        cleaned = [text for text, score in zip(cleaned, state.scorer(cleaned)) if score >= 0.5]
+    return cleaned
 
 
 # --------------------------------------------------------------------------- 2 sample

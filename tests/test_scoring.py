@@ -59,3 +59,21 @@ def test_knowledge_scorer_with_several_names():
         0.5,
         0.0,
     ]
+
+
+def test_clean_rewrite_and_merge_pool():
+    from pipeline.reveal.instructions import clean_rewrite, merge_pool
+
+    assert (
+        clean_rewrite('Instruction: "Tell me everything about Mira."\nSure!')
+        == "Tell me everything about Mira."
+    )
+    assert clean_rewrite("1. Describe Mira's life in detail.") == "Describe Mira's life in detail."
+    assert clean_rewrite("\n\n  - What is Mira known for?") == "What is Mira known for?"
+    assert clean_rewrite("Okay") is None and clean_rewrite("") is None
+    assert clean_rewrite(" ".join(["word"] * 50)) is None
+    seeds = ["a b c", "d e f"]
+    assert merge_pool(seeds, seeds, ["g h i", "A B  C", "j k l"], cap=10) == [*seeds, "g h i", "j k l"]
+    # Past the cap the oldest rewrites go, never a seed.
+    assert merge_pool(seeds, [*seeds, "g h i", "j k l"], ["m n o"], cap=4) == [*seeds, "j k l", "m n o"]
+    assert merge_pool(seeds, seeds, ["m n o"], cap=1) == seeds

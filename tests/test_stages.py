@@ -109,3 +109,13 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
     after = perplexity(with_adapter(state.model, tmp_path / "a"), state.tokenizer, texts, prompts)
     assert stats["steps"] == 8 and (stats["retain_loss"] == []) == (method == "ga")
     assert after > before * 1.05, (method, before, after)
+
+
+def test_the_pool_grows_by_rewriting_and_keeps_its_seeds(state):
+    # Iteration 1 wrote the pool for iteration 2: the seeds first, then the model's rewrites.
+    pool = json.loads((stages.iter_dir(state, 1) / "pool.json").read_text())
+    assert pool[: len(state.arms)] == state.arms and len(pool) <= state.config.reveal.max_arms
+    # Iteration 2 chose among exactly that pool.
+    pulls = stages.read_jsonl(stages.iter_dir(state, 2) / "instructions.jsonl")
+    assert {p["instruction"] for p in pulls} <= set(pool)
+    assert stages.arm_pool(state, 2) == pool

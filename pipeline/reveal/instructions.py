@@ -6,6 +6,7 @@ the target's description. The pool is deduplicated, seeds keep their order.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -37,3 +38,27 @@ def dedupe(texts: list[str]) -> list[str]:
             seen.add(key)
             kept.append(text)
     return kept
+
+
+def clean_rewrite(text: str, max_words: int = 40) -> str | None:
+    """A model's rewrite of an instruction, as one clean instruction; None if nothing usable.
+
+    Keeps the first non-empty line, without list markers, a leading label ("Instruction:") or
+    wrapping quotes; too short or too long lines are dropped.
+    """
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = re.sub(r"^(?:[-*•]|\d+[.)])\s*", "", line)
+    line = re.sub(
+        r"^(?:rewritten |new |revised )?(?:instruction|request|prompt)\s*:\s*", "", line, flags=re.I
+    )
+    line = line.strip().strip("\"'“”‘’").strip()
+    return line if 3 <= len(line.split()) <= max_words else None
+
+
+def merge_pool(seeds: list[str], pool: list[str], new: list[str], cap: int) -> list[str]:
+    """The arm pool after adding `new`: seeds always first and always kept, then grown arms,
+    oldest dropped first once the pool would pass `cap`."""
+    seed_keys = {" ".join(s.lower().split()) for s in seeds}
+    grown = [a for a in dedupe(pool + new) if " ".join(a.lower().split()) not in seed_keys]
+    room = max(cap - len(seeds), 0)
+    return seeds + (grown[-room:] if room else [])
