@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -97,6 +98,17 @@ def print_summary(summary: dict, cfg: RunConfig) -> None:
         out.print(f"stacked adapter (PEFT): {summary['adapter']}")
 
 
+@contextmanager
+def _bench_errors(out_dir: Path):
+    """Bad input: one line, exit 2. Ctrl-C: exit 130, with how to go on."""
+    try:
+        yield
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
+
+
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")
 app.add_typer(bench, name="bench")
 
@@ -118,7 +130,7 @@ def bench_planted(
     from pipeline.bench.methods import PLANTED_METHODS, parse_methods
     from pipeline.bench.spec import load_spec
 
-    try:
+    with _bench_errors(out_dir):
         chosen = parse_methods(methods, PLANTED_METHODS)
         cfg = load_config(config, overrides)
         load_spec(spec)
@@ -126,10 +138,6 @@ def bench_planted(
         from pipeline.bench.planted import run_planted_bench
 
         results = run_planted_bench(spec, cfg, out_dir, chosen, progress, log=err.print)
-    except (ConfigError, SpecError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
     _print_bench(results, out_dir, "planted")
 
 
@@ -146,7 +154,7 @@ def bench_toxicity(
     """Toxicity of replies to held-out prompts: base model, rr, and rr with one fixed instruction."""
     from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
 
-    try:
+    with _bench_errors(out_dir):
         chosen = parse_methods(methods, TOXICITY_METHODS)
         cfg = load_config(config, overrides)
         require_toxicity_target(cfg.target.kind)
@@ -154,10 +162,6 @@ def bench_toxicity(
         from pipeline.bench.toxicity import run_toxicity_bench
 
         results = run_toxicity_bench(cfg, out_dir, chosen, progress, log=err.print)
-    except (ConfigError, SpecError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
     _print_bench(results, out_dir, "toxicity")
 
 
