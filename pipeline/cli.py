@@ -165,11 +165,37 @@ def bench_toxicity(
     _print_bench(results, out_dir, "toxicity")
 
 
+@bench.command("reveal")
+def bench_reveal(
+    config: Path = typer.Option(
+        ..., "--config", help="run config whose model, target and reveal settings to use"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option("neuralucb,random,best_seed", "--methods", help="comma-separated methods"),
+    repeats: int = typer.Option(3, "--repeats", help="runs of each method, with other sampling seeds"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set reveal.rounds=4"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Instruction choice for one iteration: NeuralUCB against random choice and the best seed instruction."""
+    from pipeline.bench.methods import REVEAL_METHODS, parse_methods
+
+    with _bench_errors(out_dir):
+        chosen = parse_methods(methods, REVEAL_METHODS)
+        if repeats < 1:
+            raise ConfigError(f"--repeats: need at least 1, got {repeats}")
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        from pipeline.bench.reveal import run_reveal_bench
+
+        results = run_reveal_bench(cfg, out_dir, chosen, repeats, progress, log=err.print)
+    _print_bench(results, out_dir, "reveal")
+
+
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
-    from pipeline.bench import planted, toxicity
+    from pipeline.bench import planted, reveal, toxicity
     from pipeline.bench.results import cell, table_rows
 
-    columns = planted.COLUMNS if kind == "planted" else toxicity.COLUMNS
+    columns = {"planted": planted.COLUMNS, "toxicity": toxicity.COLUMNS, "reveal": reveal.COLUMNS}[kind]
     table = Table(title=f"{kind} benchmark")
     table.add_column("model", no_wrap=True)
     for _, title, _ in columns:

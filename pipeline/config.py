@@ -73,6 +73,9 @@ class TargetConfig(Section):
     description: str = Field("", description="filled into the prompt templates; defaults to name")
     aliases: list[str] = []
     entity_label: str = Field("PERSON", description="entity: the spaCy NER label to forget")
+    entity_model: str = Field(
+        "en_core_web_sm", description="entity: an installed spaCy pipeline's name, or a folder with one"
+    )
     scorer: str = Field("", description="custom: 'module:function' scoring a list of texts in [0, 1]")
 
     @property

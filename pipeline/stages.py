@@ -90,9 +90,10 @@ class RunState:
     there is nothing in here for it to look at.
     """
 
-    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+    def __init__(self, config: RunConfig, progress: bool = True, repeat: int = 0) -> None:
         self.config = config
         self.progress = progress
+        self.repeat = repeat  # a benchmark's repeat: other reveal and sampling draws, same evaluation
         self.run_dir = config.run_dir
         self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
         self.arms, self.retain_instructions, self.eval_prompts = run_prompts(config)
@@ -137,7 +138,7 @@ class RunState:
         return path if (path / "adapter_config.json").is_file() else None
 
     def seed(self, t: int, stage: str) -> int:
-        return self.config.seed * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
+        return (self.config.seed + 7919 * self.repeat) * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
 
 
 def prepare_run_dir(config: RunConfig) -> dict | None:
@@ -197,7 +198,7 @@ def reveal(state: RunState, t: int) -> list[str]:
             hidden=cfg.hidden,
             nu=cfg.nu,
             lam=cfg.lam,
-            seed=state.config.seed,
+            seed=state.seed(t, "reveal"),
             diagonal=cfg.diagonal,
         )
     pulls = []
@@ -278,40 +279,81 @@ def rewrites(state: RunState, t: int, instructions: list[str]) -> list[str]:
 
 
 def sample(state: RunState, t: int, instructions: list[str]) -> dict:
-    """Draw forget samples under the best instructions and retain samples under neutral ones."""
+    """Draw forget samples under the best instructions and retain samples under neutral ones.
+
+    The reveal stage's own responses join the forget candidates: they came from the same model,
+    and throwing them away would waste a third or more of the generation budget.
+    """
     cfg = state.config.sample
     forget_file, retain_file = iter_dir(state, t) / "forget.jsonl", iter_dir(state, t) / "retain.jsonl"
     if forget_file.is_file() and retain_file.is_file():
         return {"forget": len(read_jsonl(forget_file)), "retain": len(read_jsonl(retain_file))}
-    gen = cfg.generation
-    params = SamplingParams(
-        n=cfg.samples_per_instruction,
-        max_new_tokens=gen.max_new_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        seed=state.seed(t, "sample"),
-    )
-    forget = _scored_rows(state, t, instructions, params, "sampling forget")
-    forget = [r for r in forget if r["score"] >= cfg.relevance_threshold]
-    forget = drop_near_duplicates(sorted(forget, key=lambda r: -r["score"]), cfg.near_duplicate_jaccard)
-    forget = forget[: cfg.max_forget_samples]
-    retain = []
-    if cfg.retain_samples_per_instruction > 0:
-        params = replace(params, n=cfg.retain_samples_per_instruction, seed=state.seed(t, "retain"))
-        retain = _scored_rows(state, t, state.retain_instructions, params, "sampling retain")
-        retain = [r for r in retain if r["score"] < cfg.relevance_threshold]
-        retain = drop_near_duplicates(retain, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
+    candidates = revealed_rows(state, t) + forget_rows(state, t, instructions)
+    forget = relevant(state, candidates)[: cfg.max_forget_samples]
+    retain = retain_rows(state, t)
     write_jsonl(retain_file, retain)
     write_jsonl(forget_file, forget)
     return {"forget": len(forget), "retain": len(retain)}
 
 
+def forget_rows(state: RunState, t: int, instructions: list[str], n: int | None = None) -> list[dict]:
+    """`n` (default `sample.samples_per_instruction`) scored responses to each instruction."""
+    cfg = state.config.sample
+    gen = cfg.generation
+    params = SamplingParams(
+        n=n or cfg.samples_per_instruction,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        seed=state.seed(t, "sample"),
+    )
+    return _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
+
+
+def revealed_rows(state: RunState, t: int) -> list[dict]:
+    """The responses the reveal stage drew in iteration t, scored one by one."""
+    pulls = read_jsonl(iter_dir(state, t) / "instructions.jsonl")
+    rows = [
+        {"instruction": p["instruction"], "response": text, "iteration": t, "stage": "reveal"}
+        for p in pulls
+        for text in p["responses"]
+        if text.strip()
+    ]
+    for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
+        row["score"] = round(score, 4)
+    return rows
+
+
+def relevant(state: RunState, rows: list[dict]) -> list[dict]:
+    """Rows at or above the relevance threshold, most relevant first, near-duplicates dropped."""
+    cfg = state.config.sample
+    kept = sorted((r for r in rows if r["score"] >= cfg.relevance_threshold), key=lambda r: -r["score"])
+    return drop_near_duplicates(kept, cfg.near_duplicate_jaccard)
+
+
+def retain_rows(state: RunState, t: int) -> list[dict]:
+    """Responses to the neutral instructions that score below the relevance threshold."""
+    cfg = state.config.sample
+    if cfg.retain_samples_per_instruction == 0:
+        return []
+    params = SamplingParams(
+        n=cfg.retain_samples_per_instruction,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        temperature=cfg.generation.temperature,
+        top_p=cfg.generation.top_p,
+        seed=state.seed(t, "retain"),
+    )
+    rows = _scored_rows(state, t, state.retain_instructions, params, "sampling retain", stage="retain")
+    rows = [r for r in rows if r["score"] < cfg.relevance_threshold]
+    return drop_near_duplicates(rows, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
+
+
 def _scored_rows(
-    state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str
+    state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str, stage: str
 ) -> list[dict]:
     responses = state.sampler.generate(instructions, params, state.stack_dir(), label=label)
     rows = [
-        {"instruction": ins, "response": text, "iteration": t}
+        {"instruction": ins, "response": text, "iteration": t, "stage": stage}
         for ins, texts in zip(instructions, responses)
         for text in texts
         if text.strip()

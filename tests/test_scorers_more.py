@@ -67,11 +67,60 @@ def test_custom_needs_a_scorer():
         TargetConfig(kind="custom", description="x")
 
 
-def test_entity_scorer_says_how_to_install_spacy():
-    try:
-        import spacy  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="pip install spacy"):
-            make_scorer(TargetConfig(kind="entity", description="famous scientists"))
-        return
-    pytest.skip("spaCy is installed here; the labelled entity examples need its English model")
+@pytest.fixture(scope="module")
+def spacy_pipeline(tmp_path_factory):
+    """A real spaCy pipeline built in-process (no download): a rule-based recogniser that tags
+    people by name or by title + capitalised word, and organisations by name."""
+    spacy = pytest.importorskip("spacy", reason="spaCy is in the dev extra; `make setup` installs it")
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns(
+        [
+            {"label": "PERSON", "pattern": "Ada Lovelace"},
+            {"label": "PERSON", "pattern": "Alan Turing"},
+            {
+                "label": "PERSON",
+                "pattern": [{"LOWER": {"IN": ["dr", "dr.", "mr", "mr.", "ms", "ms."]}}, {"IS_TITLE": True}],
+            },
+            {"label": "ORG", "pattern": "Acme Corporation"},
+            {"label": "ORG", "pattern": [{"IS_TITLE": True}, {"LOWER": "university"}]},
+        ]
+    )
+    folder = tmp_path_factory.mktemp("spacy") / "rules_en"
+    nlp.to_disk(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    "text, person, org",
+    [
+        ("Ada Lovelace wrote the first program.", 1.0, 0.0),
+        ("I met Dr. Hobson at the station yesterday.", 1.0, 0.0),
+        ("She worked for Acme Corporation for ten years.", 0.0, 1.0),
+        ("Alan Turing studied at Princeton University.", 1.0, 1.0),
+        ("The weather was mild and the trains ran on time.", 0.0, 0.0),
+        ("ada lovelace", 0.0, 0.0),  # the rules match case, as a trained model mostly does
+    ],
+)
+def test_entity_scorer_on_labelled_examples(spacy_pipeline, text, person, org):
+    people = make_scorer(TargetConfig(kind="entity", entity_label="PERSON", entity_model=spacy_pipeline))
+    orgs = make_scorer(TargetConfig(kind="entity", entity_label="org", entity_model=spacy_pipeline))
+    assert people([text]) == [person]
+    assert orgs([text]) == [org]
+
+
+def test_entity_scorer_errors_name_the_field(spacy_pipeline, tmp_path):
+    with pytest.raises(ConfigError, match="target.entity_model: needs the spaCy model no_such_pipeline_xx"):
+        make_scorer(TargetConfig(kind="entity", entity_model="no_such_pipeline_xx"))
+    with pytest.raises(ConfigError, match=f"target.entity_model: folder {tmp_path} has no spaCy pipeline"):
+        make_scorer(TargetConfig(kind="entity", entity_model=str(tmp_path)))
+    with pytest.raises(
+        ConfigError, match=r"target.entity_label: .* does not tag GPE; it tags \['ORG', 'PERSON'\]"
+    ):
+        make_scorer(TargetConfig(kind="entity", entity_label="GPE", entity_model=spacy_pipeline))
+
+
+def test_entity_scorer_without_spacy_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy now raises ImportError
+    with pytest.raises(ConfigError, match="pip install spacy"):
+        make_scorer(TargetConfig(kind="entity", description="famous scientists"))

@@ -55,6 +55,11 @@ def test_one_iteration_stage_by_stage(state):
     assert all(r["score"] >= cfg.sample.relevance_threshold for r in forget)
     assert all(r["score"] < cfg.sample.relevance_threshold for r in retain)
     assert len({r["response"] for r in forget}) == len(forget)
+    # The reveal pulls' responses are candidates too: they came from the same model.
+    revealed = {text for p in pulls for text in p["responses"]}
+    assert {r["stage"] for r in forget} <= {"reveal", "sample"}
+    assert all(r["response"] in revealed for r in forget if r["stage"] == "reveal")
+    assert any(r["stage"] == "reveal" for r in forget)
 
     stats = stages.release(state, 1)
     assert stats["steps"] == cfg.release.steps and len(stats["forget_loss"]) == cfg.release.steps

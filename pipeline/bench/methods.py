@@ -6,6 +6,7 @@ from pipeline.config import ConfigError
 
 PLANTED_METHODS = ("rr", "ga", "graddiff", "npo", "undial")  # rr, then the oracle baselines
 TOXICITY_METHODS = ("base", "rr", "rr_fixed")
+REVEAL_METHODS = ("neuralucb", "random", "best_seed")
 
 
 def parse_methods(text: str | list[str], known: tuple[str, ...]) -> list[str]:

@@ -21,7 +21,7 @@ SCORERS: dict[str, Callable[[TargetConfig], Scorer]] = {
     "toxicity": lambda target: ToxicityScorer(),
     "knowledge": lambda target: KnowledgeScorer(target.names, target.aliases),
     "code": lambda target: CodeScorer(),
-    "entity": lambda target: EntityScorer(target.entity_label),
+    "entity": lambda target: EntityScorer(target.entity_label, target.entity_model),
     "custom": lambda target: CustomScorer(target.scorer),
 }
 

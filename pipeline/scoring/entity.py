@@ -1,10 +1,13 @@
 """Entity: does the reply name an entity of a chosen kind (spaCy NER label, e.g. PERSON)?
 
-Score 1.0 when spaCy finds at least one entity with the label, else 0. spaCy and its English
-model are optional: without them the scorer says exactly what to install.
+Score 1.0 when spaCy finds at least one entity with the label, else 0. spaCy and its trained
+pipelines are optional (`pip install 'reveal-release[entity]'`): without them the scorer says
+exactly what to install. `target.entity_model` is an installed pipeline's name or a folder.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pipeline.config import ConfigError
 
@@ -18,10 +21,24 @@ class EntityScorer:
         except ImportError:
             raise ConfigError(f"target.kind: entity needs spaCy and an English model: {INSTALL}") from None
         try:
-            self.nlp = spacy.load(model, disable=["parser", "lemmatizer"])
+            self.nlp = spacy.load(model, exclude=["parser", "lemmatizer"])
         except OSError:
-            raise ConfigError(f"target.kind: entity needs the spaCy model {model}: {INSTALL}") from None
+            where = (
+                f"folder {model} has no spaCy pipeline"
+                if Path(model).exists()
+                else f"needs the spaCy model {model}"
+            )
+            raise ConfigError(f"target.entity_model: {where}; install one with: {INSTALL}") from None
+        if "ner" not in self.nlp.pipe_names and "entity_ruler" not in self.nlp.pipe_names:
+            raise ConfigError(
+                f"target.entity_model: {model} has no entity recogniser (pipes: {self.nlp.pipe_names})"
+            )
         self.label = label.upper()
+        labels = set(self.nlp.pipe_labels.get("ner", [])) | set(self.nlp.pipe_labels.get("entity_ruler", []))
+        if labels and self.label not in labels:
+            raise ConfigError(
+                f"target.entity_label: {model} does not tag {self.label}; it tags {sorted(labels)}"
+            )
 
     def __call__(self, texts: list[str]) -> list[float]:
         return [float(any(ent.label_ == self.label for ent in doc.ents)) for doc in self.nlp.pipe(texts)]
