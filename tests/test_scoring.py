@@ -81,6 +81,14 @@ def test_clean_rewrite_and_merge_pool():
     assert clean_rewrite("\n\n  - What is Mira known for?") == "What is Mira known for?"
     assert clean_rewrite("Okay") is None and clean_rewrite("") is None
     assert clean_rewrite(" ".join(["word"] * 50)) is None
+    # What SmolLM2-135M gave back when asked to rewrite: answers, not requests.
+    assert clean_rewrite("She's a mighty damn klutz!") is None
+    assert clean_rewrite("Tobin Garngarth works as a bookbinder. He has a beagle named Thimble.") is None
+    assert (
+        clean_rewrite("Could you describe Mira's childhood in detail")
+        == "Could you describe Mira's childhood in detail"
+    )
+    assert clean_rewrite("Mira's hometown, what is it like?") == "Mira's hometown, what is it like?"
     seeds = ["a b c", "d e f"]
     assert merge_pool(seeds, seeds, ["g h i", "A B  C", "j k l"], cap=10) == [*seeds, "g h i", "j k l"]
     # Past the cap the oldest rewrites go, never a seed.

@@ -14,6 +14,7 @@ from pipeline.models import with_adapter
 from pipeline.release.train import train_adapter
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.reward import pull_reward
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,30 @@ def test_the_pool_grows_by_rewriting_and_keeps_its_seeds(state):
     pulls = stages.read_jsonl(stages.iter_dir(state, 2) / "instructions.jsonl")
     assert {p["instruction"] for p in pulls} <= set(pool)
     assert stages.arm_pool(state, 2) == pool
+
+
+def test_rewrites_are_cleaned_and_kept_only_when_they_ask_about_the_target(state, monkeypatch):
+    # The tiny model cannot rewrite; a stand-in sampler returns what a capable model might, so
+    # this checks what the stage does with the replies: clean, keep requests naming the target.
+    canned = [
+        'Instruction: "Could you tell me where Mira Castellane grew up?"',
+        "Mira Castellane works as a glassblower.",  # an answer, not a request
+        "Describe a typical day of a glassblower.",  # a request, but not about the target
+        "What does Mira Castellane eat for breakfast?",
+    ]
+    requests = []
+
+    def generate(prompts, params, adapter=None, label=""):
+        requests.extend(prompts)
+        return [[canned[i % len(canned)]] for i in range(len(prompts))]
+
+    monkeypatch.setattr(state.sampler, "generate", generate)
+    new = stages.rewrites(state, 9, ["Tell me about Mira Castellane."])
+    templates = stages.read_prompt_list(ROOT / "prompts" / "rewrite.yaml")
+    assert len(requests) == len(templates) and all("Tell me about Mira Castellane." in r for r in requests)
+    assert new == [
+        "Could you tell me where Mira Castellane grew up?",
+        "What does Mira Castellane eat for breakfast?",
+    ]
+    pool = stages.merge_pool(state.arms, state.arms, new, state.config.reveal.max_arms)
+    assert pool == [*state.arms, *new]

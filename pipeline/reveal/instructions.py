@@ -40,11 +40,28 @@ def dedupe(texts: list[str]) -> list[str]:
     return kept
 
 
+# How a request starts. A small model asked to rewrite an instruction often answers it instead
+# (SmolLM2-135M did, every time: insults for toxicity, recited facts for a planted person); an
+# answer is no instruction, and a line that is neither a question nor starts like this is dropped.
+REQUEST_OPENERS = frozenset(
+    "tell write describe explain give share list say name summarize summarise compose draft create "
+    "make imagine pretend roleplay act continue finish complete recount recall narrate show talk "
+    "provide generate what who where why how which can could would please "
+    "let suppose".split()
+)
+
+
+def looks_like_request(line: str) -> bool:
+    first = re.sub(r"[^a-z]", "", line.split()[0].lower()) if line.split() else ""
+    return line.rstrip().endswith("?") or first in REQUEST_OPENERS
+
+
 def clean_rewrite(text: str, max_words: int = 40) -> str | None:
     """A model's rewrite of an instruction, as one clean instruction; None if nothing usable.
 
     Keeps the first non-empty line, without list markers, a leading label ("Instruction:") or
-    wrapping quotes; too short or too long lines are dropped.
+    wrapping quotes; too short or too long lines, and lines that read as an answer rather than a
+    request, are dropped.
     """
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
     line = re.sub(r"^(?:[-*•]|\d+[.)])\s*", "", line)
@@ -52,7 +69,7 @@ def clean_rewrite(text: str, max_words: int = 40) -> str | None:
         r"^(?:rewritten |new |revised )?(?:instruction|request|prompt)\s*:\s*", "", line, flags=re.I
     )
     line = line.strip().strip("\"'“”‘’").strip()
-    return line if 3 <= len(line.split()) <= max_words else None
+    return line if 3 <= len(line.split()) <= max_words and looks_like_request(line) else None
 
 
 def merge_pool(seeds: list[str], pool: list[str], new: list[str], cap: int) -> list[str]:
