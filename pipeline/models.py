@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -80,6 +81,14 @@ def resolve_device(config: ModelConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
+
+
+def device_name(config: ModelConfig) -> str:
+    """What the figures of a benchmark were measured on, for its report."""
+    device = resolve_device(config)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {os.cpu_count()} cores, {config.threads or torch.get_num_threads()} torch threads"
 
 
 def load_pretrained(config: ModelConfig):

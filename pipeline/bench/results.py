@@ -49,7 +49,12 @@ def report_markdown(results: dict, columns: list[tuple[str, str, str]], title: s
     return "\n".join(lines) + "\n"
 
 
-def plot_tradeoff(results: dict, x: tuple[str, str], y: tuple[str, str], title: str, path: Path) -> None:
+OURS = ("rr", "neuralucb")  # drawn in red: the loop's own methods
+
+
+def plot_tradeoff(
+    results: dict, x: tuple[str, str], y: tuple[str, str], title: str, path: Path, x_cap: float | None = 5.0
+) -> None:
     """One point per model: y (what should fall) against x (the utility cost)."""
     import matplotlib  # here, so that `rr` answers bad input without loading matplotlib
 
@@ -57,7 +62,8 @@ def plot_tradeoff(results: dict, x: tuple[str, str], y: tuple[str, str], title: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    cap = 5.0  # beyond this a model is broken (GA can reach 1e50): drawn at the edge, value in its label
+    # Past x_cap (a utility ratio) a model is broken (GA can reach 1e50): drawn at the edge, value in its label.
+    cap = x_cap if x_cap is not None else float("inf")
     for label, metrics in table_rows(results):
         if metrics.get(x[0]) is None or metrics.get(y[0]) is None:
             continue
@@ -65,7 +71,7 @@ def plot_tradeoff(results: dict, x: tuple[str, str], y: tuple[str, str], title: 
         point = (min(metrics[x[0]], cap), metrics[y[0]])
         ax.scatter(
             *point, marker=">" if off_scale else ("s" if reference else "o"),
-            color="grey" if reference else ("tab:red" if label.startswith("rr") else "tab:blue"),
+            color="grey" if reference else ("tab:red" if label.startswith(OURS) else "tab:blue"),
         )  # fmt: skip
         text = f"{label} ({metrics[x[0]]:.2g})" if off_scale else label
         ax.annotate(
@@ -89,8 +95,9 @@ def write_results(
     notes: list[str],
     x: tuple[str, str],
     y: tuple[str, str],
+    x_cap: float | None = 5.0,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    plot_tradeoff(results, x, y, title, out / "plot.png")
+    plot_tradeoff(results, x, y, title, out / "plot.png", x_cap)
     (out / "report.md").write_text(report_markdown(results, columns, title, notes))
     write_json(out / "results.json", results)  # last: its presence means the benchmark finished

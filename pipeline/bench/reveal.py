@@ -28,6 +28,7 @@ from pipeline.bench.methods import REVEAL_METHODS
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.files import write_json, write_jsonl
+from pipeline.models import device_name
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.reward import vendi_score
 from pipeline.stages import (
@@ -194,6 +195,7 @@ def run_reveal_bench(
             )
     results = {
         "model": config.model.path,
+        "device": device_name(config.model),
         "target": config.target.model_dump(),
         "budget_responses": generation_budget(config, len(run_prompts(config)[0])),
         "repeats": repeats,
@@ -209,6 +211,7 @@ def run_reveal_bench(
         notes=_notes(config, results),
         x=("kept_per_1k_tokens", "relevant samples kept per 1,000 generated tokens"),
         y=("forget_score", "forget score after one release"),
+        x_cap=None,
     )
     return results
 
@@ -216,6 +219,7 @@ def run_reveal_bench(
 def _notes(config: RunConfig, results: dict) -> list[str]:
     r, s = config.reveal, config.sample
     return [
+        f"Measured on {results['device']}.",
         COLUMN_NOTE,
         f"Budget: {results['budget_responses']} responses of at most {s.generation.max_new_tokens} tokens per "
         f"method ({r.rounds} bandit rounds x {r.arms_per_round} arms x {r.samples_per_arm} responses, plus "
