@@ -47,6 +47,8 @@ def test_every_method_spends_the_same_budget(reveal_bench):
     assert first["generated_tokens"] != second["generated_tokens"]
     assert results["methods"]["random"]["ratio_to_random"] == 1.0
     assert results["base"]["forget_score"] >= 0.8
+    device = results["device"]  # the report says where its figures come from
+    assert device.startswith("cuda: ") or (device.startswith("cpu: ") and device.endswith(" 1 torch threads"))
     best = results["runs"]["best_seed"][0]
     assert best["seed_relevance"][best["best_seed"]] == max(best["seed_relevance"].values())
     assert (out / "report.md").read_text().count("| neuralucb |") == 1 and (out / "plot.png").is_file()
