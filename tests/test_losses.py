@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from pipeline.release.losses import ga_loss, graddiff_loss, kl_to_ref, nll_loss, npo_loss, undial_loss
+from pipeline.release.losses import (
+    ga_loss,
+    graddiff_loss,
+    kl_to_ref,
+    nll_loss,
+    npo_loss,
+    simnpo_loss,
+    undial_loss,
+)
 from pipeline.textdata import IGNORE_INDEX
 
 B, T, V = 3, 5, 7
@@ -280,3 +288,42 @@ def test_gradcheck_npo():
     logits, ref, labels = _batch(23, dtype=torch.float64)
     logits.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda z: npo_loss(z, labels, ref, beta=0.7), (logits,))
+
+
+def ref_simnpo(logits, labels, beta, delta) -> float:
+    terms = []
+    for b in range(labels.shape[0]):
+        nlls = [
+            -math.log(_softmax(logits[b, t].tolist())[int(labels[b, t])])
+            for t in range(labels.shape[1])
+            if int(labels[b, t]) != IGNORE_INDEX
+        ]
+        if not nlls:
+            continue
+        x = beta * (sum(nlls) / len(nlls) - delta)
+        terms.append(-(2 / beta) * -math.log1p(math.exp(-x)))  # log sigmoid(x) = -log(1 + e^-x)
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("beta, delta", [(2.5, 0.0), (1.0, 0.5), (4.0, 2.0)])
+def test_simnpo_matches_reference(beta, delta):
+    logits, _, labels = _batch(20)
+    got = simnpo_loss(logits, labels, beta=beta, delta=delta).item()
+    assert got == pytest.approx(ref_simnpo(logits, labels, beta, delta), rel=1e-5)
+
+
+def test_simnpo_ignores_empty_rows_and_stays_attached():
+    logits, _, labels = _batch(21)
+    labels[1, :] = IGNORE_INDEX
+    got = simnpo_loss(logits, labels).item()
+    assert got == pytest.approx(ref_simnpo(logits, labels, 2.5, 0.0), rel=1e-5)
+    logits.requires_grad_(True)
+    empty = simnpo_loss(logits, torch.full_like(labels, IGNORE_INDEX))
+    empty.backward()
+    assert empty.item() == 0.0 and logits.grad is not None
+
+
+def test_gradcheck_simnpo():
+    logits, _, labels = _batch(22, dtype=torch.float64)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: simnpo_loss(z, labels, beta=2.5, delta=0.3), (logits,))

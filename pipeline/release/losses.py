@@ -160,3 +160,27 @@ def npo_loss(
         raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def simnpo_loss(
+    logits: torch.Tensor, labels: torch.Tensor, beta: float = 2.5, delta: float = 0.0
+) -> torch.Tensor:
+    """SimNPO: NPO without a reference model, on length-normalised likelihood.
+
+    Fan et al., "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
+    2024, arXiv 2410.07163. With NLLavg(y) = −(1/|y|) log πθ(y|x), the mean NLL of a response's kept
+    tokens:
+
+        L = −(2/β) · mean_i log σ(β · (NLLavg(y_i) − δ))
+
+    averaged over the sequences of the batch that have at least one kept token. The loss falls as
+    the forget responses become unlikely and flattens once NLLavg passes δ by a few 1/β.
+    """
+    nll, keep = _token_nll(logits, labels)
+    counts = keep.sum(-1)
+    nll_avg = torch.where(keep, nll, torch.zeros_like(nll)).sum(-1) / counts.clamp(min=1).to(nll.dtype)
+    per_sequence = -(2.0 / beta) * F.logsigmoid(beta * (nll_avg - delta))
+    rows = counts > 0
+    if not rows.any():
+        return nll.sum() * 0.0  # attached to the graph, like the token-level losses
+    return per_sequence[rows].mean()
