@@ -80,19 +80,29 @@ def bench_config(config: RunConfig, method: str, repeat: int, out: Path) -> RunC
     return validate_config(data, source=f"{config.name} (reveal benchmark, {method})")
 
 
-def collect(method: str, state: RunState) -> tuple[list[dict], dict]:
-    """The scored responses `method` draws with the budget, and what it chose."""
+def collect(method: str, state: RunState) -> tuple[list[dict], int, dict]:
+    """The scored responses `method` draws with the budget, the tokens they cost, and what it chose."""
     cfg = state.config
     budget = generation_budget(cfg, len(state.arms))
-    per_pull = cfg.reveal.samples_per_arm
+    chosen: dict = {}
+    if method == "best_seed":  # the picking pass comes first and is not counted
+        best, relevance = pick_best_seed(state)
+        chosen = {"best_seed": best, "seed_relevance": {k: round(v, 4) for k, v in relevance.items()}}
+    before = state.sampler.generated_tokens
     if method == "neuralucb":
         top = reveal(state, 1)
-        return revealed_rows(state, 1) + forget_rows(state, 1, top), {"top_instructions": top}
-    if method == "random":
+        rows = revealed_rows(state, 1) + forget_rows(state, 1, top)
+        chosen = {"top_instructions": top}
+    elif method == "random":
         rng = random.Random(state.seed(1, "reveal"))
+        per_pull = cfg.reveal.samples_per_arm
         picks = [state.arms[rng.randrange(len(state.arms))] for _ in range(budget // per_pull)]
-        return forget_rows(state, 1, picks, n=per_pull), {}
-    raise ValueError(f"collect: unknown method {method!r}")
+        rows = forget_rows(state, 1, picks, n=per_pull)
+    elif method == "best_seed":
+        rows = forget_rows(state, 1, [chosen["best_seed"]], n=budget)
+    else:
+        raise ValueError(f"collect: unknown method {method!r}")
+    return rows, state.sampler.generated_tokens - before, chosen
 
 
 def pick_best_seed(state: RunState) -> tuple[str, dict[str, float]]:
@@ -110,16 +120,7 @@ def run_one(config: RunConfig, method: str, repeat: int, out: Path, base: dict, 
     state = RunState(bench_config(config, method, repeat, out), progress, repeat=repeat)
     iter_dir(state, 1).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    chosen: dict = {}
-    if method == "best_seed":
-        best, relevance = pick_best_seed(state)
-        chosen = {"best_seed": best, "seed_relevance": {k: round(v, 4) for k, v in relevance.items()}}
-        tokens_before = state.sampler.generated_tokens
-        rows = forget_rows(state, 1, [best], n=generation_budget(state.config, len(state.arms)))
-    else:
-        tokens_before = state.sampler.generated_tokens
-        rows, chosen = collect(method, state)
-    tokens = state.sampler.generated_tokens - tokens_before
+    rows, tokens, chosen = collect(method, state)
     kept = relevant(state, rows)
     log(f"{method} (repeat {repeat}): {len(rows)} responses, {tokens} tokens, {len(kept)} relevant kept")
     write_jsonl(iter_dir(state, 1) / "forget.jsonl", kept[: config.sample.max_forget_samples])
