@@ -292,7 +292,9 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     forget_file, retain_file = iter_dir(state, t) / "forget.jsonl", iter_dir(state, t) / "retain.jsonl"
     if forget_file.is_file() and retain_file.is_file():
         return {"forget": len(read_jsonl(forget_file)), "retain": len(read_jsonl(retain_file))}
-    candidates = revealed_rows(state, t) + forget_rows(state, t, instructions)
+    # The best instructions' responses come first: at equal scores they win the near-duplicate
+    # filter and the cap over responses to the arms the bandit was still exploring.
+    candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
     forget = relevant(state, candidates)[: cfg.max_forget_samples]
     retain = retain_rows(state, t)
     write_jsonl(retain_file, retain)
