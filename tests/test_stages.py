@@ -102,7 +102,7 @@ def test_second_iteration_continues_the_bandit_and_stacks(state):
     assert entry["iteration"] == 2
 
 
-@pytest.mark.parametrize("method", ["undial", "npo", "ga", "graddiff"])
+@pytest.mark.parametrize("method", ["undial", "npo", "simnpo", "ga", "graddiff"])
 def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp_path):
     forget = stages.read_jsonl(stages.iter_dir(state, 1) / "forget.jsonl")
     retain = stages.read_jsonl(stages.iter_dir(state, 1) / "retain.jsonl")

@@ -19,7 +19,7 @@ from peft import LoraConfig, get_peft_model
 from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
-from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, npo_loss, undial_loss
+from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, npo_loss, simnpo_loss, undial_loss
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.textdata import encode_pairs, shifted
 
@@ -56,6 +56,8 @@ def forget_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Te
         return undial_loss(logits, labels, _reference(peft_model, enc), beta=cfg.beta)
     if cfg.method == "npo":
         return npo_loss(logits, labels, _reference(peft_model, enc), beta=cfg.npo_beta)
+    if cfg.method == "simnpo":  # no reference model: one forward pass per step
+        return simnpo_loss(logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta)
     return ga_loss(logits, labels)  # ga and graddiff
 
 
