@@ -160,7 +160,7 @@ class SampleConfig(Section):
 
 
 class ReleaseConfig(Section):
-    method: Literal["undial", "graddiff", "ga", "npo", "simnpo"] = "undial"
+    method: Literal["undial", "graddiff", "ga", "npo", "simnpo", "negation"] = "undial"
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -172,6 +172,9 @@ class ReleaseConfig(Section):
     npo_beta: float = Field(0.1, gt=0, description="NPO inverse temperature")
     simnpo_beta: float = Field(2.5, gt=0, description="SimNPO inverse temperature")
     simnpo_delta: float = Field(0.0, description="SimNPO margin on the mean token NLL")
+    negation_scale: float = Field(
+        1.0, gt=0, description="negation: the NLL-trained adapter is applied with scale -negation_scale"
+    )
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"

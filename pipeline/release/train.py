@@ -58,6 +58,8 @@ def forget_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Te
         return npo_loss(logits, labels, _reference(peft_model, enc), beta=cfg.npo_beta)
     if cfg.method == "simnpo":  # no reference model: one forward pass per step
         return simnpo_loss(logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta)
+    if cfg.method == "negation":  # learn the forget data; the adapter is negated when saved
+        return nll_loss(logits, labels)
     return ga_loss(logits, labels)  # ga and graddiff
 
 
@@ -103,8 +105,8 @@ def train_adapter(
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         forget_batches = _batches(forget, cfg.batch_size, rng)
-        # `ga` is plain gradient ascent: the one objective without a retain term.
-        use_retain = retain and cfg.retain_weight > 0 and cfg.method != "ga"
+        # `ga` (plain gradient ascent) and `negation` (task arithmetic) take no retain term.
+        use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation")
         retain_batches = _batches(retain, cfg.batch_size, rng) if use_retain else None
         stats = {"steps": 0, "skipped_steps": 0, "forget_loss": [], "retain_loss": [], "orth_penalty": []}
         started = time.perf_counter()
@@ -141,6 +143,13 @@ def train_adapter(
                 bar.advance(1, info=f"loss {loss.item():.3f}")
         stats["seconds"] = round(time.perf_counter() - started, 2)
         peft_model.eval()
+        if cfg.method == "negation":
+            # Task arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023,
+            # arXiv 2212.04089): ΔW = B·A learned the forget data, so −λ·ΔW removes it.
+            with torch.no_grad():
+                for name, param in peft_model.named_parameters():
+                    if "lora_B" in name:
+                        param.mul_(-cfg.negation_scale)
         with atomic_dir(Path(out_dir)) as tmp:
             peft_model.save_pretrained(tmp)
     finally:
