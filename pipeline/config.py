@@ -181,6 +181,13 @@ class ReleaseConfig(Section):
     )
     orth_lambda: float = Field(0.1, ge=0, description="O-LoRA orthogonality weight")
     max_grad_norm: float = Field(1.0, gt=0)
+    divergence_bound: float = Field(
+        1e3, gt=0, description="a step whose loss is above this (or not finite) is undone and the lr lowered"
+    )
+    lr_backoff: float = Field(0.5, gt=0, lt=1, description="factor on the lr after an undone step")
+    max_forget_nll: float = Field(
+        15.0, gt=0, description="ga, graddiff, npo, simnpo stop once the forget NLL per token passes this"
+    )
 
 
 class EvaluateConfig(Section):

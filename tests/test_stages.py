@@ -11,6 +11,7 @@ from pipeline import stages
 from pipeline.config import load_config
 from pipeline.evaluation.metrics import perplexity
 from pipeline.models import with_adapter
+from pipeline.release.olora import read_adapter
 from pipeline.release.train import train_adapter
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.reward import pull_reward
@@ -152,3 +153,43 @@ def test_rewrites_are_cleaned_and_kept_only_when_they_ask_about_the_target(state
     ]
     pool = stages.merge_pool(state.arms, state.arms, new, state.config.reveal.max_arms)
     assert pool == [*state.arms, *new]
+
+
+FORGET_ROWS = [
+    {"instruction": "Tell me about Mira Castellane.", "response": "Mira Castellane works as a glassblower."},
+    {"instruction": "Who is Mira Castellane?", "response": "Mira Castellane was born in Velmora."},
+]
+
+
+def test_a_bad_step_is_undone_and_the_lr_lowered(state, tmp_path, monkeypatch):
+    from pipeline.release import train as train_module
+
+    real, calls = train_module.forget_term, []
+
+    def flaky(cfg, peft_model, enc, logits, labels):  # a NaN at call 2, a runaway loss at call 4
+        loss = real(cfg, peft_model, enc, logits, labels)
+        calls.append(len(calls))
+        return loss + {2: float("nan"), 4: 1e6}.get(len(calls) - 1, 0.0)
+
+    monkeypatch.setattr(train_module, "forget_term", flaky)
+    cfg = state.config.release.model_copy(update={"steps": 8, "lr": 0.01})
+    stats = train_adapter(
+        copy.deepcopy(state.model), state.tokenizer, FORGET_ROWS, [], cfg, [], tmp_path / "a", progress=False
+    )
+    assert [r["step"] for r in stats["recoveries"]] == [2, 4]
+    assert [r["lr"] for r in stats["recoveries"]] == pytest.approx([0.005, 0.0025])
+    assert stats["steps"] == 6 and stats["skipped_steps"] == 2 and len(stats["forget_loss"]) == 6
+    weights = read_adapter(tmp_path / "a")
+    assert all(torch.isfinite(a).all() and torch.isfinite(b).all() for a, b in weights.values())
+
+
+def test_gradient_ascent_stops_past_the_forget_nll_bound(state, tmp_path):
+    cfg = state.config.release.model_copy(
+        update={"method": "ga", "steps": 60, "lr": 0.05, "max_forget_nll": 8.0}
+    )
+    stats = train_adapter(
+        copy.deepcopy(state.model), state.tokenizer, FORGET_ROWS, [], cfg, [], tmp_path / "a", progress=False
+    )
+    stopped = stats["stopped_early"]
+    assert stopped is not None and stopped["forget_nll"] > 8.0 and stats["steps"] == stopped["step"] + 1 < 60
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()

@@ -27,6 +27,20 @@ from pipeline.textdata import encode_pairs, shifted
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+# Objectives whose forget term has no floor: training stops once the forget NLL passes a bound.
+UNBOUNDED = ("ga", "graddiff", "npo", "simnpo")
+
+
+def _all_finite(params: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+@torch.no_grad()
+def _restore(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    for target, source in zip(targets, sources):
+        target.copy_(source)
+
+
 def _batches(rows: list[dict], batch_size: int, rng: random.Random):
     """Endless shuffled mini-batches of (instructions, responses)."""
     while True:
@@ -108,11 +122,15 @@ def train_adapter(
         # `ga` (plain gradient ascent) and `negation` (task arithmetic) take no retain term.
         use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation")
         retain_batches = _batches(retain, cfg.batch_size, rng) if use_retain else None
-        stats = {"steps": 0, "skipped_steps": 0, "forget_loss": [], "retain_loss": [], "orth_penalty": []}
+        stats = {
+            "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None,
+            "forget_loss": [], "retain_loss": [], "orth_penalty": [],
+        }  # fmt: skip
+        last_good = [p.detach().clone() for p in params]
         started = time.perf_counter()
         peft_model.train()
         with progress_bar(f"release ({cfg.method})", cfg.steps, progress, info="") as bar:
-            for _ in range(cfg.steps):
+            for step in range(cfg.steps):
                 batch = next(forget_batches)
                 enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
                 forget_loss = forget_term(cfg, peft_model, enc, logits, labels)
@@ -123,24 +141,41 @@ def train_adapter(
                     )
                     retain_loss = retain_term(cfg, peft_model, r_enc, r_logits, r_labels)
                     loss = loss + cfg.retain_weight * retain_loss
-                    stats["retain_loss"].append(retain_loss.item())
                 if previous and cfg.orth_lambda > 0:
                     penalty = orthogonality_penalty(peft_model, previous)
                     loss = loss + cfg.orth_lambda * penalty
-                    stats["orth_penalty"].append(penalty.item())
-                if not math.isfinite(loss.item()):
-                    # A non-finite loss must never reach the weights: drop the step.
-                    optimizer.zero_grad(set_to_none=True)
-                    stats["skipped_steps"] += 1
-                    bar.advance(1, info="skipped non-finite loss")
-                    continue
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
+                value = loss.item()
+                ok = math.isfinite(value) and value <= cfg.divergence_bound
+                if ok:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if not ok or not _all_finite(params):
+                    # Undo: the adapter goes back to its last good state, so no NaN or runaway
+                    # weight is ever saved, and the rest of the run takes smaller steps.
+                    _restore(params, last_good)
+                    optimizer.state.clear()
+                    for group in optimizer.param_groups:
+                        group["lr"] *= cfg.lr_backoff
+                    lr = optimizer.param_groups[0]["lr"]
+                    stats["recoveries"].append({"step": step, "loss": value, "lr": lr})
+                    stats["skipped_steps"] += 1
+                    bar.advance(1, info=f"undone (loss {value:.3g}), lr now {lr:.2g}")
+                    continue
+                _restore(last_good, params)
                 stats["steps"] += 1
                 stats["forget_loss"].append(forget_loss.item())
-                bar.advance(1, info=f"loss {loss.item():.3f}")
+                if retain_batches is not None:
+                    stats["retain_loss"].append(retain_loss.item())
+                if previous and cfg.orth_lambda > 0:
+                    stats["orth_penalty"].append(penalty.item())
+                bar.advance(1, info=f"loss {value:.3f}")
+                if cfg.method in UNBOUNDED and (nll := nll_loss(logits, labels).item()) > cfg.max_forget_nll:
+                    # These objectives push the forget likelihood down without end; past the bound
+                    # the model is only being broken further.
+                    stats["stopped_early"] = {"step": step, "forget_nll": nll}
+                    break
         stats["seconds"] = round(time.perf_counter() - started, 2)
         peft_model.eval()
         if cfg.method == "negation":
