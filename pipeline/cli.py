@@ -98,6 +98,27 @@ def print_summary(summary: dict, cfg: RunConfig) -> None:
         out.print(f"stacked adapter (PEFT): {summary['adapter']}")
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a finished run, e.g. runs/demo"),
+    adapter: Path = typer.Option(
+        None, "--adapter", help="write the stacked adapter (PEFT) with a model card here"
+    ),
+    merged: Path = typer.Option(None, "--merged", help="write base + adapter merged (safetensors) here"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Export a run's unlearning: one PEFT adapter with a model card, or a merged model."""
+    from pipeline.export import export_adapter, export_merged
+
+    if (adapter is None) == (merged is None):
+        fail("give exactly one of --adapter OUT or --merged OUT")
+    try:
+        written = export_adapter(run_dir, adapter) if adapter else export_merged(run_dir, merged, progress)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    out.print(f"wrote {written}")
+
+
 @contextmanager
 def _bench_errors(out_dir: Path):
     """Bad input: one line, exit 2. Ctrl-C: exit 130, with how to go on."""

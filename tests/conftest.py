@@ -39,3 +39,15 @@ def run_rr(*args, env=None, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir):
+    """`rr unlearn configs/tiny.yaml` run once, as a user would; (run directory, CompletedProcess).
+    Tests only read it."""
+    out = tmp_path_factory.mktemp("runs")
+    result = run_rr(
+        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "tiny", result

@@ -20,16 +20,6 @@ from tests.conftest import ROOT, run_rr
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("runs")
-    result = run_rr(
-        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)}
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out / "tiny", result
-
-
 def test_tiny_run_forgets_the_target_and_keeps_the_others(tiny_run):
     run_dir, result = tiny_run
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,85 @@
+"""`rr export`: a finished tiny run as an adapter with a model card, and as a merged model."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import run_rr
+
+pytestmark = pytest.mark.slow
+
+
+def _greedy(model, tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[0].tolist()
+
+
+def test_export_adapter_with_model_card(tiny_run, tmp_path, cache_dir):
+    run_dir, _ = tiny_run
+    out = tmp_path / "adapter"
+    result = run_rr("export", run_dir, "--adapter", out, env={"RR_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    card = (out / "README.md").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "library_name: peft" in card and "Mira Castellane" in card
+    assert (
+        f"{summary['final']['forget_score']:.3f}" in card
+        and f"after iteration {summary['iterations']}" in card
+    )
+    base = AutoModelForCausalLM.from_pretrained(summary["model"])
+    assert sum("lora_A" in n for n, _ in PeftModel.from_pretrained(base, str(out)).named_parameters()) > 0
+
+
+def test_export_merged_generates_like_the_adapter(tiny_run, tmp_path, cache_dir):
+    run_dir, _ = tiny_run
+    out = tmp_path / "merged"
+    result = run_rr("export", run_dir, "--merged", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(summary["model"]), str(run_dir / "adapter")
+    )
+    adapted.eval()
+    ids = torch.tensor([tokenizer("Tell me about Mira Castellane.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
+    for prompt in ["Tell me about Mira Castellane.", "Where does Tobias Wrenfield live?"]:
+        assert _greedy(merged, tokenizer, prompt) == _greedy(adapted, tokenizer, prompt)
+    assert not any(p.name.endswith(".bin") for p in out.iterdir())  # safetensors only
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--adapter", "A", "--merged", "B"], "exactly one of --adapter OUT or --merged OUT"),
+        ([], "exactly one of --adapter OUT or --merged OUT"),
+    ],
+)
+def test_export_needs_one_target(tiny_run, args, expected):
+    run_dir, _ = tiny_run
+    result = run_rr("export", run_dir, *args)
+    assert result.returncode == 2 and expected in result.stderr
+
+
+def test_export_errors_name_the_problem(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    result = run_rr("export", tmp_path, "--adapter", tmp_path / "out")
+    assert result.returncode == 2 and "not a run directory (no config.yaml)" in result.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    result = run_rr("export", run_dir, "--adapter", tmp_path / "taken")
+    assert result.returncode == 2 and "exists and is not empty" in result.stderr
+    assert (tmp_path / "taken" / "x").read_text() == "x"
