@@ -180,6 +180,9 @@ class ReleaseConfig(Section):
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
     )
     orth_lambda: float = Field(0.1, ge=0, description="O-LoRA orthogonality weight")
+    retain_adapter: bool = Field(
+        False, description="O-LoRA also against a LoRA trained once by NLL on the first retain samples"
+    )
     max_grad_norm: float = Field(1.0, gt=0)
     divergence_bound: float = Field(
         1e3, gt=0, description="a step whose loss is above this (or not finite) is undone and the lr lowered"

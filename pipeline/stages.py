@@ -32,7 +32,7 @@ from pipeline.files import atomic_dir, read_jsonl, read_lines, write_json, write
 from pipeline.models import load_model, with_adapter
 from pipeline.preflight import existing_run
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
-from pipeline.release.train import train_adapter
+from pipeline.release.train import train_adapter, train_retain_adapter
 from pipeline.report import write_report
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.features import embed_texts
@@ -387,6 +387,8 @@ def release(state: RunState, t: int) -> dict:
     current = state.stack_dir()
     previous_dirs = [iter_dir(state, s) / "adapter" for s in kept_iterations(state)]
     previous = [lora_A_matrices(read_adapter(d)) for d in previous_dirs]
+    if state.config.release.retain_adapter and (kept := retain_adapter(state, retain)) is not None:
+        previous.append(lora_A_matrices(read_adapter(kept)))
     model_t = with_adapter(state.model, current) if current else state.model
     stats = train_adapter(
         model_t,
@@ -405,6 +407,21 @@ def release(state: RunState, t: int) -> dict:
     stats.update(n_forget=len(forget), n_retain=len(retain))
     write_json(stats_file, stats)
     return stats
+
+
+def retain_adapter(state: RunState, retain: list[dict]) -> Path | None:
+    """runs/<name>/retain_adapter, trained on the base model the first time it is needed."""
+    folder = state.run_dir / "retain_adapter"
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    if not retain:
+        return None
+    stats = train_retain_adapter(
+        state.model, state.tokenizer, retain, state.config.release, folder,
+        seed=state.seed(0, "release"), progress=state.progress,
+    )  # fmt: skip
+    write_json(state.run_dir / "retain_adapter.json", stats)
+    return folder
 
 
 def kept_iterations(state: RunState) -> list[int]:

@@ -114,7 +114,10 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
         copy.deepcopy(state.model), state.tokenizer, forget, retain, cfg, [], tmp_path / "a", progress=False
     )
     after = perplexity(with_adapter(state.model, tmp_path / "a"), state.tokenizer, texts, prompts)
-    assert stats["steps"] == 8 and (stats["retain_loss"] == []) == (method in ("ga", "negation"))
+    # Unbounded objectives may stop early at release.max_forget_nll on this tiny model.
+    stopped = stats["stopped_early"]
+    assert stats["steps"] == (8 if stopped is None else stopped["step"] + 1)
+    assert (stats["retain_loss"] == []) == (method in ("ga", "negation"))
     assert after > before * 1.05, (method, before, after)
 
 
@@ -193,3 +196,24 @@ def test_gradient_ascent_stops_past_the_forget_nll_bound(state, tmp_path):
     stopped = stats["stopped_early"]
     assert stopped is not None and stopped["forget_nll"] > 8.0 and stats["steps"] == stopped["step"] + 1 < 60
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_release_keeps_orthogonal_to_the_retain_adapter(state, monkeypatch):
+    # Iteration 9 of the shared run, with the retain adapter on and a strong O-LoRA weight.
+    release = state.config.release.model_copy(
+        update={"retain_adapter": True, "orth_lambda": 100.0, "steps": 10}
+    )
+    monkeypatch.setattr(state, "config", state.config.model_copy(update={"release": release}))
+    folder = stages.iter_dir(state, 9)
+    folder.mkdir()
+    retain = [{"instruction": "Name a colour.", "response": "Blue is a colour of the sky."}] * 4
+    stages.write_jsonl(folder / "forget.jsonl", FORGET_ROWS)
+    stages.write_jsonl(folder / "retain.jsonl", retain)
+    stats = stages.release(state, 9)
+    assert stats["steps"] == 10 and (state.run_dir / "retain_adapter" / "adapter_config.json").is_file()
+    kept = stages.lora_A_matrices(read_adapter(state.run_dir / "retain_adapter"))
+    trained = stages.lora_A_matrices(read_adapter(folder / "adapter"))
+    for module, a_t in trained.items():
+        a_r = kept[module]
+        overlap = (a_r @ a_t.T).norm() / (a_r.norm() * a_t.norm())
+        assert overlap < 0.05, (module, float(overlap))

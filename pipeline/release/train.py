@@ -64,6 +64,10 @@ def _reference(peft_model, enc) -> torch.Tensor:
     return shifted(ref.float(), enc["labels"])[0]
 
 
+# Not a release method: the retain adapter *learns* its rows by NLL (see `train_retain_adapter`).
+LEARN = "learn"
+
+
 def forget_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Tensor:
     """The objective on a forget batch, by `release.method` (graddiff's retain half is added apart)."""
     if cfg.method == "undial":
@@ -72,7 +76,7 @@ def forget_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Te
         return npo_loss(logits, labels, _reference(peft_model, enc), beta=cfg.npo_beta)
     if cfg.method == "simnpo":  # no reference model: one forward pass per step
         return simnpo_loss(logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta)
-    if cfg.method == "negation":  # learn the forget data; the adapter is negated when saved
+    if cfg.method in ("negation", LEARN):  # negation: learn the forget data, negate when saved
         return nll_loss(logits, labels)
     return ga_loss(logits, labels)  # ga and graddiff
 
@@ -120,7 +124,7 @@ def train_adapter(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         forget_batches = _batches(forget, cfg.batch_size, rng)
         # `ga` (plain gradient ascent) and `negation` (task arithmetic) take no retain term.
-        use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation")
+        use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation", LEARN)
         retain_batches = _batches(retain, cfg.batch_size, rng) if use_retain else None
         stats = {
             "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None,
@@ -129,7 +133,8 @@ def train_adapter(
         last_good = [p.detach().clone() for p in params]
         started = time.perf_counter()
         peft_model.train()
-        with progress_bar(f"release ({cfg.method})", cfg.steps, progress, info="") as bar:
+        label = "retain adapter" if cfg.method == LEARN else f"release ({cfg.method})"
+        with progress_bar(label, cfg.steps, progress, info="") as bar:
             for step in range(cfg.steps):
                 batch = next(forget_batches)
                 enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
@@ -190,3 +195,16 @@ def train_adapter(
     finally:
         peft_model.unload()  # give the caller its model back without LoRA layers
     return stats
+
+
+def train_retain_adapter(
+    model, tokenizer, retain: list[dict], cfg: ReleaseConfig, out_dir: Path, **kwargs
+) -> dict:
+    """The retain adapter: one LoRA trained by NLL on retain samples, once per run.
+
+    Its A matrices span input directions the model uses for what it must keep; with
+    `release.retain_adapter` every release adapter is kept orthogonal to them too (O-LoRA).
+    """
+    return train_adapter(
+        model, tokenizer, retain, [], cfg.model_copy(update={"method": LEARN}), [], out_dir, **kwargs
+    )
