@@ -319,15 +319,12 @@ def forget_rows(state: RunState, t: int, instructions: list[str], n: int | None 
 def revealed_rows(state: RunState, t: int) -> list[dict]:
     """The responses the reveal stage drew in iteration t, scored one by one."""
     pulls = read_jsonl(iter_dir(state, t) / "instructions.jsonl")
-    rows = [
+    return _scored(state, [
         {"instruction": p["instruction"], "response": text, "iteration": t, "stage": "reveal"}
         for p in pulls
         for text in p["responses"]
         if text.strip()
-    ]
-    for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
-        row["score"] = round(score, 4)
-    return rows
+    ])  # fmt: skip
 
 
 def relevant(state: RunState, rows: list[dict]) -> list[dict]:
@@ -358,12 +355,16 @@ def _scored_rows(
     state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str, stage: str
 ) -> list[dict]:
     responses = state.sampler.generate(instructions, params, state.stack_dir(), label=label)
-    rows = [
+    return _scored(state, [
         {"instruction": ins, "response": text, "iteration": t, "stage": stage}
         for ins, texts in zip(instructions, responses)
         for text in texts
         if text.strip()
-    ]
+    ])  # fmt: skip
+
+
+def _scored(state: RunState, rows: list[dict]) -> list[dict]:
+    """`rows` with the target scorer's score of each response."""
     for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
         row["score"] = round(score, 4)
     return rows
