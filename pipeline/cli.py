@@ -212,6 +212,32 @@ def bench_reveal(
     _print_bench(results, out_dir, "reveal")
 
 
+@bench.command("train")
+def bench_train(
+    config: Path = typer.Option(..., "--config", help="run config whose model and release settings to use"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Release training throughput and peak memory against a plain PEFT + transformers Trainer loop."""
+    with _bench_errors(out_dir):
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        from pipeline.bench.train import run_train_bench
+
+        results = run_train_bench(cfg, out_dir, progress, log=err.print)
+    table = Table(title=f"release training throughput ({results['device']})")
+    for column in ("arm", "tokens", "seconds", "tok/s", "x Trainer", "peak MB"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for row in results["rows"]:
+        table.add_row(
+            row["arm"], str(row["tokens"]), f"{row['seconds']:.2f}", f"{row['tok_per_s']:.0f}",
+            f"{row['ratio_to_trainer']:.2f}", f"{row['peak_mb']:.0f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}")
+
+
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
     from pipeline.bench import planted, reveal, toxicity
     from pipeline.bench.results import cell, table_rows

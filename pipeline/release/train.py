@@ -127,7 +127,7 @@ def train_adapter(
         use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation", LEARN)
         retain_batches = _batches(retain, cfg.batch_size, rng) if use_retain else None
         stats = {
-            "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None,
+            "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None, "tokens": 0,
             "forget_loss": [], "retain_loss": [], "orth_penalty": [],
         }  # fmt: skip
         last_good = [p.detach().clone() for p in params]
@@ -138,6 +138,7 @@ def train_adapter(
             for step in range(cfg.steps):
                 batch = next(forget_batches)
                 enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
+                stats["tokens"] += int(enc["attention_mask"].sum())  # forget batch tokens, for throughput
                 forget_loss = forget_term(cfg, peft_model, enc, logits, labels)
                 loss = forget_loss
                 if retain_batches is not None:

@@ -1,0 +1,154 @@
+"""`rr bench train`: how fast is one release, against a plain PEFT + transformers `Trainer` loop?
+
+Both train the same LoRA (the config's rank, alpha, target modules, lr, batch size, steps,
+max_length, gradient clipping) on the same rows: the model's own replies to the target's seed
+instructions. The like-for-like pair is NLL on both sides (`ours_nll`: our loop with the
+`negation` objective, whose training is plain NLL); `ours_<method>` adds the config's own
+objective (UnDIAL's reference forward pass, say) for what a release really costs.
+
+Throughput counts the non-padding tokens of the training batches per second of training. Peak
+memory: on a GPU the allocator's peak during the arm; on a CPU the growth of the process's
+resident memory during the arm, read every 10 ms (a lower bound, from one process).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.files import write_json
+from pipeline.models import device_name, load_model
+from pipeline.release.train import train_adapter
+from pipeline.sampling.base import SamplingParams
+from pipeline.sampling.hf import HFSampler
+from pipeline.stages import prompt_texts, run_prompts
+from pipeline.textdata import encode_pairs
+
+
+def training_rows(model, tokenizer, config: RunConfig, n: int) -> list[dict]:
+    """`n` replies of the model to the target's seed instructions: what a release trains on."""
+    arms = run_prompts(config)[0]
+    gen = config.sample.generation
+    params = SamplingParams(
+        n=1, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, seed=config.seed
+    )
+    prompts = [arms[i % len(arms)] for i in range(n)]
+    sampler = HFSampler(model, tokenizer, gen.batch_size, progress=False)
+    replies = sampler.generate(prompts, params)
+    return [{"instruction": p, "response": r[0] or "."} for p, r in zip(prompts, replies)]
+
+
+class PeakMemory:
+    """Peak memory while the block runs: CUDA allocator peak, or resident-set growth on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb = device, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return self
+        self.start, self.highest, self.running = _rss_bytes(), _rss_bytes(), True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while self.running:
+            self.highest = max(self.highest, _rss_bytes())
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+            return
+        self.running = False
+        self.thread.join()
+        self.peak_mb = (max(self.highest, _rss_bytes()) - self.start) / 2**20
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def run_ours(model, tokenizer, rows, config: RunConfig, method: str) -> dict:
+    cfg = config.release.model_copy(update={"method": method, "orth_lambda": 0.0})
+    with tempfile.TemporaryDirectory() as tmp, PeakMemory(model.device) as memory:
+        started = time.perf_counter()
+        stats = train_adapter(
+            copy.deepcopy(model), tokenizer, rows, [], cfg, [], Path(tmp) / "a", progress=False
+        )
+        seconds = time.perf_counter() - started
+    return {"tokens": stats["tokens"], "seconds": seconds, "peak_mb": memory.peak_mb}
+
+
+def run_trainer(model, tokenizer, rows, config: RunConfig) -> dict:
+    """The plain way: PEFT's get_peft_model and transformers' Trainer, NLL on the responses."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    cfg = config.release
+    examples = []
+    for row in rows:
+        enc = encode_pairs(tokenizer, [row["instruction"]], [row["response"]], cfg.max_length)
+        examples.append({k: v[0].tolist() for k, v in enc.items()})
+    tokens = sum(sum(e["attention_mask"]) for e in examples)
+    lora = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
+        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+    )  # fmt: skip
+    peft_model = get_peft_model(copy.deepcopy(model), lora)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+            max_grad_norm=cfg.max_grad_norm, logging_strategy="no", save_strategy="no", report_to=[],
+            use_cpu=model.device.type == "cpu", dataloader_num_workers=0, disable_tqdm=True, seed=config.seed,
+        )  # fmt: skip
+        if tokenizer.pad_token_id is None:  # as encode_pairs pads
+            tokenizer.pad_token = tokenizer.eos_token
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        trainer = Trainer(model=peft_model, args=args, train_dataset=examples, data_collator=collator)
+        with PeakMemory(model.device) as memory:
+            started = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": seconds, "peak_mb": memory.peak_mb}
+
+
+def run_train_bench(config: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
+    model, tokenizer, _ = load_model(config.model, prompt_texts(config), config.seed, progress)
+    # One epoch of exactly `steps` batches: both loops then see every row once, the same tokens.
+    rows = training_rows(model, tokenizer, config, n=config.release.steps * config.release.batch_size)
+    log(
+        f"{len(rows)} training rows; {config.release.steps} steps of batch {config.release.batch_size} per arm"
+    )
+    arms = {
+        "trainer_nll": lambda: run_trainer(model, tokenizer, rows, config),
+        "ours_nll": lambda: run_ours(model, tokenizer, rows, config, "negation"),
+        f"ours_{config.release.method}": lambda: run_ours(
+            model, tokenizer, rows, config, config.release.method
+        ),
+    }
+    results: dict = {"model": config.model.path, "device": device_name(config.model), "rows": []}
+    for name, arm in arms.items():
+        log(f"training: {name} ...")
+        measured = arm()
+        measured["tok_per_s"] = measured["tokens"] / measured["seconds"]
+        results["rows"].append({"arm": name, **{k: round(v, 3) for k, v in measured.items()}})
+    reference = results["rows"][0]["tok_per_s"]
+    for row in results["rows"]:
+        row["ratio_to_trainer"] = round(row["tok_per_s"] / reference, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    return results

@@ -1,0 +1,39 @@
+"""`rr bench train` on the tiny model: both loops train on the same tokens, and the table adds up."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_rr
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
+    out = tmp_path / "train"
+    result = run_rr(
+        "bench", "train", "--config", "configs/tiny.yaml", "--out", out, "--set", "release.steps=6",
+        "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["arm"]: row for row in results["rows"]}
+    assert list(rows) == ["trainer_nll", "ours_nll", "ours_undial"]
+    assert rows["trainer_nll"]["tokens"] == rows["ours_nll"]["tokens"] == rows["ours_undial"]["tokens"] > 0
+    assert rows["trainer_nll"]["ratio_to_trainer"] == 1.0
+    for row in rows.values():
+        assert row["seconds"] > 0 and row["peak_mb"] >= 0
+        assert row["tok_per_s"] == pytest.approx(row["tokens"] / row["seconds"], rel=1e-2)
+        assert row["ratio_to_trainer"] == pytest.approx(
+            row["tok_per_s"] / rows["trainer_nll"]["tok_per_s"], rel=1e-2
+        )
+    assert results["device"].startswith(("cpu: ", "cuda: "))
+    assert "x Trainer" in result.stdout
+
+
+def test_train_bench_bad_config_exits_2(tmp_path):
+    result = run_rr(
+        "bench", "train", "--config", "configs/tiny.yaml", "--out", tmp_path / "o", "--set", "release.steps=0"
+    )
+    assert result.returncode == 2 and "release.steps" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
