@@ -140,6 +140,10 @@ def run_train_bench(config: RunConfig, out: Path, progress: bool = True, log=pri
             model, tokenizer, rows, config, config.release.method
         ),
     }
+    # Warm-up, unmeasured: the first training steps in a process pay one-time costs (kernel choice,
+    # allocator growth) that would otherwise all land on whichever arm runs first.
+    warm = config.model_copy(update={"release": config.release.model_copy(update={"steps": 2})})
+    run_ours(model, tokenizer, rows[: 2 * config.release.batch_size], warm, "negation")
     results: dict = {"model": config.model.path, "device": device_name(config.model), "rows": []}
     for name, arm in arms.items():
         log(f"training: {name} ...")
