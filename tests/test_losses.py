@@ -250,26 +250,32 @@ def test_unshifted_shapes_are_rejected():
 
 def ref_npo(logits, labels, ref_logits, beta) -> float:
     """−(2/β)·mean_i log σ(−β·(Σ_t log p_θ − Σ_t log p_ref)), written out row by row."""
-    total = 0.0
+    terms = []
     for b in range(labels.shape[0]):
+        kept = [t for t in range(labels.shape[1]) if int(labels[b, t]) != IGNORE_INDEX]
+        if not kept:  # a row with no response token is no sequence
+            continue
         log_ratio = 0.0
-        for t in range(labels.shape[1]):
+        for t in kept:
             y = int(labels[b, t])
-            if y == IGNORE_INDEX:
-                continue
             log_ratio += math.log(_softmax(logits[b, t].tolist())[y]) - math.log(
                 _softmax(ref_logits[b, t].tolist())[y]
             )
-        total += -(2.0 / beta) * math.log(1.0 / (1.0 + math.exp(beta * log_ratio)))
-    return total / labels.shape[0]
+        terms.append(-(2.0 / beta) * math.log(1.0 / (1.0 + math.exp(beta * log_ratio))))
+    return sum(terms) / len(terms)
 
 
 @pytest.mark.parametrize("beta", [0.1, 1.0, 2.5])
 def test_npo_matches_reference(beta):
     logits, ref, labels = _batch(21)
+    labels[1, :] = IGNORE_INDEX  # an empty row is left out of the mean, not counted as log-ratio 0
     assert npo_loss(logits, labels, ref, beta=beta).item() == pytest.approx(
         ref_npo(logits, labels, ref, beta), rel=1e-5
     )
+    logits.requires_grad_(True)
+    empty = npo_loss(logits, torch.full_like(labels, IGNORE_INDEX), ref)
+    empty.backward()
+    assert empty.item() == 0.0 and logits.grad is not None
 
 
 def test_npo_at_the_reference_is_2_log2_over_beta_and_pushes_likelihood_down():

@@ -152,14 +152,18 @@ def npo_loss(
 
         L = −(2/β) · mean_i log σ(−β · (log πθ(y_i|x_i) − log πref(y_i|x_i)))
 
-    averaged over the sequences of the batch (a row with no kept token has log-ratio 0). Unlike gradient
-    ascent its gradient vanishes once πθ(y|x) falls well below πref(y|x), so it does not collapse.
+    averaged over the sequences of the batch that have at least one kept token (as `simnpo_loss`).
+    Unlike gradient ascent its gradient vanishes once πθ(y|x) falls well below πref(y|x), so it does
+    not collapse.
     """
     _check_shapes(logits, labels, "labels")
     if ref_logits.shape != logits.shape:
         raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
-    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+    rows = (labels != IGNORE_INDEX).any(-1)
+    if not rows.any():
+        return log_ratio.sum() * 0.0  # attached to the graph, like the token-level losses
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio[rows]).mean()
 
 
 def simnpo_loss(
