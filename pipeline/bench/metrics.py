@@ -168,7 +168,8 @@ def min_k_percent_score(model, tokenizer, text: str, k: float = 0.2, prompt: str
         input_ids = enc["input_ids"]
         if input_ids.shape[1] < 2:
             raise ValueError(f"min_k_percent_score: {text!r} has fewer than two tokens, so none is predicted")
-        token_logprobs = _token_logprobs(model, input_ids, enc["attention_mask"], input_ids)[0][0]
+        logprobs, mask = _token_logprobs(model, input_ids, enc["attention_mask"], input_ids)
+        token_logprobs = logprobs[0][mask[0]]
     count = max(1, int(k * token_logprobs.numel()))
     return float(torch.topk(token_logprobs, count, largest=False).values.mean())
 
