@@ -202,8 +202,6 @@ def bench_reveal(
 
     with _bench_errors(out_dir):
         chosen = parse_methods(methods, REVEAL_METHODS)
-        if repeats < 1:
-            raise ConfigError(f"--repeats: need at least 1, got {repeats}")
         cfg = load_config(config, overrides)
         check_model_path(cfg.model)
         from pipeline.bench.reveal import run_reveal_bench
