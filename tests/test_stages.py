@@ -116,7 +116,7 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
     after = perplexity(with_adapter(state.model, tmp_path / "a"), state.tokenizer, texts, prompts)
     # Unbounded objectives may stop early at release.max_forget_nll on this tiny model.
     stopped = stats["stopped_early"]
-    assert stats["steps"] == (8 if stopped is None else stopped["step"] + 1)
+    assert stats["steps"] == (8 if stopped is None else stopped["step"])  # it stops before stepping
     assert (stats["retain_loss"] == []) == (method in ("ga", "negation"))
     assert after > before * 1.05, (method, before, after)
 
@@ -186,6 +186,29 @@ def test_a_bad_step_is_undone_and_the_lr_lowered(state, tmp_path, monkeypatch):
     assert all(torch.isfinite(a).all() and torch.isfinite(b).all() for a, b in weights.values())
 
 
+def test_an_undone_step_goes_back_to_the_last_state_whose_loss_was_fine(state, tmp_path, monkeypatch):
+    from pipeline.release import train as train_module
+
+    def train(steps, out):
+        cfg = state.config.release.model_copy(update={"steps": steps, "lr": 0.01})
+        train_adapter(copy.deepcopy(state.model), state.tokenizer, FORGET_ROWS, [], cfg, [], out, progress=False)
+        return read_adapter(out)
+
+    one_step = train(1, tmp_path / "one")
+    real, calls = train_module.forget_term, []
+
+    def runaway_third(cfg, peft_model, enc, logits, labels):
+        calls.append(None)
+        return real(cfg, peft_model, enc, logits, labels) + (1e6 if len(calls) == 3 else 0.0)
+
+    # Steps 0 and 1 are taken; the loss at step 2 runs away, so the state after step 1 is suspect
+    # and the adapter returns to the one after step 0, whose loss (at step 1) was fine.
+    monkeypatch.setattr(train_module, "forget_term", runaway_third)
+    undone = train(3, tmp_path / "undone")
+    for module, (a, b) in one_step.items():
+        assert torch.equal(a, undone[module][0]) and torch.equal(b, undone[module][1]), module
+
+
 def test_gradient_ascent_stops_past_the_forget_nll_bound(state, tmp_path):
     cfg = state.config.release.model_copy(
         update={"method": "ga", "steps": 60, "lr": 0.05, "max_forget_nll": 8.0}
@@ -194,7 +217,7 @@ def test_gradient_ascent_stops_past_the_forget_nll_bound(state, tmp_path):
         copy.deepcopy(state.model), state.tokenizer, FORGET_ROWS, [], cfg, [], tmp_path / "a", progress=False
     )
     stopped = stats["stopped_early"]
-    assert stopped is not None and stopped["forget_nll"] > 8.0 and stats["steps"] == stopped["step"] + 1 < 60
+    assert stopped is not None and stopped["forget_nll"] > 8.0 and stats["steps"] == stopped["step"] < 60
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 

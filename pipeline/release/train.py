@@ -21,7 +21,7 @@ from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
 from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, npo_loss, simnpo_loss, undial_loss
 from pipeline.release.olora import orthogonality_penalty
-from pipeline.textdata import encode_pairs, shifted
+from pipeline.textdata import collate, encode_pair, labelled_logits, pad_id
 
 # peft 0.21 calls a transformers 5 method that warns of its own rename on every adapter.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -32,36 +32,38 @@ UNBOUNDED = ("ga", "graddiff", "npo", "simnpo")
 
 
 def _all_finite(params: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in params)
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 @torch.no_grad()
-def _restore(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
-    for target, source in zip(targets, sources):
-        target.copy_(source)
+def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    torch._foreach_copy_(targets, sources)
 
 
-def _batches(rows: list[dict], batch_size: int, rng: random.Random):
-    """Endless shuffled mini-batches of (instructions, responses)."""
+def _batches(rows: list, batch_size: int, rng: random.Random):
+    """Endless shuffled mini-batches of `rows`."""
     while True:
         order = rows[:]
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            yield [r["instruction"] for r in chunk], [r["response"] for r in chunk]
+            yield order[start : start + batch_size]
 
 
-def _logits(model, tokenizer, batch, max_length: int):
-    enc = {k: v.to(model.device) for k, v in encode_pairs(tokenizer, *batch, max_length=max_length).items()}
-    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    return enc, *shifted(out.float(), enc["labels"])
+def _tokenised(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Every row tokenised once, before the loop (not again for every batch it lands in)."""
+    return [encode_pair(tokenizer, r["instruction"], r["response"], max_length) for r in rows]
+
+
+def _logits(model, batch, pad: int):
+    enc = collate(batch, pad)
+    logits, labels = labelled_logits(model, enc)
+    return enc, logits.float(), labels
 
 
 def _reference(peft_model, enc) -> torch.Tensor:
     """Shifted logits of the frozen model M_t (the adapter switched off) on the same batch."""
     with torch.no_grad(), peft_model.disable_adapter():
-        ref = peft_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    return shifted(ref.float(), enc["labels"])[0]
+        return labelled_logits(peft_model, enc)[0].float()
 
 
 # Not a release method: the retain adapter *learns* its rows by NLL (see `train_retain_adapter`).
@@ -85,6 +87,32 @@ def retain_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Te
     if cfg.retain_loss == "kl":  # stay close to the frozen model's whole distribution
         return kl_to_ref(logits, _reference(peft_model, enc), labels != -100)
     return nll_loss(logits, labels)
+
+
+def backward(cfg: ReleaseConfig, peft_model, forget_batch, retain_batch, previous, params, pad: int) -> dict:
+    """One step's forward and backward, gradients clipped; returns its numbers as floats.
+
+    The numbers: `loss`, `grad_norm`, `forget_nll` (0 unless the objective is unbounded), each
+    unweighted term (`forget_loss`, `retain_loss`, `orth_penalty`), and the forget batch's
+    `tokens`. They come back in one device sync, and the step's activations are freed on return.
+    """
+    enc, logits, labels = _logits(peft_model, forget_batch, pad)
+    terms = {"forget_loss": forget_term(cfg, peft_model, enc, logits, labels)}
+    loss = terms["forget_loss"]
+    if retain_batch is not None:
+        r_enc, r_logits, r_labels = _logits(peft_model, retain_batch, pad)
+        terms["retain_loss"] = retain_term(cfg, peft_model, r_enc, r_logits, r_labels)
+        loss = loss + cfg.retain_weight * terms["retain_loss"]
+    if previous and cfg.orth_lambda > 0:
+        terms["orth_penalty"] = orthogonality_penalty(peft_model, previous)
+        loss = loss + cfg.orth_lambda * terms["orth_penalty"]
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    with torch.no_grad():
+        forget_nll = nll_loss(logits, labels) if cfg.method in UNBOUNDED else loss.new_zeros(())
+        values = torch.stack([loss, grad_norm, forget_nll, *terms.values()]).tolist()
+    numbers = dict(zip(["loss", "grad_norm", "forget_nll", *terms], values))
+    return {**numbers, "tokens": int(enc["attention_mask"].sum())}
 
 
 def train_adapter(
@@ -122,10 +150,15 @@ def train_adapter(
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        forget_batches = _batches(forget, cfg.batch_size, rng)
+        forget_batches = _batches(_tokenised(tokenizer, forget, cfg.max_length), cfg.batch_size, rng)
         # `ga` (plain gradient ascent) and `negation` (task arithmetic) take no retain term.
         use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation", LEARN)
-        retain_batches = _batches(retain, cfg.batch_size, rng) if use_retain else None
+        retain_batches = (
+            _batches(_tokenised(tokenizer, retain, cfg.max_length), cfg.batch_size, rng)
+            if use_retain
+            else None
+        )
+        pad = pad_id(tokenizer)
         stats = {
             "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None, "tokens": 0,
             "forget_loss": [], "retain_loss": [], "orth_penalty": [],
@@ -136,31 +169,15 @@ def train_adapter(
         label = "retain adapter" if cfg.method == LEARN else f"release ({cfg.method})"
         with progress_bar(label, cfg.steps, progress, info="") as bar:
             for step in range(cfg.steps):
-                batch = next(forget_batches)
-                enc, logits, labels = _logits(peft_model, tokenizer, batch, cfg.max_length)
-                stats["tokens"] += int(enc["attention_mask"].sum())  # forget batch tokens, for throughput
-                forget_loss = forget_term(cfg, peft_model, enc, logits, labels)
-                loss = forget_loss
-                if retain_batches is not None:
-                    r_enc, r_logits, r_labels = _logits(
-                        peft_model, tokenizer, next(retain_batches), cfg.max_length
-                    )
-                    retain_loss = retain_term(cfg, peft_model, r_enc, r_logits, r_labels)
-                    loss = loss + cfg.retain_weight * retain_loss
-                if previous and cfg.orth_lambda > 0:
-                    penalty = orthogonality_penalty(peft_model, previous)
-                    loss = loss + cfg.orth_lambda * penalty
-                value = loss.item()
-                ok = math.isfinite(value) and value <= cfg.divergence_bound
-                if ok:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if not ok or not _all_finite(params):
-                    # Undo: the adapter goes back to its last good state, so no NaN or runaway
-                    # weight is ever saved, and the rest of the run takes smaller steps.
-                    _restore(params, last_good)
+                retain_batch = next(retain_batches) if retain_batches is not None else None
+                numbers = backward(cfg, peft_model, next(forget_batches), retain_batch, previous, params, pad)
+                stats["tokens"] += numbers.pop("tokens")
+                value, norm, nll = (numbers.pop(key) for key in ("loss", "grad_norm", "forget_nll"))
+                if not (math.isfinite(value) and math.isfinite(norm) and value <= cfg.divergence_bound):
+                    # Undo: the adapter goes back to the last state whose loss was fine, so no NaN
+                    # or runaway weight is ever saved, and the rest of the run takes smaller steps.
+                    optimizer.zero_grad(set_to_none=True)
+                    _copy(params, last_good)
                     optimizer.state.clear()
                     for group in optimizer.param_groups:
                         group["lr"] *= cfg.lr_backoff
@@ -169,19 +186,20 @@ def train_adapter(
                     stats["skipped_steps"] += 1
                     bar.advance(1, info=f"undone (loss {value:.3g}), lr now {lr:.2g}")
                     continue
-                _restore(last_good, params)
-                stats["steps"] += 1
-                stats["forget_loss"].append(forget_loss.item())
-                if retain_batches is not None:
-                    stats["retain_loss"].append(retain_loss.item())
-                if previous and cfg.orth_lambda > 0:
-                    stats["orth_penalty"].append(penalty.item())
-                bar.advance(1, info=f"loss {value:.3f}")
-                if cfg.method in UNBOUNDED and (nll := nll_loss(logits, labels).item()) > cfg.max_forget_nll:
+                if nll > cfg.max_forget_nll:
                     # These objectives push the forget likelihood down without end; past the bound
                     # the model is only being broken further.
                     stats["stopped_early"] = {"step": step, "forget_nll": nll}
                     break
+                _copy(last_good, params)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats["steps"] += 1
+                for name, part in numbers.items():
+                    stats[name].append(part)
+                bar.advance(1, info=f"loss {value:.3f}")
+        if not _all_finite(params):  # cannot happen after finite, clipped gradients; never save it anyway
+            _copy(params, last_good)
         stats["seconds"] = round(time.perf_counter() - started, 2)
         peft_model.eval()
         if cfg.method == "negation":
