@@ -215,6 +215,9 @@ def bench_train(
     config: Path = typer.Option(..., "--config", help="run config whose model and release settings to use"),
     out_dir: Path = typer.Option(..., "--out", help="folder for results.json"),
     overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    repeats: int = typer.Option(
+        3, "--repeats", help="rounds of every arm, interleaved; rows report the median"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Release training throughput and peak memory against a plain PEFT + transformers Trainer loop."""
@@ -223,7 +226,7 @@ def bench_train(
         check_model_path(cfg.model)
         from pipeline.bench.train import run_train_bench
 
-        results = run_train_bench(cfg, out_dir, progress, log=err.print)
+        results = run_train_bench(cfg, out_dir, repeats, progress, log=err.print)
     table = Table(title=f"release training throughput ({results['device']})")
     for column in ("arm", "tokens", "seconds", "tok/s", "x Trainer", "peak MB"):
         table.add_column(column, justify="left" if column == "arm" else "right")

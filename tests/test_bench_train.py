@@ -13,7 +13,7 @@ def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
     out = tmp_path / "train"
     result = run_rr(
         "bench", "train", "--config", "configs/tiny.yaml", "--out", out, "--set", "release.steps=6",
-        "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)},
+        "--repeats", "2", "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
@@ -21,7 +21,9 @@ def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
     assert list(rows) == ["trainer_nll", "ours_nll", "ours_undial"]
     assert rows["trainer_nll"]["tokens"] == rows["ours_nll"]["tokens"] == rows["ours_undial"]["tokens"] > 0
     assert rows["trainer_nll"]["ratio_to_trainer"] == 1.0
+    assert results["repeats"] == 2
     for row in rows.values():
+        assert len(row["seconds_each"]) == 2 and row["seconds"] == pytest.approx(sum(row["seconds_each"]) / 2, abs=2e-3)
         assert row["seconds"] > 0 and row["peak_mb"] >= 0
         assert row["tok_per_s"] == pytest.approx(row["tokens"] / row["seconds"], rel=1e-2)
         assert row["ratio_to_trainer"] == pytest.approx(
@@ -36,4 +38,12 @@ def test_train_bench_bad_config_exits_2(tmp_path):
         "bench", "train", "--config", "configs/tiny.yaml", "--out", tmp_path / "o", "--set", "release.steps=0"
     )
     assert result.returncode == 2 and "release.steps" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_bench_needs_a_round(tmp_path):
+    result = run_rr(
+        "bench", "train", "--config", "configs/tiny.yaml", "--out", tmp_path / "o", "--repeats", "0"
+    )
+    assert result.returncode == 2 and "--repeats" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()

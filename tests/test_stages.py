@@ -191,7 +191,9 @@ def test_an_undone_step_goes_back_to_the_last_state_whose_loss_was_fine(state, t
 
     def train(steps, out):
         cfg = state.config.release.model_copy(update={"steps": steps, "lr": 0.01})
-        train_adapter(copy.deepcopy(state.model), state.tokenizer, FORGET_ROWS, [], cfg, [], out, progress=False)
+        train_adapter(
+            copy.deepcopy(state.model), state.tokenizer, FORGET_ROWS, [], cfg, [], out, progress=False
+        )
         return read_adapter(out)
 
     one_step = train(1, tmp_path / "one")

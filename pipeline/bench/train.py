@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import gc
+import statistics
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.files import write_json
 from pipeline.models import device_name, load_model
 from pipeline.release.train import train_adapter
@@ -136,12 +137,20 @@ def run_trainer(model, tokenizer, rows, config: RunConfig) -> dict:
     return {"tokens": tokens, "seconds": seconds, "peak_mb": memory.peak_mb}
 
 
-def run_train_bench(config: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
+def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bool = True, log=print) -> dict:
+    """Every arm `repeats` times, interleaved; each row reports the arm's median time and its peak.
+
+    Interleaving spreads slow spells of a shared machine over all arms instead of one, and the
+    median of the rounds is what the ratio compares (one round on this 2-core CPU varied ±10%).
+    """
+    if repeats < 1:
+        raise ConfigError(f"--repeats: need at least 1, got {repeats}")
     model, tokenizer, _ = load_model(config.model, prompt_texts(config), config.seed, progress)
     # One epoch of exactly `steps` batches: both loops then see every row once, the same tokens.
     rows = training_rows(model, tokenizer, config, n=config.release.steps * config.release.batch_size)
     log(
-        f"{len(rows)} training rows; {config.release.steps} steps of batch {config.release.batch_size} per arm"
+        f"{len(rows)} training rows; {config.release.steps} steps of batch {config.release.batch_size} "
+        f"per arm; {repeats} rounds"
     )
     arms = {
         "trainer_nll": lambda: run_trainer(model, tokenizer, rows, config),
@@ -154,12 +163,24 @@ def run_train_bench(config: RunConfig, out: Path, progress: bool = True, log=pri
     # allocator growth) that would otherwise all land on whichever arm runs first.
     warm = config.model_copy(update={"release": config.release.model_copy(update={"steps": 2})})
     run_ours(model, tokenizer, rows[: 2 * config.release.batch_size], warm, "negation")
-    results: dict = {"model": config.model.path, "device": device_name(config.model), "rows": []}
-    for name, arm in arms.items():
-        log(f"training: {name} ...")
-        measured = arm()
-        measured["tok_per_s"] = measured["tokens"] / measured["seconds"]
-        results["rows"].append({"arm": name, **{k: round(v, 3) for k, v in measured.items()}})
+    rounds: dict[str, list[dict]] = {name: [] for name in arms}
+    for index in range(repeats):
+        for name, arm in arms.items():
+            log(f"round {index + 1}/{repeats}: {name} ...")
+            rounds[name].append(arm())
+    results: dict = {
+        "model": config.model.path, "device": device_name(config.model), "repeats": repeats, "rows": [],
+    }  # fmt: skip
+    for name, measured in rounds.items():
+        seconds = statistics.median(m["seconds"] for m in measured)
+        results["rows"].append({
+            "arm": name,
+            "tokens": measured[0]["tokens"],
+            "seconds": round(seconds, 3),
+            "seconds_each": [round(m["seconds"], 3) for m in measured],
+            "tok_per_s": round(measured[0]["tokens"] / seconds, 3),
+            "peak_mb": round(max(m["peak_mb"] for m in measured), 3),
+        })  # fmt: skip
     reference = results["rows"][0]["tok_per_s"]
     for row in results["rows"]:
         row["ratio_to_trainer"] = round(row["tok_per_s"] / reference, 3)
