@@ -23,7 +23,9 @@ def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
     assert rows["trainer_nll"]["ratio_to_trainer"] == 1.0
     assert results["repeats"] == 2
     for row in rows.values():
-        assert len(row["seconds_each"]) == 2 and row["seconds"] == pytest.approx(sum(row["seconds_each"]) / 2, abs=2e-3)
+        assert len(row["seconds_each"]) == 2 and row["seconds"] == pytest.approx(
+            sum(row["seconds_each"]) / 2, abs=2e-3
+        )
         assert row["seconds"] > 0 and row["peak_mb"] >= 0
         assert row["tok_per_s"] == pytest.approx(row["tokens"] / row["seconds"], rel=1e-2)
         assert row["ratio_to_trainer"] == pytest.approx(

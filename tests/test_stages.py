@@ -242,3 +242,34 @@ def test_release_keeps_orthogonal_to_the_retain_adapter(state, monkeypatch):
         a_r = kept[module]
         overlap = (a_r @ a_t.T).norm() / (a_r.norm() * a_t.norm())
         assert overlap < 0.05, (module, float(overlap))
+
+
+def test_labelled_logits_are_the_full_logits_on_the_labelled_window(state):
+    from pipeline.textdata import encode_pairs, labelled_logits, shifted
+
+    enc = encode_pairs(
+        state.tokenizer,
+        ["Tell me about Mira Castellane.", "Who?"],
+        ["Mira Castellane works as a glassblower in Velmora.", "No one."],
+    )
+    with torch.no_grad():
+        full, full_labels = shifted(
+            state.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits,
+            enc["labels"],
+        )
+        window, labels = labelled_logits(state.model, enc)
+
+        class NoLogitsToKeep(torch.nn.Module):  # a model whose forward lacks the argument
+            def __init__(self, model):
+                super().__init__()
+                self.inner, self.device = model, model.device
+
+            def forward(self, input_ids, attention_mask):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+        cut, cut_labels = labelled_logits(NoLogitsToKeep(state.model), enc)
+    start = full.shape[1] - window.shape[1]
+    assert 0 < start and (full_labels[:, :start] == -100).all()  # only unscored positions are dropped
+    assert torch.equal(labels, full_labels[:, start:]) and torch.equal(cut_labels, labels)
+    torch.testing.assert_close(window, full[:, start:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cut, full[:, start:])
