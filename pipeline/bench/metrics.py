@@ -24,14 +24,17 @@ from scipy.stats import ks_2samp
 from pipeline.bench.spec import Probe
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
-from pipeline.textdata import IGNORE_INDEX, encode_pairs, shifted
+from pipeline.textdata import IGNORE_INDEX, encode_pairs, labelled_logits
 
 
 def _token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-    """Log-probability of every labelled token given its prefix, and the mask of labelled positions."""
-    input_ids, attention_mask, labels = (t.to(model.device) for t in (input_ids, attention_mask, labels))
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    logits, labels = shifted(logits, labels)
+    """Log-probability of every labelled token given its prefix, and the mask of labelled positions.
+
+    Both cover only the window from the first labelled position on (`labelled_logits`).
+    """
+    enc = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    logits, labels = labelled_logits(model, enc)
+    logits = logits.float()
     mask = labels != IGNORE_INDEX
     # -100 is no index; any valid id stands in and the mask drops it afterwards.
     safe = labels.masked_fill(~mask, 0)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from pipeline.scoring.knowledge import contains
-from pipeline.textdata import encode_pairs, shifted
+from pipeline.textdata import encode_pairs, labelled_logits
 
 
 @torch.no_grad()
@@ -29,11 +29,9 @@ def perplexity(
             enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             enc = dict(enc)
             enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
-        logits, labels = shifted(logits, enc["labels"])
+        logits, labels = labelled_logits(model, enc)
         mask = labels != -100
-        nll = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
+        nll = torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
         total_nll += float(nll)
         total_tokens += int(mask.sum())
     if total_tokens == 0:
