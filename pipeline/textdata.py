@@ -46,6 +46,7 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
 
 
 def pad_id(tokenizer) -> int:
+    """The padding token, or EOS for tokenizers (like many chat models's) that have none."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 

@@ -15,7 +15,7 @@ import torch
 from pipeline.models import with_adapter
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams
-from pipeline.textdata import format_prompt
+from pipeline.textdata import format_prompt, pad_id
 
 
 class HFSampler:
@@ -56,7 +56,7 @@ class HFSampler:
         requests.sort(key=lambda r: lengths[r[0]])
         outputs: list[list[str]] = [[] for _ in instructions]
         sampling = params.temperature > 0
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_id(tok)
         n_tokens = 0
         with (
             torch.random.fork_rng(devices=[]),
@@ -67,7 +67,7 @@ class HFSampler:
             for start in range(0, len(requests), self.batch_size):
                 batch = requests[start : start + self.batch_size]
                 enc = {
-                    k: v.to(model.device) for k, v in _left_padded(tok, [p for _, p in batch], pad_id).items()
+                    k: v.to(model.device) for k, v in _left_padded(tok, [p for _, p in batch], pad).items()
                 }
                 generated = model.generate(
                     **enc,
@@ -77,11 +77,11 @@ class HFSampler:
                     top_p=params.top_p if sampling else None,
                     top_k=None,
                     eos_token_id=tok.eos_token_id,
-                    pad_token_id=pad_id,
+                    pad_token_id=pad,
                 )
                 new_tokens = generated[:, enc["input_ids"].shape[1] :]
                 for (index, _), row in zip(batch, new_tokens):
-                    n_tokens += int((row != pad_id).sum())
+                    n_tokens += int((row != pad).sum())
                     outputs[index].append(tok.decode(row, skip_special_tokens=True).strip())
                 rate = n_tokens / max(time.perf_counter() - started, 1e-9)
                 bar.advance(len(batch), info=f"{rate:.0f} tok/s")
