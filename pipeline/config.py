@@ -213,6 +213,46 @@ class StopConfig(Section):
     utility_floor: float = Field(1.5, gt=1.0, description="largest allowed retain perplexity / base's")
 
 
+class SamplerConfig(Section):
+    """Which engine draws the samples: the model is the run's model in every case."""
+
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf",
+        description="hf: transformers generate in-process | vllm: an in-process vllm.LLM (vllm installed) | "
+        "openai: an OpenAI-compatible server (e.g. `rr sampler serve`)",
+    )
+    # vllm
+    merge_above_rank: int = Field(
+        16,
+        ge=0,
+        description="vllm: a stack of larger rank is merged into the weights and the engine reloaded, "
+        "because LoRA's cost grows with max_lora_rank (0: always merge)",
+    )
+    gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="vllm: share of the device (on CPU: of NUMA node 0's memory) for the engine",
+    )
+    max_model_len: int = Field(2048, ge=16, description="vllm: longest prompt + reply in tokens")
+    # openai
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's /v1 URL")
+    served_model: str = Field("", description="openai: model name on the server; default: the first it lists")
+    api_key_env: str = Field(
+        "", description="openai: name of the environment variable holding the API key (never the key)"
+    )
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, description="openai: per request")
+    max_retries: int = Field(4, ge=0, description="openai: retries with backoff on 429, 5xx, timeouts")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http(s) URL ending in /v1, got {value!r}")
+        return value.rstrip("/")
+
+
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     out: Path = Path("runs")
@@ -224,6 +264,7 @@ class RunConfig(Section):
     release: ReleaseConfig = ReleaseConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     stop: StopConfig = StopConfig()
+    sampler: SamplerConfig = SamplerConfig()
 
     @field_validator("out")
     @classmethod
@@ -241,12 +282,13 @@ class RunConfig(Section):
     def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
         """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
 
-        The CPU thread count is a property of the machine, not of the experiment: a run may resume,
-        or a benchmark go on, with another.
+        The CPU thread count and the sampling engine are properties of the machine, not of the
+        experiment: a run may resume, or a benchmark go on, with others (a server that moved, say).
         """
 
         def comparable(data: dict) -> dict:
             data = dict(data)
+            data.pop("sampler", None)
             data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
             return data
 

@@ -14,8 +14,8 @@ import torch
 
 from pipeline.models import with_adapter
 from pipeline.progress import progress_bar
-from pipeline.sampling.base import SamplingParams
-from pipeline.textdata import format_prompt, pad_id
+from pipeline.sampling.base import SamplingParams, adapter_key, eos_ids, prompt_token_ids
+from pipeline.textdata import pad_id
 
 
 class HFSampler:
@@ -29,8 +29,7 @@ class HFSampler:
     def model_for(self, adapter: Path | None):
         if adapter is None:
             return self.model
-        weights = Path(adapter) / "adapter_model.safetensors"
-        key = (str(Path(adapter).resolve()), weights.stat().st_mtime_ns if weights.exists() else 0)
+        key = adapter_key(adapter)
         if key != self._merged_key:
             self._merged_model, self._merged_key = None, None  # free the old copy first
             self._merged_model, self._merged_key = with_adapter(self.model, Path(adapter)), key
@@ -48,15 +47,13 @@ class HFSampler:
         """`params.n` replies to each instruction; `prefills` start each reply (continued, not returned)."""
         model = self.model_for(adapter)
         tok = self.tokenizer
-        prompts = [format_prompt(tok, text) for text in instructions]
-        if prefills is not None:
-            prompts = [prompt + prefill for prompt, prefill in zip(prompts, prefills, strict=True)]
+        prompts = prompt_token_ids(tok, instructions, prefills)
         requests = [(i, prompts[i]) for i in range(len(prompts)) for _ in range(params.n)]
-        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        requests.sort(key=lambda r: lengths[r[0]])
+        requests.sort(key=lambda r: len(r[1]))
         outputs: list[list[str]] = [[] for _ in instructions]
         sampling = params.temperature > 0
         pad = pad_id(tok)
+        stop_ids = eos_ids(model.generation_config, tok)
         n_tokens = 0
         with (
             torch.random.fork_rng(devices=[]),
@@ -66,9 +63,7 @@ class HFSampler:
             started = time.perf_counter()
             for start in range(0, len(requests), self.batch_size):
                 batch = requests[start : start + self.batch_size]
-                enc = {
-                    k: v.to(model.device) for k, v in _left_padded(tok, [p for _, p in batch], pad).items()
-                }
+                enc = {k: v.to(model.device) for k, v in _left_padded([p for _, p in batch], pad).items()}
                 generated = model.generate(
                     **enc,
                     max_new_tokens=params.max_new_tokens,
@@ -76,7 +71,7 @@ class HFSampler:
                     temperature=params.temperature if sampling else None,
                     top_p=params.top_p if sampling else None,
                     top_k=None,
-                    eos_token_id=tok.eos_token_id,
+                    eos_token_id=stop_ids,
                     pad_token_id=pad,
                 )
                 new_tokens = generated[:, enc["input_ids"].shape[1] :]
@@ -89,8 +84,7 @@ class HFSampler:
         return outputs
 
 
-def _left_padded(tokenizer, prompts: list[str], pad_id: int) -> dict[str, torch.Tensor]:
-    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+def _left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
