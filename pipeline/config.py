@@ -234,7 +234,15 @@ class SamplerConfig(Section):
         le=1,
         description="vllm: share of the device (on CPU: of NUMA node 0's memory) for the engine",
     )
-    max_model_len: int = Field(2048, ge=16, description="vllm: longest prompt + reply in tokens")
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="vllm: KV cache size; default 2 GiB on a CPU (else vLLM reserves gpu_memory_utilization "
+        "of the machine's memory), gpu_memory_utilization's share on a GPU",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="vllm: longest prompt + reply in tokens; default: the model's limit"
+    )
     # openai
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's /v1 URL")
     served_model: str = Field("", description="openai: model name on the server; default: the first it lists")

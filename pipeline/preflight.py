@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 from pipeline.bench.spec import load_spec
@@ -32,6 +33,28 @@ def preflight(config: RunConfig) -> None:
     read_prompt_list(config.resolve(config.sample.retain_prompts))
     read_prompt_list(config.resolve(config.reveal.rewrite_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")
+    check_sampler(config)
+
+
+def check_sampler(config: RunConfig) -> None:
+    """The configured sampler can work here: vLLM importable, or the server answering."""
+    sampler = config.sampler
+    if sampler.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "sampler.backend: vllm is not installed in this environment; it cannot share one with Prefect: "
+            "`make vllm-cpu` builds .venv-vllm, where `.venv-vllm/bin/rr unlearn CONFIG` runs the loop, "
+            "or use `sampler.backend: openai` with `rr sampler serve CONFIG`"
+        )
+    if sampler.backend == "openai":
+        from pipeline.sampling.base import SamplerError
+        from pipeline.sampling.openai import OpenAISampler
+
+        try:
+            OpenAISampler(
+                None, sampler.model_copy(update={"max_retries": 1, "timeout_s": 10}), progress=False
+            )
+        except SamplerError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def existing_run(config: RunConfig) -> dict | None:

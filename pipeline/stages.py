@@ -38,6 +38,7 @@ from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import clean_rewrite, dedupe, fill, merge_pool, read_prompt_list
 from pipeline.reveal.reward import diversity, pull_reward
+from pipeline.sampling import make_sampler
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
 from pipeline.sampling.hf import HFSampler
@@ -103,7 +104,14 @@ class RunState:
             seed=config.seed,
             progress=progress,
         )
-        self.sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
+        # Scoring (perplexity, likelihoods) always runs on the transformers model; generation on
+        # the configured sampler, which is this one for `sampler.backend: hf`.
+        self.hf_sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
+        self.sampler = (
+            self.hf_sampler
+            if config.sampler.backend == "hf"
+            else make_sampler(config, self.model, self.tokenizer, self.model_info["name_or_path"], progress)
+        )
         self.scorer = make_scorer(
             config.target,
             embed=lambda texts: embed_texts(self.model, self.tokenizer, texts),
@@ -135,6 +143,10 @@ class RunState:
             return [fact for _, fact in pairs], [question for question, _ in pairs]
         path = self.config.resolve(self.config.evaluate.retain_text)
         return read_lines(path, "evaluate.retain_text"), None
+
+    def model_with(self, adapter: Path | None):
+        """The transformers model with `adapter` merged in (cached while the adapter is unchanged)."""
+        return self.hf_sampler.model_for(adapter)
 
     def stack_dir(self) -> Path | None:
         """The stacked adapter of all kept iterations so far, or None before the first."""
@@ -468,7 +480,7 @@ def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> di
         metrics["forget_score"] = statistics.fmean(
             state.scorer([text for texts in replies for text in texts])
         )
-    model = state.sampler.model_for(adapter)
+    model = state.model_with(adapter)
     ppl = perplexity(
         model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size
     )

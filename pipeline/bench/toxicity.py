@@ -112,7 +112,7 @@ def run_toxicity_bench(
                 "stop_reason": summary["stop_reason"],
                 "forget_samples": sum(h["n_forget_samples"] for h in summary["history"]),
             }
-            model, tokenizer = state.sampler.model_for(state.stack_dir()), state.tokenizer
+            model, tokenizer = state.model_with(state.stack_dir()), state.tokenizer
         log(f"measuring {method} on {len(prompts)} held-out prompts ...")
         raw.update(measure(model, tokenizer, prompts, config, scorer, utility_texts))
         write_json(path, raw)

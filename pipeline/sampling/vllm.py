@@ -44,6 +44,14 @@ def max_lora_rank(merge_above_rank: int) -> int:
     return fitting[0]
 
 
+def kv_cache_bytes(config) -> int | None:
+    """`sampler.kv_cache_gib` in bytes; on a CPU 2 GiB by default, not half the machine's memory."""
+    import torch
+
+    gib = config.kv_cache_gib or (None if torch.cuda.is_available() else 2.0)
+    return None if gib is None else int(gib * 2**30)
+
+
 def cpu_threads_env() -> dict[str, str]:
     """vLLM's CPU backend keeps one core back unless told which to use."""
     return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
@@ -86,6 +94,7 @@ class VLLMSampler:
             dtype=dtype,
             seed=seed,
             gpu_memory_utilization=config.gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_bytes(config),
             max_model_len=config.max_model_len,
             **lora,
         )

