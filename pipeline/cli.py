@@ -309,6 +309,52 @@ def bench_train(
     out.print(f"results: {out_dir / 'results.json'}")
 
 
+@bench.command("sampling")
+def bench_sampling(
+    config: Path = typer.Option(
+        ..., "--config", help="run config whose model and generation settings to use"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json and report.md"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="override a config field: --set model.dtype=bfloat16"
+    ),
+    prompts: int = typer.Option(64, "--prompts", min=1, help="instructions per arm"),
+    new_tokens: int = typer.Option(64, "--new-tokens", min=1, help="tokens generated per instruction"),
+    backends: str = typer.Option("hf,vllm,openai", "--backends", help="comma-separated: hf, vllm, openai"),
+    python: Path = typer.Option(None, "--python", help="a Python with vLLM (default: .venv-vllm/bin/python)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Sampling throughput of hf, in-process vLLM and a vLLM server, without and with adapters."""
+    from pipeline.sampling.base import SamplerError
+
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
+    unknown = set(chosen) - {"hf", "vllm", "openai"}
+    with _bench_errors(out_dir):
+        if unknown or not chosen:
+            raise ConfigError(f"--backends: expected some of hf, vllm, openai, got {backends!r}")
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        from pipeline.bench.sampling import run_sampling_bench
+
+        try:
+            results = run_sampling_bench(
+                cfg, out_dir, prompts, new_tokens, chosen, python, progress, err.print
+            )
+        except SamplerError as exc:
+            raise ConfigError(str(exc)) from None
+    table = Table(title=f"sampling: {prompts} prompts x {new_tokens} tokens ({results['device']})")
+    for column in ("backend", "engine", "adapter", "tok/s", "x hf", "first s", "adapter s", "peak MB"):
+        table.add_column(column, justify="left" if column in ("backend", "engine", "adapter") else "right")
+    for row in results["rows"]:
+        ratio = "" if row["ratio_to_hf"] is None else f"{row['ratio_to_hf']:.2f}"
+        table.add_row(
+            row["backend"], row["engine"], row["adapter"], f"{row['tok_per_s']:.0f}", ratio,
+            f"{row['first_batch_s']:.2f}", f"{row['adapter_s']:.2f}", f"{row['peak_mb']:.0f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}, {out_dir / 'report.md'}")
+
+
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
     from pipeline.bench import planted, reveal, toxicity
     from pipeline.bench.results import cell, table_rows

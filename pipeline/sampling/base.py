@@ -22,6 +22,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 0.95
     seed: int = 0
+    min_new_tokens: int = 0  # EOS is ignored before this many: benchmarks give every backend equal work
 
 
 GREEDY = SamplingParams(n=1, temperature=0.0)

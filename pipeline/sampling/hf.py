@@ -25,6 +25,7 @@ class HFSampler:
         self._merged_key = None
         self._merged_model = None
         self.generated_tokens = 0  # over the sampler's life: what a run spent on generation
+        self.first_reply_seconds = 0.0  # of the last `generate`: until its first batch was done
 
     def model_for(self, adapter: Path | None):
         if adapter is None:
@@ -67,6 +68,7 @@ class HFSampler:
                 generated = model.generate(
                     **enc,
                     max_new_tokens=params.max_new_tokens,
+                    min_new_tokens=params.min_new_tokens or None,
                     do_sample=sampling,
                     temperature=params.temperature if sampling else None,
                     top_p=params.top_p if sampling else None,
@@ -78,6 +80,8 @@ class HFSampler:
                 for (index, _), row in zip(batch, new_tokens):
                     n_tokens += int((row != pad).sum())
                     outputs[index].append(tok.decode(row, skip_special_tokens=True).strip())
+                if start == 0:
+                    self.first_reply_seconds = time.perf_counter() - started
                 rate = n_tokens / max(time.perf_counter() - started, 1e-9)
                 bar.advance(len(batch), info=f"{rate:.0f} tok/s")
         self.generated_tokens += n_tokens

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from pipeline.progress import progress_bar
@@ -42,6 +42,7 @@ class OpenAISampler:
         self.base_model = config.served_model or self._first_model()
         self.adapter_name, self.adapter_key_now, self.versions = None, None, 0
         self.generated_tokens = 0
+        self.first_reply_seconds = 0.0  # of the last `generate`: until its first reply came back
 
     def _first_model(self) -> str:
         models = self._call("list the served models", lambda: self.client.models.list().data)
@@ -119,6 +120,8 @@ class OpenAISampler:
                     temperature=0.0 if greedy else params.temperature,
                     top_p=1.0 if greedy else params.top_p,
                     seed=params.seed + i,  # one stream per prompt, as the other samplers
+                    # vLLM's extension; only sent when asked for, so other servers never see it.
+                    extra_body={"min_tokens": params.min_new_tokens} if params.min_new_tokens else None,
                 ),
             )
 
@@ -128,7 +131,15 @@ class OpenAISampler:
             ThreadPoolExecutor(self.max_concurrency) as pool,
         ):
             started = time.perf_counter()
-            for i, response in enumerate(pool.map(complete, range(len(prompts)))):
+            futures = {pool.submit(complete, i): i for i in range(len(prompts))}
+            for done, future in enumerate(as_completed(futures)):
+                if future.exception() is not None:
+                    for waiting in futures:  # one failure (after its retries) fails the call: stop the rest
+                        waiting.cancel()
+                    raise future.exception()
+                i, response = futures[future], future.result()
+                if done == 0:
+                    self.first_reply_seconds = time.perf_counter() - started
                 choices = sorted(response.choices, key=lambda c: c.index)
                 outputs[i] = [choice.text.strip() for choice in choices]
                 n_tokens += response.usage.completion_tokens if response.usage else 0

@@ -102,6 +102,7 @@ class VLLMSampler:
         self.weights_key = None  # what the engine's weights are: None = the base model's
         self.lora_key, self.lora_id = None, 0
         self.generated_tokens = 0
+        self.first_reply_seconds = 0.0  # of the last `generate`: until its first chunk was done
 
     # ------------------------------------------------------------------ adapters
 
@@ -159,6 +160,7 @@ class VLLMSampler:
                     EngineParams(
                         n=params.n,
                         max_tokens=params.max_new_tokens,
+                        min_tokens=params.min_new_tokens,
                         temperature=0.0 if greedy else params.temperature,
                         top_p=1.0 if greedy else params.top_p,
                         seed=params.seed + i,  # one stream per prompt: the same draws in every order
@@ -180,6 +182,8 @@ class VLLMSampler:
                             for o in replies
                         ]
                     )
+                if start == 0:
+                    self.first_reply_seconds = time.perf_counter() - started
                 rate = n_tokens / max(time.perf_counter() - started, 1e-9)
                 bar.advance(len(chunk) * params.n, info=f"{rate:.0f} tok/s")
         self.generated_tokens += n_tokens
