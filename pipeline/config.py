@@ -249,7 +249,7 @@ class SamplerConfig(Section):
     api_key_env: str = Field(
         "", description="openai: name of the environment variable holding the API key (never the key)"
     )
-    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
+    max_concurrency: int = Field(32, ge=1, description="openai: requests in flight at once")
     timeout_s: float = Field(120.0, gt=0, description="openai: per request")
     max_retries: int = Field(4, ge=0, description="openai: retries with backoff on 429, 5xx, timeouts")
 

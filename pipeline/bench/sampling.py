@@ -229,22 +229,34 @@ def run_sampling_bench(
     prompts = bench_prompts(config, prompts_n)
     params = bench_params(config, new_tokens)
     out.mkdir(parents=True, exist_ok=True)
+    # Each backend's rows are kept in parts/ as they finish: a run started again with the same
+    # settings reuses them (a server that failed does not cost the other arms).
+    setting = {"model_dir": model_dir, "dtype": config.model.dtype, "prompts": prompts, "params": params.__dict__,
+               "hf_batch_size": config.sample.generation.batch_size, "sampler": config.sampler.model_dump(mode="json")}  # fmt: skip
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         adapters = write_bench_adapters(model, model_dir, config, workdir / "adapters")
         log(f"{prompts_n} prompts x {new_tokens} new tokens; adapters: {', '.join(adapters)}")
-        if "hf" in backends:
-            rows += hf_rows(model, tokenizer, config, prompts, params, adapters, log)
-        if "vllm" in backends:
-            job = {
-                "model_dir": model_dir, "dtype": config.model.dtype, "seed": config.seed,
-                "sampler": config.sampler.model_dump(mode="json"), "prompts": prompts,
-                "params": params.__dict__, "adapters": adapters,
-            }  # fmt: skip
-            rows += vllm_rows(python, job, workdir, log)
-        if "openai" in backends:
-            rows += openai_rows(python, model_dir, config, tokenizer, prompts, params, adapters, workdir, log)
+        for backend in backends:
+            part = out / "parts" / f"{backend}.json"
+            if part.is_file() and json.loads(part.read_text()).get("setting") == setting:
+                log(f"{backend}: reusing {part}")
+                rows += json.loads(part.read_text())["rows"]
+                continue
+            if backend == "hf":
+                measured = hf_rows(model, tokenizer, config, prompts, params, adapters, log)
+            elif backend == "vllm":
+                job = {"model_dir": model_dir, "dtype": config.model.dtype, "seed": config.seed,
+                       "sampler": config.sampler.model_dump(mode="json"), "prompts": prompts,
+                       "params": params.__dict__, "adapters": adapters}  # fmt: skip
+                measured = vllm_rows(python, job, workdir, log)
+            else:
+                measured = openai_rows(
+                    python, model_dir, config, tokenizer, prompts, params, adapters, out, log
+                )
+            write_json(part, {"setting": setting, "rows": measured})
+            rows += measured
     hf_rate = {row["adapter"]: row["tok_per_s"] for row in rows if row["backend"] == "hf"}
     for row in rows:
         row["ratio_to_hf"] = (

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT, RunConfig
@@ -115,16 +116,15 @@ def server_command(
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> float:
     """Seconds until `url`/models answers; a server that exits or stays silent is an error."""
-    import httpx
-
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
         if process.poll() is not None:
             raise SamplerError(f"the vLLM server exited with code {process.returncode} before it was ready")
         try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:  # refused while it starts; URLError and timeouts are OSErrors
             pass
         time.sleep(0.5)
     raise SamplerError(f"the vLLM server at {url} was not ready after {timeout_s:.0f} s")
