@@ -221,12 +221,18 @@ class SamplerConfig(Section):
         description="hf: transformers generate in-process | vllm: an in-process vllm.LLM (vllm installed) | "
         "openai: an OpenAI-compatible server (e.g. `rr sampler serve`)",
     )
-    # vllm
+    # vllm and rr sampler serve
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="vllm, openai via rr sampler serve: the engine's dtype; default model.dtype. bfloat16 "
+        "samples faster on CPUs with avx512_bf16 and GPUs, but is no longer token for token hf's float32",
+    )
     merge_above_rank: int = Field(
-        16,
+        0,
         ge=0,
-        description="vllm: a stack of larger rank is merged into the weights and the engine reloaded, "
-        "because LoRA's cost grows with max_lora_rank (0: always merge)",
+        description="vllm: a stack of larger rank is merged into the weights and the engine reloaded; up to "
+        "it, served as a LoRA. 0 (always merge): on a CPU vLLM's LoRA path is slower than merged weights "
+        "at every rank (rr bench sampling), while a merge and reload takes about a second",
     )
     gpu_memory_utilization: float = Field(
         0.5,

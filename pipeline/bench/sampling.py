@@ -10,7 +10,7 @@ vLLM runs in its own virtual environment, so its arms run in subprocesses of tha
 in-process sampler in a worker (this module, run as a script), the `openai` sampler against a
 server from `rr sampler serve`'s command line. The in-process engine is started once per
 `merge_above_rank` (0: merged weights only; 8, 16, 32: LoRA up to that rank, merged above it),
-which shows where the LoRA path gets slower than merged weights.
+which shows where the LoRA path gets slower than merged weights, and twice more in bfloat16.
 
 Figures per arm: generated tokens per second (of the timed call, after an unmeasured warm-up
 call with the same adapter, which pays the adapter's merge or load: `adapter_s`), seconds until
@@ -40,7 +40,9 @@ from pipeline.sampling.hf import HFSampler
 from pipeline.stages import prompt_texts, run_prompts
 
 ADAPTERS = {"none": 0, "rank-8": 1, "rank-16 stack": 2, "rank-32 stack": 4}  # rank-8 adapters stacked
-VLLM_ENGINES = (0, 8, 16, 32)  # merge_above_rank of each in-process engine
+# Each in-process engine: (merge_above_rank, dtype; None = the model's). bfloat16 engines show what
+# giving up float32's token-for-token equality with hf buys.
+VLLM_ENGINES = ((0, None), (8, None), (16, None), (32, None), (0, "bfloat16"), (16, "bfloat16"))
 
 
 def bench_prompts(config: RunConfig, n: int) -> list[str]:
@@ -150,7 +152,7 @@ def hf_rows(model, tokenizer, config, prompts, params, adapters, log) -> list[di
     rows = []
     for label, adapter in adapters.items():
         log(f"hf, {label} ...")
-        rows.append({"backend": "hf", "engine": "generate, merged", "adapter": label,
+        rows.append({"backend": "hf", "engine": "generate, merged", "dtype": config.model.dtype, "adapter": label,
                      **measure(sampler, prompts, params, adapter, _pid())})  # fmt: skip
     return rows
 
@@ -160,10 +162,11 @@ def vllm_rows(python: Path, job: dict, workdir: Path, log) -> list[dict]:
     from pipeline.sampling.serve import vllm_env
 
     rows = []
-    for merge_above_rank in VLLM_ENGINES:  # one process per engine: vLLM starts one engine per process
+    for merge_above_rank, dtype in VLLM_ENGINES:  # one process per engine: vLLM starts one per process
         job_file, out_file = workdir / "vllm_job.json", workdir / "vllm_rows.json"
-        write_json(job_file, {**job, "merge_above_rank": merge_above_rank})
-        log(f"vllm in-process, merge_above_rank {merge_above_rank} ({python}) ...")
+        dtype = dtype or job["dtype"]
+        write_json(job_file, {**job, "merge_above_rank": merge_above_rank, "engine_dtype": dtype})
+        log(f"vllm in-process, merge_above_rank {merge_above_rank}, {dtype} ({python}) ...")
         done = subprocess.run(
             [str(python), "-m", "pipeline.bench.sampling", str(job_file), str(out_file)],
             env=vllm_env(python),
@@ -180,6 +183,7 @@ def openai_rows(
     python: Path, model_dir, config, tokenizer, prompts, params, adapters, workdir, log
 ) -> list[dict]:
     """The `openai` sampler against a vLLM server started as `rr sampler serve` starts it."""
+    from pipeline.sampling import engine_dtype
     from pipeline.sampling.openai import OpenAISampler
     from pipeline.sampling.serve import start_server, stop_server, wait_until_ready
 
@@ -202,7 +206,7 @@ def openai_rows(
         for label, adapter in adapters.items():
             log(f"openai, {label} ...")
             row = measure(sampler, prompts, params, adapter, server.pid)
-            rows.append({"backend": "openai", "engine": "server, LoRA<=32", "adapter": label,
+            rows.append({"backend": "openai", "engine": "server, LoRA<=32", "dtype": engine_dtype(config), "adapter": label,
                          "startup_s": round(startup, 1), **row})  # fmt: skip
         return rows
     finally:
@@ -340,10 +344,10 @@ def _worker(job_file: Path, out_file: Path) -> None:
     params = SamplingParams(**job["params"])
     merge_above_rank = job["merge_above_rank"]
     config = SamplerConfig(**{**job["sampler"], "backend": "vllm", "merge_above_rank": merge_above_rank})
-    sampler = VLLMSampler(
-        job["model_dir"], model, tokenizer, config, job["dtype"], job["seed"], progress=False
-    )
+    dtype = job["engine_dtype"]
+    sampler = VLLMSampler(job["model_dir"], model, tokenizer, config, dtype, job["seed"], progress=False)
     engine = "merged" if merge_above_rank == 0 else f"LoRA<={merge_above_rank}, else merged"
+    engine += "" if dtype == job["dtype"] else f", {dtype}"
     rows = []
     for label, adapter in job["adapters"].items():
         row = measure(sampler, job["prompts"], params, adapter, os.getpid())
@@ -354,7 +358,7 @@ def _worker(job_file: Path, out_file: Path) -> None:
             if adapter_rank(Path(adapter)) <= merge_above_rank
             else "merged"
         )
-        rows.append({"backend": "vllm", "engine": engine, "merge_above_rank": merge_above_rank, "adapter": label,
+        rows.append({"backend": "vllm", "engine": engine, "merge_above_rank": merge_above_rank, "dtype": dtype, "adapter": label,
                      "path": path, "startup_s": round(sampler.startup_seconds, 1), **row})  # fmt: skip
         print(f"vllm {engine}, {label}: {row['tok_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     out_file.write_text(json.dumps(rows, indent=1))

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pipeline.sampling.base import Sampler
 
 
+def engine_dtype(config) -> str:
+    """The dtype a vLLM engine runs in: `sampler.dtype`, else the model's."""
+    return config.sampler.dtype or config.model.dtype
+
+
 def make_sampler(config, model, tokenizer, model_dir: str, progress: bool = True) -> Sampler:
     """The sampler `config.sampler.backend` names, for the run's loaded `model` (found on disk at `model_dir`)."""
     backend = config.sampler.backend
@@ -12,7 +17,7 @@ def make_sampler(config, model, tokenizer, model_dir: str, progress: bool = True
         from pipeline.sampling.vllm import VLLMSampler
 
         return VLLMSampler(
-            model_dir, model, tokenizer, config.sampler, config.model.dtype, config.seed, progress
+            model_dir, model, tokenizer, config.sampler, engine_dtype(config), config.seed, progress
         )
     if backend == "openai":
         from pipeline.sampling.openai import OpenAISampler

@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT, RunConfig
+from pipeline.sampling import engine_dtype
 from pipeline.sampling.base import SamplerError
-from pipeline.sampling.vllm import VLLM_LORA_RANKS, cpu_threads_env, kv_cache_bytes
+from pipeline.sampling.vllm import VLLM_LORA_RANKS, chunked_prefill, cpu_threads_env, kv_cache_bytes
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -96,7 +97,7 @@ def server_command(
         "--port",
         str(port),
         "--dtype",
-        config.model.dtype,
+        engine_dtype(config),
         "--seed",
         str(config.seed),
         "--enable-lora",
@@ -111,6 +112,8 @@ def server_command(
         command += ["--kv-cache-memory-bytes", str(kv_cache_bytes(config.sampler))]
     if config.sampler.max_model_len:
         command += ["--max-model-len", str(config.sampler.max_model_len)]
+    if not chunked_prefill():
+        command += ["--no-enable-chunked-prefill"]
     return command
 
 

