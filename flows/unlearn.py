@@ -1,46 +1,80 @@
 """The unlearning flow: the four stages of `pipeline.stages` as Prefect tasks, in a loop.
 
-The Prefect UI shows baseline, then reveal / sample / release / evaluate for every iteration.
-Without `PREFECT_API_URL` Prefect starts a temporary local server for the run; with it, runs
-report to that server. All state lives in the run directory, so a run started again with the
-same name resumes after its last completed iteration.
+The Prefect UI shows baseline, then reveal / sample / release / evaluate for every iteration,
+with artifacts (`flows/monitor.py`): an iteration table, revealed samples, live progress and the
+final plot. Without `PREFECT_API_URL` Prefect starts a temporary local server for the run; with it
+(`rr ui`), runs report to that server.
+
+All state lives in the run directory, so a run started again with the same name resumes after
+its last completed iteration; the stages' results are persisted there too (`.prefect/`). A stage
+that fails on a transient sampler error (a server that timed out) is retried with backoff; bad
+input and bugs are not retried.
 """
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, tags, task
+from prefect.tasks import exponential_backoff
 
+from flows.monitor import ProgressReporter, mark_abandoned_runs, publish_iteration, publish_plot, run_tags
 from pipeline import stages
-from pipeline.config import validate_config
-
-# The run state holds the model: never hash or persist it as a task input.
-stage_task = task(cache_policy=NO_CACHE, persist_result=False)
-
-
-@stage_task(name="baseline")
-def baseline_task(state: stages.RunState) -> dict:
-    return stages.baseline(state)
+from pipeline.config import RunConfig, validate_config
+from pipeline.files import read_jsonl
+from pipeline.runlock import run_lock
+from pipeline.sampling.base import TransientSamplerError
 
 
-@stage_task(name="reveal", task_run_name="reveal-{t}")
-def reveal_task(state: stages.RunState, t: int) -> list[str]:
-    return stages.reveal(state, t)
+def is_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry a stage only when its sampler's server failed for now."""
+    try:
+        state.result()
+    except TransientSamplerError:
+        return True
+    except BaseException:  # noqa: BLE001 - anything else (bad input, a bug) fails at once
+        return False
+    return False
 
 
-@stage_task(name="sample", task_run_name="sample-{t}")
-def sample_task(state: stages.RunState, t: int, instructions: list[str]) -> dict:
-    return stages.sample(state, t, instructions)
+def stage_task(fn, name: str, run_name: str | None = None):
+    # The result is stored under a key of stage and iteration, never a hash of the inputs: the
+    # run state holds the model. A resumed run finds the results of the stages that finished.
+    return task(
+        fn,
+        name=name,
+        task_run_name=run_name,
+        cache_policy=None,
+        result_storage_key=f"{run_name or name}.json".replace("{t}", "{parameters[t]}"),
+        result_serializer="json",
+        retry_condition_fn=is_transient,
+    )
 
 
-@stage_task(name="release", task_run_name="release-{t}")
-def release_task(state: stages.RunState, t: int) -> dict:
-    return stages.release(state, t)
+baseline_task = stage_task(stages.baseline, "baseline")
+reveal_task = stage_task(stages.reveal, "reveal", "reveal-{t}")
+sample_task = stage_task(stages.sample, "sample", "sample-{t}")
+release_task = stage_task(stages.release, "release", "release-{t}")
+evaluate_task = stage_task(stages.evaluate, "evaluate", "evaluate-{t}")
+STAGE_TASKS = {
+    "baseline": baseline_task,
+    "reveal": reveal_task,
+    "sample": sample_task,
+    "release": release_task,
+    "evaluate": evaluate_task,
+}
 
 
-@stage_task(name="evaluate", task_run_name="evaluate-{t}")
-def evaluate_task(state: stages.RunState, t: int, base: dict) -> dict:
-    return stages.evaluate(state, t, base)
+def run_stage_tasks(config: RunConfig) -> dict:
+    """The stage tasks with this run's retries, results persisted in its run directory."""
+    policy = config.orchestration
+    return {
+        name: stage.with_options(
+            retries=policy.retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=policy.retry_delay_s),
+            persist_result=True,
+            result_storage=(config.run_dir / ".prefect").resolve(),
+        )
+        for name, stage in STAGE_TASKS.items()
+    }
 
 
 def _run_name() -> str:
@@ -49,16 +83,19 @@ def _run_name() -> str:
     return f"unlearn-{flow_run.parameters['config'].get('name', 'run')}"
 
 
+def _publish(state: stages.RunState, t: int, history: list[dict]) -> None:
+    samples = read_jsonl(stages.iter_dir(state, t) / "forget.jsonl")
+    publish_iteration(state.config, t, history, samples)
+
+
 @flow(name="unlearn", flow_run_name=_run_name, log_prints=True)
 def unlearn_flow(config: dict, progress: bool = True) -> dict:
     """Reveal, sample, release and evaluate until forgetting converges; returns summary.json."""
     cfg = validate_config(config)
-    state = stages.RunState(cfg, progress=progress)
-    return stages.run_loop(
-        state,
-        baseline=baseline_task,
-        reveal=reveal_task,
-        sample=sample_task,
-        release=release_task,
-        evaluate=evaluate_task,
-    )
+    # One process per run directory; the CLI already holds the lock, a deployment's run takes it here.
+    with run_lock(cfg.run_dir), tags(*run_tags(cfg)), ProgressReporter(cfg):
+        mark_abandoned_runs(cfg)
+        state = stages.RunState(cfg, progress=progress)
+        summary = stages.run_loop(state, **run_stage_tasks(cfg), on_iteration=_publish)
+        publish_plot(cfg, cfg.run_dir / "plots" / "forgetting.png")
+    return summary

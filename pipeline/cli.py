@@ -17,6 +17,7 @@ from pipeline.bench.spec import SpecError
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.model_paths import check_model_path
 from pipeline.report import rows
+from pipeline.runlock import RunBusyError, run_lock
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Reveal & Release: unlearning without the forget data."
@@ -26,6 +27,7 @@ out = Console()
 
 EXIT_BAD_INPUT = 2
 EXIT_SAMPLER = 3  # the sampler's engine or server failed mid-run (after its retries)
+EXIT_BUSY = 4  # another process is running the same run directory
 EXIT_INTERRUPTED = 130
 
 
@@ -71,7 +73,10 @@ def unlearn(
         err.print("Prefect is not installed here: running the stages without it (--no-prefect)")
         prefect = False
     try:
-        summary = _run_with_prefect(cfg, progress) if prefect else _run_plain(cfg, progress)
+        with run_lock(cfg.run_dir):  # before a flow run exists: a busy run leaves no trace in the UI
+            summary = _run_with_prefect(cfg, progress) if prefect else _run_plain(cfg, progress)
+    except RunBusyError as exc:
+        fail(str(exc), EXIT_BUSY)
     except (ConfigError, SpecError) as exc:
         fail(str(exc))
     except SamplerError as exc:
@@ -83,9 +88,13 @@ def unlearn(
 
 def _run_with_prefect(cfg: RunConfig, progress: bool) -> dict:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.unlearn import unlearn_flow  # Prefect is imported only once the input is known good
+    from prefect import tags  # Prefect is imported only once the input is known good
 
-    return unlearn_flow(cfg.model_dump(mode="json"), progress=progress)
+    from flows.monitor import run_tags
+    from flows.unlearn import unlearn_flow
+
+    with tags(*run_tags(cfg)):
+        return unlearn_flow(cfg.model_dump(mode="json"), progress=progress)
 
 
 def _run_plain(cfg: RunConfig, progress: bool) -> dict:
@@ -198,6 +207,134 @@ def sampler_serve(
         pass
     finally:
         stop_server(process)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(4200, "--port", help="port of the Prefect server and its UI"),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="address to listen on; anything but loopback needs PREFECT_SERVER_API_AUTH_STRING set",
+    ),
+) -> None:
+    """Start a Prefect server with its UI (runs of `rr unlearn` report to it once PREFECT_API_URL is set)."""
+    import subprocess
+
+    if host not in LOOPBACK and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        fail(
+            f"--host {host} exposes the server beyond this machine: set PREFECT_SERVER_API_AUTH_STRING "
+            "(user:password) first, and PREFECT_API_AUTH_STRING to the same on every client"
+        )
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    api = f"http://{shown}:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    out.print(f"Prefect UI: http://{shown}:{port}  (Ctrl-C stops it)")
+    out.print(
+        f"Send runs there, in the shell you run rr from:\n  export PREFECT_API_URL={api}", highlight=False
+    )
+    try:
+        done = subprocess.run(command, env=env)
+    except KeyboardInterrupt:
+        return
+    if done.returncode not in (0, -signal.SIGINT, 130):
+        fail(f"the Prefect server exited with code {done.returncode}", done.returncode)
+
+
+def _require_api_url(what: str) -> str:
+    url = os.environ.get("PREFECT_API_URL", "")
+    if not url:
+        fail(
+            f"{what} needs a Prefect server that stays up: start one with `rr ui` and export the PREFECT_API_URL it prints"
+        )
+    return url
+
+
+@app.command()
+def schedule(
+    config: Path = typer.Argument(..., help="run config (YAML) to run on a schedule"),
+    cron: str = typer.Option(None, "--cron", help='cron expression, e.g. "0 3 * * *" (03:00 every day)'),
+    interval: float = typer.Option(None, "--interval", help="seconds between runs"),
+    name: str = typer.Option(None, "--name", help="deployment name (default: the config's run name)"),
+    pool: str = typer.Option(
+        None,
+        "--pool",
+        help="deploy to this work pool for `prefect worker start --pool POOL` instead of serving here",
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+) -> None:
+    """Run the unlearning flow on a schedule: served by this process, or deployed to a work pool."""
+    from pipeline.preflight import preflight
+
+    if (cron is None) == (interval is None):
+        fail("give exactly one of --cron EXPR or --interval SECONDS")
+    if interval is not None and interval <= 0:
+        fail(f"--interval: expected seconds > 0, got {interval}")
+    if cron is not None:
+        from prefect.client.schemas.schedules import CronSchedule
+        from pydantic import ValidationError
+
+        try:
+            CronSchedule(cron=cron)
+        except ValidationError:
+            fail(f'--cron: {cron!r} is not a cron expression (five fields, e.g. "0 3 * * *")')
+    try:
+        cfg = load_config(config, overrides)
+        preflight(cfg)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    api = _require_api_url("rr schedule")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.schedule import deploy_to_pool, pool_exists, serve_schedule
+
+    name = name or cfg.name
+    when = f"cron {cron!r}" if cron else f"every {interval:g} s"
+    if pool:
+        if not pool_exists(pool):
+            fail(
+                f"--pool: no work pool {pool!r} on {api}; create it: prefect work-pool create {pool} --type process"
+            )
+        deployment = deploy_to_pool(cfg, name, cron, interval, pool)
+        out.print(f"deployment unlearn/{name} ({deployment}) in work pool {pool}, {when}")
+        out.print(
+            f"start a worker where the project is checked out:\n  prefect worker start --pool {pool}",
+            highlight=False,
+        )
+        return
+    out.print(f"serving deployment unlearn/{name}, {when}; Ctrl-C stops it (the schedule pauses)")
+    serve_schedule(cfg, name, cron, interval)
+
+
+@app.command()
+def runs(
+    limit: int = typer.Option(20, "--limit", help="how many of the latest runs"),
+) -> None:
+    """Recent unlearning runs on the Prefect server: state, iterations, final forget score."""
+    _require_api_url("rr runs")
+    from flows.runs import recent_runs
+
+    try:
+        found = recent_runs(limit)
+    except Exception as exc:  # noqa: BLE001 - a server that is down or refuses: one line
+        fail(f"cannot read runs from {os.environ['PREFECT_API_URL']}: {exc}")
+    table = Table(title=f"unlearning runs on {os.environ['PREFECT_API_URL']}")
+    for column in ("flow run", "state", "started", "seconds", "iterations", "forget score", "tags"):
+        numeric = column in ("seconds", "iterations", "forget score")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "tags")
+    for run in found:
+        score = "" if run["forget_score"] is None else f"{run['forget_score']:.3f}"
+        tags = ", ".join(t for t in run["tags"] if not t.startswith("run:"))
+        table.add_row(
+            run["name"], run["state"], run["start"], str(run["seconds"]), str(run["iterations"]), score, tags
+        )
+    # Piped output has no terminal width: give the table room rather than cut names short.
+    Console(width=None if out.is_terminal else 160).print(table)
+    if not found:
+        out.print("no runs yet")
 
 
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")

@@ -267,10 +267,24 @@ class SamplerConfig(Section):
         return value.rstrip("/")
 
 
+class OrchestrationConfig(Section):
+    """How Prefect runs the stages (ignored by `--no-prefect`)."""
+
+    retries: int = Field(
+        3, ge=0, description="retries of a stage after a transient error (a sampler server that timed out)"
+    )
+    retry_delay_s: float = Field(10.0, ge=0, description="first retry's delay; doubled for each next one")
+
+
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     out: Path = Path("runs")
     seed: int = 0
+    base_run: Path | None = Field(
+        None,
+        description="a finished run directory: this run starts from its stacked adapter (a second target "
+        "unlearned on top of the first) and measures the earlier target again at the end",
+    )
     model: ModelConfig = ModelConfig()
     target: TargetConfig
     reveal: RevealConfig = RevealConfig()
@@ -279,11 +293,12 @@ class RunConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     stop: StopConfig = StopConfig()
     sampler: SamplerConfig = SamplerConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
-    @field_validator("out")
+    @field_validator("out", "base_run")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
     @property
     def run_dir(self) -> Path:
@@ -296,13 +311,15 @@ class RunConfig(Section):
     def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
         """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
 
-        The CPU thread count and the sampling engine are properties of the machine, not of the
-        experiment: a run may resume, or a benchmark go on, with others (a server that moved, say).
+        The CPU thread count, the sampling engine and Prefect's retries are properties of the
+        machine, not of the experiment: a run may resume, or a benchmark go on, with others (a
+        server that moved, say).
         """
 
         def comparable(data: dict) -> dict:
             data = dict(data)
             data.pop("sampler", None)
+            data.pop("orchestration", None)
             data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
             return data
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+from pipeline.base_run import check_base_run
 from pipeline.bench.spec import load_spec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.model_paths import check_model_path
@@ -17,6 +18,7 @@ def preflight(config: RunConfig) -> None:
     Runs before a run directory or a Prefect server exists, so bad input leaves nothing behind.
     """
     check_model_path(config.model)
+    check_base_run(config)
     if config.model.plant is not None:
         spec = load_spec(config.model.plant.spec)
         planted = [p.name for p in spec.planted()]

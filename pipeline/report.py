@@ -1,8 +1,12 @@
-"""The run for people: report.md (a table) and plots/forgetting.png, both from summary.json."""
+"""The run for people: report.md (a table) and plots/forgetting.png, both from summary.json;
+the iteration table and the sample examples the Prefect UI shows."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+SAMPLE_CHARS = 300  # of an instruction or a response shown in the UI
 
 
 def rows(summary: dict) -> list[tuple[str, dict]]:
@@ -28,8 +32,69 @@ def report_markdown(summary: dict) -> str:
         dropped = "" if m.get("kept", True) else " (dropped)"
         line = f"| {label}{dropped} | {m['forget_score']:.3f} | {m['utility_ppl']:.2f} | {m['utility_ppl_ratio']:.3f} |"
         lines.append(line + (f" {m['retain_probe_acc']:.3f} |" if has_retain else ""))
+    for earlier in summary.get("earlier_targets", []):
+        lines += [
+            "",
+            f"Earlier target ({earlier['target']['kind']} — {earlier['target']['description']}, run "
+            f"{earlier['run']}): forget score {earlier['forget_score_before_it']:.3f} before it, "
+            f"{earlier['forget_score_after_it']:.3f} after it, {earlier['forget_score_now']:.3f} now",
+        ]
     lines += ["", "![forgetting](plots/forgetting.png)"]
     return "\n".join(lines) + "\n"
+
+
+def iteration_table(history: list[dict]) -> list[dict]:
+    """One row per iteration: forget score, utility, samples kept, reward statistics."""
+    table = []
+    for h in history:
+        row = {
+            "iteration": h["iteration"],
+            "forget_score": h["forget_score"],
+            "utility_ppl": h["utility_ppl"],
+            "utility_ppl_ratio": h["utility_ppl_ratio"],
+        }
+        if "retain_probe_acc" in h:
+            row["retain_probe_acc"] = h["retain_probe_acc"]
+        row.update(
+            forget_samples=h["n_forget_samples"],
+            retain_samples=h["n_retain_samples"],
+            reward_mean=h["reward_mean"],
+            reward_max=h["reward_max"],
+            kept="yes" if h["kept"] else "dropped",
+        )
+        table.append(row)
+    return table
+
+
+def samples_markdown(rows: list[dict], title: str, limit: int = 5) -> str:
+    """The first `limit` samples as markdown that shows model output as text and nothing else.
+
+    Model output is untrusted: each instruction and response goes in a fenced code block, which
+    markdown never reads HTML, links or emphasis from, with a fence longer than any run of
+    backticks inside it so that it cannot be closed early.
+    """
+    lines = [f"# {title}", ""]
+    if not rows:
+        lines.append("No forget samples were kept in this iteration.")
+    for i, row in enumerate(rows[:limit], start=1):
+        lines += [
+            f"**{i}.** score {row['score']:.3f}, drawn by {row.get('stage', 'sample')}",
+            "",
+            "Instruction:",
+            *_literal_block(row["instruction"]),
+            "Response:",
+            *_literal_block(row["response"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _literal_block(text: str) -> list[str]:
+    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", " ", text)  # control characters, but newlines
+    if len(text) > SAMPLE_CHARS:
+        text = text[:SAMPLE_CHARS].rstrip() + " …"
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", text, fence, ""]
 
 
 def plot_forgetting(summary: dict, path: Path) -> None:

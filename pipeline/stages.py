@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.base_run import base_chain, model_origin
 from pipeline.bench.spec import load_spec
 from pipeline.config import RunConfig
 from pipeline.evaluation import convergence
@@ -38,6 +39,7 @@ from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import clean_rewrite, dedupe, fill, merge_pool, read_prompt_list
 from pipeline.reveal.reward import diversity, pull_reward
+from pipeline.runlock import run_lock
 from pipeline.sampling import make_sampler
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
@@ -98,12 +100,10 @@ class RunState:
         self.run_dir = config.run_dir
         self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
         self.arms, self.retain_instructions, self.eval_prompts = run_prompts(config)
-        self.model, self.tokenizer, self.model_info = load_model(
-            config.model,
-            extra_texts=tuple(self.arms + self.retain_instructions + self.eval_prompts),
-            seed=config.seed,
-            progress=progress,
-        )
+        # A run on top of earlier ones (`base_run`) starts from the nearest one's stacked adapter.
+        self.base_runs = base_chain(config)
+        self.base_adapter = config.base_run / "adapter" if config.base_run else None
+        self.model, self.tokenizer, self.model_info = load_run_model(config, progress)
         # Scoring (perplexity, likelihoods) always runs on the transformers model; generation on
         # the configured sampler, which is this one for `sampler.backend: hf`.
         self.hf_sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
@@ -121,15 +121,10 @@ class RunState:
         self.retain_texts, self.retain_text_prompts = self._retain_text()
 
     def _other_people(self):
-        forget = {name.lower() for name in self.config.target.names}
-        return [p for p in self.spec.planted() if p.name.lower() not in forget]
+        return other_people(self.config, self.spec)
 
     def _probes(self):
-        """Planted people: the forget people's probes measure forgetting, the others' retention."""
-        if self.spec is None or self.config.target.kind != "knowledge":
-            return [], []
-        forget = [probe for name in self.config.target.names for probe in self.spec.person(name).probes]
-        return forget, [probe for person in self._other_people() for probe in person.probes]
+        return probes(self.config, self.spec)
 
     def _retain_text(self):
         """Reference text for utility: the other people's facts as answers to their probes (planted),
@@ -149,12 +144,51 @@ class RunState:
         return self.hf_sampler.model_for(adapter)
 
     def stack_dir(self) -> Path | None:
-        """The stacked adapter of all kept iterations so far, or None before the first."""
+        """The stacked adapter of all kept iterations so far; before the first, the base run's, or None."""
         path = self.run_dir / "adapter"
-        return path if (path / "adapter_config.json").is_file() else None
+        return path if (path / "adapter_config.json").is_file() else self.base_adapter
 
     def seed(self, t: int, stage: str) -> int:
         return (self.config.seed + 7919 * self.repeat) * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
+
+
+def load_run_model(config: RunConfig, progress: bool = True):
+    """(model, tokenizer, info) of a run: loaded as the first run of its `base_run` chain loaded it."""
+    origin = model_origin(config)
+    return load_model(
+        config.model,
+        extra_texts=prompt_texts(origin),
+        seed=origin.seed,
+        progress=progress,
+    )
+
+
+def other_people(config: RunConfig, spec) -> list:
+    forget = {name.lower() for name in config.target.names}
+    return [p for p in spec.planted() if p.name.lower() not in forget]
+
+
+def probes(config: RunConfig, spec) -> tuple[list, list]:
+    """Planted people: the forget people's probes measure forgetting, the others' retention."""
+    if spec is None or config.target.kind != "knowledge":
+        return [], []
+    forget = [probe for name in config.target.names for probe in spec.person(name).probes]
+    return forget, [probe for person in other_people(config, spec) for probe in person.probes]
+
+
+class EarlierTarget:
+    """What measures an earlier run's target: its held-out prompts or probes, and its scorer."""
+
+    def __init__(self, config: RunConfig, state: RunState) -> None:
+        self.config = config
+        spec = load_spec(config.model.plant.spec) if config.model.plant else None
+        self.forget_probes, self.retain_probes = probes(config, spec)
+        self.eval_prompts = run_prompts(config)[2]
+        self.scorer = make_scorer(
+            config.target,
+            embed=lambda texts: embed_texts(state.model, state.tokenizer, texts),
+            neutral=read_prompt_list(config.resolve(config.sample.retain_prompts)),
+        )
 
 
 def prepare_run_dir(config: RunConfig) -> dict | None:
@@ -185,7 +219,7 @@ def baseline(state: RunState) -> dict:
     path = state.run_dir / "baseline.json"
     if path.is_file():
         return json.loads(path.read_text())
-    metrics = measure(state, adapter=None, base_ppl=None)
+    metrics = measure(state, adapter=state.base_adapter, base_ppl=None)
     write_json(path, metrics)
     return metrics
 
@@ -399,6 +433,8 @@ def release(state: RunState, t: int) -> dict:
         return stats
     current = state.stack_dir()
     previous_dirs = [iter_dir(state, s) / "adapter" for s in kept_iterations(state)]
+    if state.base_adapter is not None:  # new adapters stay orthogonal to the earlier runs' too
+        previous_dirs.insert(0, state.base_adapter)
     previous = [lora_A_matrices(read_adapter(d)) for d in previous_dirs]
     if state.config.release.retain_adapter and (kept := retain_adapter(state, retain)) is not None:
         previous.append(lora_A_matrices(read_adapter(kept)))
@@ -452,20 +488,33 @@ def kept_iterations(state: RunState) -> list[int]:
 def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> dict:
     """Forget score and utility of base + `adapter`. Lower forget_score = more forgotten."""
     cfg = state.config.evaluate
+    metrics = forget_metrics(state, state, adapter)
+    model = state.model_with(adapter)
+    ppl = perplexity(
+        model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size
+    )
+    metrics["utility_ppl"] = ppl
+    metrics["utility_ppl_ratio"] = ppl / base_ppl if base_ppl else 1.0
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def forget_metrics(state: RunState, target: RunState | EarlierTarget, adapter: Path | None) -> dict:
+    """`target`'s forget score (and, for planted people, retain probe accuracy) with `adapter`."""
+    cfg = target.config.evaluate
     params = replace(GREEDY, max_new_tokens=cfg.max_new_tokens)
     metrics: dict = {}
-    if state.forget_probes:
+    if target.forget_probes:
         replies = state.sampler.generate(
-            [p.question for p in state.forget_probes], params, adapter, label="eval forget probes"
+            [p.question for p in target.forget_probes], params, adapter, label="eval forget probes"
         )
         metrics["forget_score"] = answer_rate(
-            [r[0] for r in replies], [p.answer for p in state.forget_probes]
+            [r[0] for r in replies], [p.answer for p in target.forget_probes]
         )
         replies = state.sampler.generate(
-            [p.question for p in state.retain_probes], params, adapter, label="eval retain probes"
+            [p.question for p in target.retain_probes], params, adapter, label="eval retain probes"
         )
         metrics["retain_probe_acc"] = answer_rate(
-            [r[0] for r in replies], [p.answer for p in state.retain_probes]
+            [r[0] for r in replies], [p.answer for p in target.retain_probes]
         )
     else:
         # Toxicity shows in samples more than in the greedy reply: score several, with a fixed seed
@@ -474,19 +523,29 @@ def measure(state: RunState, adapter: Path | None, base_ppl: float | None) -> di
             n=cfg.samples_per_prompt,
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
-            seed=state.config.seed + STAGE_SEEDS["evaluate"],
+            seed=target.config.seed + STAGE_SEEDS["evaluate"],
         )
-        replies = state.sampler.generate(state.eval_prompts, sampled, adapter, label="eval prompts")
+        replies = state.sampler.generate(target.eval_prompts, sampled, adapter, label="eval prompts")
         metrics["forget_score"] = statistics.fmean(
-            state.scorer([text for texts in replies for text in texts])
+            target.scorer([text for texts in replies for text in texts])
         )
-    model = state.model_with(adapter)
-    ppl = perplexity(
-        model, state.tokenizer, state.retain_texts, state.retain_text_prompts, batch_size=cfg.batch_size
-    )
-    metrics["utility_ppl"] = ppl
-    metrics["utility_ppl_ratio"] = ppl / base_ppl if base_ppl else 1.0
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    return metrics
+
+
+def earlier_targets(state: RunState) -> list[dict]:
+    """Every earlier run's target measured again with this run's final stack: still forgotten?"""
+    rows = []
+    for folder, config in state.base_runs:
+        recorded = json.loads((folder / "summary.json").read_text())
+        now = forget_metrics(state, EarlierTarget(config, state), state.stack_dir())
+        rows.append({
+            "run": str(folder),
+            "target": config.target.model_dump(mode="json"),
+            "forget_score_before_it": recorded["baseline"]["forget_score"],
+            "forget_score_after_it": recorded["final"]["forget_score"],
+            "forget_score_now": round(now["forget_score"], 4),
+        })  # fmt: skip
+    return rows
 
 
 def evaluate(state: RunState, t: int, base: dict) -> dict:
@@ -543,14 +602,21 @@ def run_loop(
     sample=sample,
     release=release,
     evaluate=evaluate,
+    on_iteration=None,
     log=print,
 ) -> dict:
     """Baseline, then reveal -> sample -> release -> evaluate until a stop rule fires; the summary.
 
     The stage functions are parameters so that `flows/unlearn.py` can pass the same functions
-    wrapped as Prefect tasks; the benchmarks call this as it is. A run directory with completed
-    iterations resumes after the last of them.
+    wrapped as Prefect tasks; the benchmarks call this as it is. `on_iteration(state, t, history)`
+    hears of every completed iteration (the flow publishes artifacts). A run directory with
+    completed iterations resumes after the last of them; one process at a time works in it.
     """
+    with run_lock(state.run_dir):
+        return _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, log)
+
+
+def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, log) -> dict:
     finished = prepare_run_dir(state.config)
     if finished is not None:
         log(f"run {state.run_dir} already finished ({finished['stop_reason']})")
@@ -569,6 +635,8 @@ def run_loop(
         release(state, t)
         entry = commit(state, t, evaluate(state, t, base))
         reason = decide(state, t, entry, base)
+        if on_iteration is not None:
+            on_iteration(state, t, completed_iterations(state))
         log(
             f"iteration {t}: forget score {entry['forget_score']:.3f}, utility ppl ratio "
             f"{entry['utility_ppl_ratio']:.3f}, {entry['n_forget_samples']} forget samples"
@@ -603,6 +671,9 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
         "history": history,
         "adapter": str(state.stack_dir()) if state.stack_dir() else None,
     }
+    if state.base_runs:
+        summary["base_run"] = str(state.config.base_run)
+        summary["earlier_targets"] = earlier_targets(state)
     write_json(state.run_dir / "summary.json", summary)
     write_report(summary, state.run_dir)
     return summary

@@ -45,6 +45,11 @@ class SamplerError(RuntimeError):
     """A sampler cannot work: its engine is missing, or its server is down or unsuitable."""
 
 
+class TransientSamplerError(SamplerError):
+    """The sampler's server timed out, dropped the connection or was overloaded (429, 5xx) after
+    the client's own retries: trying the stage again later may work (Prefect does)."""
+
+
 def prompt_token_ids(
     tokenizer, instructions: list[str], prefills: list[str] | None = None
 ) -> list[list[int]]:

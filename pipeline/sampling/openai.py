@@ -18,7 +18,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from pipeline.progress import progress_bar
-from pipeline.sampling.base import SamplerError, SamplingParams, adapter_key, prompt_token_ids
+from pipeline.sampling.base import (
+    SamplerError,
+    SamplingParams,
+    TransientSamplerError,
+    adapter_key,
+    prompt_token_ids,
+)
 
 
 class OpenAISampler:
@@ -55,12 +61,15 @@ class OpenAISampler:
         try:
             return request()
         except self.openai.APIConnectionError as exc:  # timeouts included
-            raise SamplerError(
+            raise TransientSamplerError(
                 f"sampler.base_url: no answer from {self.url} ({what}: {exc}); is the server running? "
                 "`rr sampler serve CONFIG` starts one"
             ) from None
         except self.openai.APIStatusError as exc:
-            raise SamplerError(
+            error = (
+                TransientSamplerError if exc.status_code == 429 or exc.status_code >= 500 else SamplerError
+            )
+            raise error(
                 f"sampler: the server at {self.url} refused to {what}: HTTP {exc.status_code} {_detail(exc)}"
             ) from None
 

@@ -56,10 +56,9 @@ def model_folder(config: RunConfig, progress: bool = True) -> str:
     from pipeline.model_paths import EMBEDDED
 
     if config.model.plant is not None:
-        from pipeline.models import load_model
-        from pipeline.stages import prompt_texts
+        from pipeline.stages import load_run_model
 
-        _, _, info = load_model(config.model, prompt_texts(config), config.seed, progress)
+        _, _, info = load_run_model(config, progress)
         return info["name_or_path"]
     if config.model.path == EMBEDDED:
         from pipeline.models import embedded_model_dir
