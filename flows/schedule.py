@@ -16,6 +16,17 @@ from pipeline.config import PROJECT_ROOT, RunConfig
 ENTRYPOINT = "flows/unlearn.py:unlearn_flow"
 
 
+def valid_cron(expression: str) -> bool:
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=expression)
+    except ValidationError:
+        return False
+    return True
+
+
 def schedule_args(cron: str | None, interval: float | None) -> dict:
     return {"cron": cron} if cron else {"interval": interval}
 

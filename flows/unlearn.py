@@ -99,3 +99,9 @@ def unlearn_flow(config: dict, progress: bool = True) -> dict:
         summary = stages.run_loop(state, **run_stage_tasks(cfg), on_iteration=_publish)
         publish_plot(cfg, cfg.run_dir / "plots" / "forgetting.png")
     return summary
+
+
+def run_unlearn_flow(config: RunConfig, progress: bool = True) -> dict:
+    """`rr unlearn`: the flow run, tagged like its task runs (a deployment's runs get its tags)."""
+    with tags(*run_tags(config)):
+        return unlearn_flow(config.model_dump(mode="json"), progress=progress)

@@ -88,13 +88,9 @@ def unlearn(
 
 def _run_with_prefect(cfg: RunConfig, progress: bool) -> dict:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect import tags  # Prefect is imported only once the input is known good
+    from flows.unlearn import run_unlearn_flow  # Prefect is imported only once the input is known good
 
-    from flows.monitor import run_tags
-    from flows.unlearn import unlearn_flow
-
-    with tags(*run_tags(cfg)):
-        return unlearn_flow(cfg.model_dump(mode="json"), progress=progress)
+    return run_unlearn_flow(cfg, progress)
 
 
 def _run_plain(cfg: RunConfig, progress: bool) -> dict:
@@ -275,12 +271,9 @@ def schedule(
     if interval is not None and interval <= 0:
         fail(f"--interval: expected seconds > 0, got {interval}")
     if cron is not None:
-        from prefect.client.schemas.schedules import CronSchedule
-        from pydantic import ValidationError
+        from flows.schedule import valid_cron
 
-        try:
-            CronSchedule(cron=cron)
-        except ValidationError:
+        if not valid_cron(cron):
             fail(f'--cron: {cron!r} is not a cron expression (five fields, e.g. "0 3 * * *")')
     try:
         cfg = load_config(config, overrides)

@@ -117,14 +117,8 @@ class RunState:
             embed=lambda texts: embed_texts(self.model, self.tokenizer, texts),
             neutral=read_prompt_list(config.resolve(config.sample.retain_prompts)),
         )
-        self.forget_probes, self.retain_probes = self._probes()
+        self.forget_probes, self.retain_probes = probes(config, self.spec)
         self.retain_texts, self.retain_text_prompts = self._retain_text()
-
-    def _other_people(self):
-        return other_people(self.config, self.spec)
-
-    def _probes(self):
-        return probes(self.config, self.spec)
 
     def _retain_text(self):
         """Reference text for utility: the other people's facts as answers to their probes (planted),
@@ -132,7 +126,7 @@ class RunState:
         if self.retain_probes:
             pairs = [
                 (probe.question, person.fact_for(probe))
-                for person in self._other_people()
+                for person in other_people(self.config, self.spec)
                 for probe in person.probes
             ]
             return [fact for _, fact in pairs], [question for question, _ in pairs]

@@ -29,6 +29,8 @@ GOOD = "name: t\ntarget:\n  kind: toxicity\n"
             [],
             "target.scorer: cannot import nosuchmodule",
         ),
+        (GOOD, ["--set", "base_run=/no/such/run"], "base_run: /no/such/run is not a run directory"),
+        (GOOD, ["--set", "base_run=configs"], "base_run: configs is not a run directory"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, config_text, extra, expected):

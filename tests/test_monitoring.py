@@ -79,3 +79,36 @@ def test_a_second_process_cannot_take_a_held_run_lock(tmp_path):
             time.sleep(0.1)
     assert lock_path(run_dir) == tmp_path / "runs" / ".demo.lock"
     assert not run_dir.exists()  # the lock never creates the run directory
+
+
+def test_a_base_run_must_be_finished_with_an_adapter_and_the_same_model(tmp_path):
+    from pipeline.base_run import check_base_run
+    from pipeline.config import ConfigError, load_config
+
+    first = load_config(ROOT / "configs" / "tiny.yaml", out=tmp_path, name="first")
+    first.run_dir.mkdir(parents=True)
+    (first.run_dir / "config.yaml").write_text(first.to_yaml())
+    second = load_config(
+        ROOT / "configs" / "tiny.yaml", [f"base_run={first.run_dir}"], out=tmp_path, name="second"
+    )
+    with pytest.raises(ConfigError, match="has not finished"):
+        check_base_run(second)
+    (first.run_dir / "summary.json").write_text('{"stop_reason": "max_iterations"}')
+    with pytest.raises(ConfigError, match="kept no adapter"):
+        check_base_run(second)
+    (first.run_dir / "adapter").mkdir()
+    (first.run_dir / "adapter" / "adapter_config.json").write_text("{}")
+    check_base_run(second)
+    other_model = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [f"base_run={first.run_dir}", "model.tiny.hidden_size=64"],
+        out=tmp_path,
+        name="x",
+    )
+    with pytest.raises(ConfigError, match="used model"):
+        check_base_run(other_model)
+    itself = load_config(
+        ROOT / "configs" / "tiny.yaml", [f"base_run={first.run_dir}"], out=tmp_path, name="first"
+    )
+    with pytest.raises(ConfigError, match="own directory"):
+        check_base_run(itself)
