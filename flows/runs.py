@@ -45,7 +45,7 @@ def recent_runs(limit: int = 20) -> list[dict]:
 
 def _row(run, table_data) -> dict:
     history = _table(table_data)
-    kept = [h for h in history if h.get("kept") in (True, "yes")]
+    kept = [h for h in history if h.get("kept") == "yes"]  # as iteration_table writes it
     latest = kept[-1] if kept else (history[-1] if history else {})
     return {
         "id": str(run.id),

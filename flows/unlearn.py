@@ -49,17 +49,12 @@ def stage_task(fn, name: str, run_name: str | None = None):
     )
 
 
-baseline_task = stage_task(stages.baseline, "baseline")
-reveal_task = stage_task(stages.reveal, "reveal", "reveal-{t}")
-sample_task = stage_task(stages.sample, "sample", "sample-{t}")
-release_task = stage_task(stages.release, "release", "release-{t}")
-evaluate_task = stage_task(stages.evaluate, "evaluate", "evaluate-{t}")
 STAGE_TASKS = {
-    "baseline": baseline_task,
-    "reveal": reveal_task,
-    "sample": sample_task,
-    "release": release_task,
-    "evaluate": evaluate_task,
+    "baseline": stage_task(stages.baseline, "baseline"),
+    "reveal": stage_task(stages.reveal, "reveal", "reveal-{t}"),
+    "sample": stage_task(stages.sample, "sample", "sample-{t}"),
+    "release": stage_task(stages.release, "release", "release-{t}"),
+    "evaluate": stage_task(stages.evaluate, "evaluate", "evaluate-{t}"),
 }
 
 

@@ -180,7 +180,7 @@ def vllm_rows(python: Path, job: dict, workdir: Path, log) -> list[dict]:
 
 
 def openai_rows(
-    python: Path, model_dir, config, tokenizer, prompts, params, adapters, workdir, log
+    python: Path, model_dir, config, tokenizer, prompts, params, adapters, log_dir: Path, log
 ) -> list[dict]:
     """The `openai` sampler against a vLLM server started as `rr sampler serve` starts it."""
     from pipeline.sampling import engine_dtype
@@ -193,8 +193,8 @@ def openai_rows(
         update={"release": config.release.model_copy(update={"rank": 8}),
                 "stop": config.stop.model_copy(update={"max_iterations": max(ADAPTERS.values())})}
     )  # fmt: skip
-    log(f"vLLM server on port {port} (log: {workdir / 'server.log'}) ...")
-    server = start_server(python, model_dir, served, port, log=workdir / "server.log")
+    log(f"vLLM server on port {port} (log: {log_dir / 'server.log'}) ...")
+    server = start_server(python, model_dir, served, port, log=log_dir / "server.log")
     try:
         startup = wait_until_ready(f"http://127.0.0.1:{port}/v1", server)
         sampler_config = config.sampler.model_copy(
@@ -244,9 +244,10 @@ def run_sampling_bench(
         log(f"{prompts_n} prompts x {new_tokens} new tokens; adapters: {', '.join(adapters)}")
         for backend in backends:
             part = out / "parts" / f"{backend}.json"
-            if part.is_file() and json.loads(part.read_text()).get("setting") == setting:
+            saved = json.loads(part.read_text()) if part.is_file() else {}
+            if saved.get("setting") == setting:
                 log(f"{backend}: reusing {part}")
-                rows += json.loads(part.read_text())["rows"]
+                rows += saved["rows"]
                 continue
             if backend == "hf":
                 measured = hf_rows(model, tokenizer, config, prompts, params, adapters, log)
