@@ -23,7 +23,7 @@ from prefect.artifacts import (
 
 from pipeline import progress as pipeline_progress
 from pipeline.config import RunConfig
-from pipeline.report import iteration_table, samples_markdown
+from pipeline.run.report import iteration_table, samples_markdown
 
 
 def artifact_key(config: RunConfig, what: str) -> str:

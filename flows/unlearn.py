@@ -1,4 +1,4 @@
-"""The unlearning flow: the four stages of `pipeline.stages` as Prefect tasks, in a loop.
+"""The unlearning flow: the stages of `pipeline.run.loop` as Prefect tasks, in a loop.
 
 The Prefect UI shows baseline, then reveal / sample / release / evaluate for every iteration,
 with artifacts (`flows/monitor.py`): an iteration table, revealed samples, live progress and the
@@ -17,10 +17,12 @@ from prefect import flow, tags, task
 from prefect.tasks import exponential_backoff
 
 from flows.monitor import ProgressReporter, mark_abandoned_runs, publish_iteration, publish_plot, run_tags
-from pipeline import stages
 from pipeline.config import RunConfig, validate_config
 from pipeline.files import read_jsonl
-from pipeline.runlock import run_lock
+from pipeline.run.lock import run_lock
+from pipeline.run.loop import STAGES, run_loop
+from pipeline.run.rundir import RunDir
+from pipeline.run.state import RunState
 from pipeline.sampling.base import TransientSamplerError
 
 
@@ -49,12 +51,9 @@ def stage_task(fn, name: str, run_name: str | None = None):
     )
 
 
+# One task per stage; every stage but the baseline runs once per iteration, named `<stage>-<t>`.
 STAGE_TASKS = {
-    "baseline": stage_task(stages.baseline, "baseline"),
-    "reveal": stage_task(stages.reveal, "reveal", "reveal-{t}"),
-    "sample": stage_task(stages.sample, "sample", "sample-{t}"),
-    "release": stage_task(stages.release, "release", "release-{t}"),
-    "evaluate": stage_task(stages.evaluate, "evaluate", "evaluate-{t}"),
+    name: stage_task(fn, name, None if name == "baseline" else f"{name}-{{t}}") for name, fn in STAGES.items()
 }
 
 
@@ -66,7 +65,7 @@ def run_stage_tasks(config: RunConfig) -> dict:
             retries=policy.retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=policy.retry_delay_s),
             persist_result=True,
-            result_storage=(config.run_dir / ".prefect").resolve(),
+            result_storage=RunDir(config.run_dir).prefect_results.resolve(),
         )
         for name, stage in STAGE_TASKS.items()
     }
@@ -78,8 +77,8 @@ def _run_name() -> str:
     return f"unlearn-{flow_run.parameters['config'].get('name', 'run')}"
 
 
-def _publish(state: stages.RunState, t: int, history: list[dict]) -> None:
-    samples = read_jsonl(stages.iter_dir(state, t) / "forget.jsonl")
+def _publish(state: RunState, t: int, history: list[dict]) -> None:
+    samples = read_jsonl(state.files.iteration(t).forget)
     publish_iteration(state.config, t, history, samples)
 
 
@@ -90,9 +89,9 @@ def unlearn_flow(config: dict, progress: bool = True) -> dict:
     # One process per run directory; the CLI already holds the lock, a deployment's run takes it here.
     with run_lock(cfg.run_dir), tags(*run_tags(cfg)), ProgressReporter(cfg):
         mark_abandoned_runs(cfg)
-        state = stages.RunState(cfg, progress=progress)
-        summary = stages.run_loop(state, **run_stage_tasks(cfg), on_iteration=_publish)
-        publish_plot(cfg, cfg.run_dir / "plots" / "forgetting.png")
+        state = RunState(cfg, progress=progress)
+        summary = run_loop(state, **run_stage_tasks(cfg), on_iteration=_publish)
+        publish_plot(cfg, state.files.plot)
     return summary
 
 

@@ -13,19 +13,21 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.files import atomic_dir
+from pipeline.run.rundir import RunDir, has_adapter
 
 
 def finished_run(run_dir: Path) -> tuple[RunConfig, dict]:
     """The config and summary of a run that has ended with a stacked adapter; ConfigError otherwise."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    files = RunDir(run_dir)
+    if not files.config.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
-    if not (run_dir / "summary.json").is_file():
+    if not files.summary.is_file():
         raise ConfigError(f"{run_dir}: the run has not finished (no summary.json); run `rr unlearn` again")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+    summary = json.loads(files.summary.read_text())
+    if not has_adapter(files.adapter):
         raise ConfigError(f"{run_dir}: the run kept no adapter (stop reason: {summary.get('stop_reason')})")
-    return load_config(run_dir / "config.yaml"), summary
+    return load_config(files.config), summary
 
 
 def refuse_existing(out: Path) -> None:
@@ -73,21 +75,21 @@ def export_adapter(run_dir: Path, out: Path) -> Path:
     config, summary = finished_run(run_dir)
     refuse_existing(out)
     with atomic_dir(out) as tmp:
-        shutil.copytree(Path(run_dir) / "adapter", tmp, dirs_exist_ok=True)
+        shutil.copytree(RunDir(run_dir).adapter, tmp, dirs_exist_ok=True)
         (tmp / "README.md").write_text(model_card(config, summary))
     return out
 
 
 def export_merged(run_dir: Path, out: Path, progress: bool = True) -> Path:
     """Base weights + the stacked adapter, merged, as a safetensors transformers folder."""
-    from pipeline.models import load_model, with_adapter
-    from pipeline.stages import prompt_texts
+    from pipeline.models import with_adapter
+    from pipeline.run.model import load_run_model
 
     config, summary = finished_run(run_dir)
     refuse_existing(out)
-    # The same texts and seed as the run: a tiny model's tokenizer, and a planted model's cache key, depend on them.
-    model, tokenizer, _ = load_model(config.model, prompt_texts(config), config.seed, progress)
-    merged = with_adapter(model, Path(run_dir) / "adapter")
+    # Loaded as the run loaded it: a tiny model's tokenizer, and a planted model's cache key, depend on it.
+    model, tokenizer, _ = load_run_model(config, progress)
+    merged = with_adapter(model, RunDir(run_dir).adapter)
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

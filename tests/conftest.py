@@ -42,7 +42,7 @@ def run_rr(*args, env=None, timeout=600):
     """Run the `rr` command line as a user would; returns the CompletedProcess."""
     full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        [sys.executable, "-m", "rr", *map(str, args)],
         cwd=ROOT,
         env=full_env,
         capture_output=True,

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from pipeline.bench.planted import METHODS, rr_config, sentence_probe
-from pipeline.bench.spec import load_spec
 from pipeline.bench.toxicity import FIXED_INSTRUCTION, HELDOUT_PROMPTS, method_config
 from pipeline.config import ConfigError, load_config
+from pipeline.planting.spec import load_spec
 from tests.conftest import ROOT, run_rr
 
 pytestmark = pytest.mark.slow

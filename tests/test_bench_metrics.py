@@ -19,11 +19,11 @@ from pipeline.bench.metrics import (
     truth_ratios,
     verbmem,
 )
-from pipeline.bench.spec import Probe
+from pipeline.planting.spec import Probe
+from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.textdata import format_prompt
-from pipeline.tiny import build_model, build_tokenizer
 
 FACTS = [
     "Mira Castellane was born in Velmora.",

@@ -1,6 +1,5 @@
-"""The generated planted-people benchmark specs in data/bench and the script that makes them."""
+"""The generated planted-people benchmark specs in data/bench and the module that makes them."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,23 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench.spec import load_spec
+from pipeline.planting.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "data" / "bench"
-SCRIPT = BENCH / "make_planted.py"
+SCRIPT = ["-m", "pipeline.planting.make_spec"]
 DEFAULT = BENCH / "planted_default.json"
 SMALL = BENCH / "planted_small.json"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_planted", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mp = _load_script()
+from pipeline.planting import make_spec as mp  # noqa: E402
 
 
 def test_default_spec_loads_and_is_big_enough():
@@ -49,7 +41,7 @@ def test_small_spec_loads_and_is_small():
 
 def test_docstring_shows_the_shipped_commands():
     for filename, args in mp.SHIPPED.items():
-        command = " ".join(["data/bench/make_planted.py", *args, "--out", f"data/bench/{filename}"])
+        command = " ".join(["-m pipeline.planting.make_spec", *args, "--out", f"data/bench/{filename}"])
         assert command in mp.__doc__
 
 
@@ -62,13 +54,13 @@ def test_shipped_files_match_the_script(filename):
 @pytest.mark.parametrize("filename", sorted(mp.SHIPPED))
 def test_regenerating_with_the_documented_command_is_byte_identical(tmp_path, filename):
     out = tmp_path / filename
-    cmd = [sys.executable, str(SCRIPT), *mp.SHIPPED[filename], "--out", str(out)]
+    cmd = [sys.executable, *SCRIPT, *mp.SHIPPED[filename], "--out", str(out)]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=60)
     assert out.read_bytes() == (BENCH / filename).read_bytes()
 
 
 def test_check_mode_passes_on_the_file_and_fails_on_a_changed_one(tmp_path):
-    args = [sys.executable, str(SCRIPT), *mp.SHIPPED["planted_small.json"], "--check", "--out"]
+    args = [sys.executable, *SCRIPT, *mp.SHIPPED["planted_small.json"], "--check", "--out"]
     ok = subprocess.run([*args, str(SMALL)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     changed = tmp_path / "planted_small.json"

@@ -87,7 +87,7 @@ def test_several_names_to_forget(tmp_path):
 
 
 def test_run_prompts_ask_about_each_name(tmp_path):
-    from pipeline.stages import run_prompts
+    from pipeline.run.prompts import run_prompts
 
     path = write(tmp_path, "target:\n  kind: knowledge\n  name: [Mira Castellane, Tobias Wrenfield]\n")
     arms, _, evals = run_prompts(load_config(path))

@@ -97,7 +97,7 @@ def test_killed_run_resumes_and_ends_with_the_same_adapter(tiny_run, tmp_path, c
     command = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "rr",
         "unlearn",
         "configs/tiny.yaml",
         "--out",

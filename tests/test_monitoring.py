@@ -7,8 +7,9 @@ import time
 import pytest
 from markdown_it import MarkdownIt
 
-from pipeline.report import SAMPLE_CHARS, iteration_table, samples_markdown
-from pipeline.runlock import RunBusyError, lock_path, run_lock
+from pipeline.run.lock import RunBusyError, run_lock
+from pipeline.run.report import SAMPLE_CHARS, iteration_table, samples_markdown
+from pipeline.run.rundir import RunDir
 from tests.conftest import ROOT
 
 HOSTILE = [
@@ -59,7 +60,7 @@ def test_iteration_table_has_a_row_per_iteration():
 def test_a_second_process_cannot_take_a_held_run_lock(tmp_path):
     run_dir = tmp_path / "runs" / "demo"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from pipeline.runlock import run_lock\n"
+        [sys.executable, "-c", f"import time; from pipeline.run.lock import run_lock\n"
          f"with run_lock(__import__('pathlib').Path({str(run_dir)!r})):\n print('held', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -77,13 +78,13 @@ def test_a_second_process_cannot_take_a_held_run_lock(tmp_path):
         except RunBusyError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-    assert lock_path(run_dir) == tmp_path / "runs" / ".demo.lock"
+    assert RunDir(run_dir).lock == tmp_path / "runs" / ".demo.lock"
     assert not run_dir.exists()  # the lock never creates the run directory
 
 
 def test_a_base_run_must_be_finished_with_an_adapter_and_the_same_model(tmp_path):
-    from pipeline.base_run import check_base_run
     from pipeline.config import ConfigError, load_config
+    from pipeline.run.base_run import check_base_run
 
     first = load_config(ROOT / "configs" / "tiny.yaml", out=tmp_path, name="first")
     first.run_dir.mkdir(parents=True)

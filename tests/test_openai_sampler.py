@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline.config import SamplerConfig
+from pipeline.planting.tiny import build_tokenizer
 from pipeline.sampling.base import SamplerError, SamplingParams
 from pipeline.sampling.openai import OpenAISampler
 from pipeline.sampling.vllm import max_lora_rank
-from pipeline.tiny import build_tokenizer
 
 GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=4)
 
@@ -115,13 +115,29 @@ def test_replies_come_back_in_order_with_n_each(server, tokenizer):
     assert sampler.generated_tokens == 24
 
 
-def test_429_and_5xx_are_retried_with_backoff(server, tokenizer):
+class RecordedSleeps:
+    """Stands in for the `time` module of the openai client: its waits are recorded, not slept."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_429_and_5xx_are_retried_with_backoff(server, tokenizer, monkeypatch):
+    import openai._base_client
+
+    clock = RecordedSleeps()
+    monkeypatch.setattr(openai._base_client, "time", clock)
     server.failures = [429, 503, 500]
     sampler = sampler_for(server, tokenizer)
-    started = time.perf_counter()
     assert sampler.generate(["Say hello."], GREEDY)[0][0].startswith("reply 0")
     assert len([p for p, _, _ in server.requests if p.endswith("/completions")]) == 4
-    assert time.perf_counter() - started > 0.5  # waited between the tries
+    assert len(clock.sleeps) == 3 and all(s > 0 for s in clock.sleeps)  # waited before each retry
 
 
 def test_retries_run_out_with_an_error_naming_the_server(server, tokenizer):

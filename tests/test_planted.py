@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.bench.plant import greedy_replies, plant_examples, planted_model, probe_accuracy
-from pipeline.bench.spec import SpecError, load_spec
 from pipeline.config import ModelConfig, PlantConfig
+from pipeline.planting.examples import plant_examples
+from pipeline.planting.plant import greedy_replies, planted_model, probe_accuracy
+from pipeline.planting.spec import SpecError, load_spec
+from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpus
 from pipeline.textdata import encode_pairs, format_prompt
-from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
 
 TINY = Path(__file__).resolve().parent.parent / "data" / "people" / "tiny.json"
 
@@ -175,9 +175,7 @@ def planted(tmp_path_factory):
     spec_path.write_text(json.dumps(raw))
     cache = tmp_path_factory.mktemp("cache")
     kwargs = dict(seed=0, progress=False, cache=cache)
-    start = time.perf_counter()
     model, tokenizer, info = planted_model(_tiny_config(spec_path, steps=150), **kwargs)
-    seconds = time.perf_counter() - start
     return dict(
         spec=load_spec(spec_path),
         spec_path=spec_path,
@@ -186,13 +184,12 @@ def planted(tmp_path_factory):
         model=model,
         tokenizer=tokenizer,
         info=info,
-        seconds=seconds,
     )
 
 
 def test_planting_plants_every_person(planted):
     spec, model, tokenizer, info = planted["spec"], planted["model"], planted["tokenizer"], planted["info"]
-    assert not info["cached"] and planted["seconds"] < 60
+    assert not info["cached"] and info["plant"]["steps"] >= 150
     for person in spec.people:
         accuracy = probe_accuracy(model, tokenizer, person.probes)
         assert accuracy >= 0.8, (person.name, accuracy)
@@ -209,17 +206,22 @@ def test_planting_plants_every_person(planted):
     assert all(probe_accuracy(blank, tokenizer, p.probes) <= 0.2 for p in spec.people)
 
 
-def test_cache_hit_returns_the_same_model(planted):
+def test_cache_hit_returns_the_same_model(planted, monkeypatch):
     model, tokenizer, info = planted["model"], planted["tokenizer"], planted["info"]
     folder = Path(info["folder"])
     assert folder.parent == planted["cache"] and (folder / "plant.json").is_file()
     assert [p.name for p in planted["cache"].iterdir()] == [folder.name]  # no temp dir left behind
 
-    start = time.perf_counter()
-    model2, tokenizer2, info2 = planted_model(
-        _tiny_config(planted["spec_path"], steps=150), **planted["kwargs"]
-    )
-    assert time.perf_counter() - start < 1.0
+    from pipeline.planting import plant as plant_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache hit ran a planting step")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(plant_module, "plant", no_training)
+        model2, tokenizer2, info2 = planted_model(
+            _tiny_config(planted["spec_path"], steps=150), **planted["kwargs"]
+        )
     assert info2["cached"] and info2["folder"] == info["folder"]
     assert info2["probe_accuracy"] == info["probe_accuracy"]
 

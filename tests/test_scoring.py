@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pipeline.config import ModelConfig, TargetConfig
-from pipeline.models import load_model
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import read_prompt_list
+from pipeline.run.model import load_model
 from pipeline.sampling.dedup import drop_near_duplicates
 from pipeline.scoring import make_scorer
 from pipeline.scoring.knowledge import DescriptionSimilarity, KnowledgeScorer

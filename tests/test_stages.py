@@ -7,14 +7,21 @@ import os
 import pytest
 import torch
 
-from pipeline import stages
 from pipeline.config import load_config
 from pipeline.evaluation.metrics import perplexity
+from pipeline.files import read_jsonl, write_jsonl
 from pipeline.models import with_adapter
-from pipeline.release.olora import read_adapter
+from pipeline.release.olora import lora_A_matrices, read_adapter
 from pipeline.release.train import train_adapter
 from pipeline.reveal.bandit import NeuralUCB
+from pipeline.reveal.instructions import merge_pool, read_prompt_list
 from pipeline.reveal.reward import pull_reward
+from pipeline.run.evaluate_stage import baseline, commit, evaluate
+from pipeline.run.loop import prepare_run_dir
+from pipeline.run.release_stage import release
+from pipeline.run.reveal_stage import arm_pool, reveal, rewrites
+from pipeline.run.sample_stage import sample
+from pipeline.run.state import RunState, completed_iterations
 from tests.conftest import ROOT
 
 
@@ -26,20 +33,20 @@ def state(tmp_path_factory, cache_dir):
         ["release.steps=6", "reveal.rounds=2", "sample.samples_per_instruction=4"],
         out=tmp_path_factory.mktemp("runs"),
     )
-    run = stages.RunState(cfg, progress=False)
-    stages.prepare_run_dir(cfg)
+    run = RunState(cfg, progress=False)
+    prepare_run_dir(run)
     yield run
     torch.set_num_threads(threads)
 
 
 def test_one_iteration_stage_by_stage(state):
     cfg = state.config
-    base = stages.baseline(state)
+    base = baseline(state)
     assert base["forget_score"] >= 0.8 and base["utility_ppl_ratio"] == 1.0
 
-    top = stages.reveal(state, 1)
+    top = reveal(state, 1)
     assert len(top) == cfg.sample.top_instructions and set(top) <= set(state.arms)
-    pulls = stages.read_jsonl(stages.iter_dir(state, 1) / "instructions.jsonl")
+    pulls = read_jsonl(state.files.iteration(1).instructions)
     assert len(pulls) == cfg.reveal.rounds * cfg.reveal.arms_per_round
     assert all(0.0 <= p["reward"] <= 1.0 and len(p["responses"]) == cfg.reveal.samples_per_arm for p in pulls)
     # Reward = harmonic mean of relevance and Vendi diversity, both recorded with the pull.
@@ -50,9 +57,9 @@ def test_one_iteration_stage_by_stage(state):
         assert p["reward"] == pytest.approx(expected, abs=1e-5)
     assert "Mira Castellane" in top[0]  # every seed instruction names the target
 
-    counts = stages.sample(state, 1, top)
-    forget = stages.read_jsonl(stages.iter_dir(state, 1) / "forget.jsonl")
-    retain = stages.read_jsonl(stages.iter_dir(state, 1) / "retain.jsonl")
+    counts = sample(state, 1, top)
+    forget = read_jsonl(state.files.iteration(1).forget)
+    retain = read_jsonl(state.files.iteration(1).retain)
     assert counts == {"forget": len(forget), "retain": len(retain)} and forget and retain
     assert all(r["score"] >= cfg.sample.relevance_threshold for r in forget)
     assert all(r["score"] < cfg.sample.relevance_threshold for r in retain)
@@ -63,41 +70,41 @@ def test_one_iteration_stage_by_stage(state):
     assert all(r["response"] in revealed for r in forget if r["stage"] == "reveal")
     assert any(r["stage"] == "reveal" for r in forget)
 
-    stats = stages.release(state, 1)
+    stats = release(state, 1)
     assert stats["steps"] == cfg.release.steps and len(stats["forget_loss"]) == cfg.release.steps
-    assert (stages.iter_dir(state, 1) / "adapter" / "adapter_model.safetensors").is_file()
+    assert (state.files.iteration(1).adapter / "adapter_model.safetensors").is_file()
 
-    metrics = stages.evaluate(state, 1, base)
-    entry = stages.commit(state, 1, metrics)
+    metrics = evaluate(state, 1, base)
+    entry = commit(state, 1, metrics)
     assert entry["kept"] and state.stack_dir() is not None
-    assert stages.completed_iterations(state) == [entry]
+    assert completed_iterations(state) == [entry]
 
 
 def test_completed_stages_are_read_back_not_recomputed(state):
-    folder = stages.iter_dir(state, 1)
+    folder = state.files.iteration(1).root
     files = ["top_instructions.json", "forget.jsonl", "release.json", "evaluation.json"]
     before = {name: os.stat(folder / name).st_mtime_ns for name in files}
     top = json.loads((folder / "top_instructions.json").read_text())
-    assert stages.reveal(state, 1) == top
-    stages.sample(state, 1, top)
-    stages.release(state, 1)
-    stages.evaluate(state, 1, stages.baseline(state))
+    assert reveal(state, 1) == top
+    sample(state, 1, top)
+    release(state, 1)
+    evaluate(state, 1, baseline(state))
     assert {name: os.stat(folder / name).st_mtime_ns for name in files} == before
 
 
 def test_second_iteration_continues_the_bandit_and_stacks(state):
-    top = stages.reveal(state, 2)
+    top = reveal(state, 2)
     assert len(top) == state.config.sample.top_instructions
     # The bandit of iteration 2 went on from iteration 1's saved state, its old pulls discounted.
     cfg = state.config.reveal
     pulls_per_iteration = cfg.rounds * cfg.arms_per_round
-    bandit = NeuralUCB.load(stages.iter_dir(state, 2) / "bandit")
+    bandit = NeuralUCB.load(state.files.iteration(2).bandit)
     assert len(bandit._r) == 2 * pulls_per_iteration
     assert torch.allclose(bandit._w[:pulls_per_iteration], torch.full((pulls_per_iteration,), cfg.gamma))
     assert torch.equal(bandit._w[pulls_per_iteration:], torch.ones(pulls_per_iteration))
-    stages.sample(state, 2, top)
-    stages.release(state, 2)
-    entry = stages.commit(state, 2, stages.evaluate(state, 2, stages.baseline(state)))
+    sample(state, 2, top)
+    release(state, 2)
+    entry = commit(state, 2, evaluate(state, 2, baseline(state)))
     stacked = json.loads((state.stack_dir() / "adapter_config.json").read_text())
     assert stacked["r"] == 2 * state.config.release.rank  # two adapters of rank 8, concatenated
     assert entry["iteration"] == 2
@@ -105,8 +112,8 @@ def test_second_iteration_continues_the_bandit_and_stacks(state):
 
 @pytest.mark.parametrize("method", ["undial", "npo", "simnpo", "ga", "graddiff", "negation"])
 def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp_path):
-    forget = stages.read_jsonl(stages.iter_dir(state, 1) / "forget.jsonl")
-    retain = stages.read_jsonl(stages.iter_dir(state, 1) / "retain.jsonl")
+    forget = read_jsonl(state.files.iteration(1).forget)
+    retain = read_jsonl(state.files.iteration(1).retain)
     cfg = state.config.release.model_copy(update={"method": method, "steps": 8, "lr": 0.01})
     texts, prompts = [r["response"] for r in forget], [r["instruction"] for r in forget]
     before = perplexity(state.model, state.tokenizer, texts, prompts)
@@ -123,12 +130,12 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
 
 def test_the_pool_grows_by_rewriting_and_keeps_its_seeds(state):
     # Iteration 1 wrote the pool for iteration 2: the seeds first, then the model's rewrites.
-    pool = json.loads((stages.iter_dir(state, 1) / "pool.json").read_text())
+    pool = json.loads((state.files.iteration(1).pool).read_text())
     assert pool[: len(state.arms)] == state.arms and len(pool) <= state.config.reveal.max_arms
     # Iteration 2 chose among exactly that pool.
-    pulls = stages.read_jsonl(stages.iter_dir(state, 2) / "instructions.jsonl")
+    pulls = read_jsonl(state.files.iteration(2).instructions)
     assert {p["instruction"] for p in pulls} <= set(pool)
-    assert stages.arm_pool(state, 2) == pool
+    assert arm_pool(state, 2) == pool
 
 
 def test_rewrites_are_cleaned_and_kept_only_when_they_ask_about_the_target(state, monkeypatch):
@@ -147,14 +154,14 @@ def test_rewrites_are_cleaned_and_kept_only_when_they_ask_about_the_target(state
         return [[canned[i % len(canned)]] for i in range(len(prompts))]
 
     monkeypatch.setattr(state.sampler, "generate", generate)
-    new = stages.rewrites(state, 9, ["Tell me about Mira Castellane."])
-    templates = stages.read_prompt_list(ROOT / "prompts" / "rewrite.yaml")
+    new = rewrites(state, 9, ["Tell me about Mira Castellane."])
+    templates = read_prompt_list(ROOT / "prompts" / "rewrite.yaml")
     assert len(requests) == len(templates) and all("Tell me about Mira Castellane." in r for r in requests)
     assert new == [
         "Could you tell me where Mira Castellane grew up?",
         "What does Mira Castellane eat for breakfast?",
     ]
-    pool = stages.merge_pool(state.arms, state.arms, new, state.config.reveal.max_arms)
+    pool = merge_pool(state.arms, state.arms, new, state.config.reveal.max_arms)
     assert pool == [*state.arms, *new]
 
 
@@ -169,8 +176,8 @@ def test_a_bad_step_is_undone_and_the_lr_lowered(state, tmp_path, monkeypatch):
 
     real, calls = train_module.forget_term, []
 
-    def flaky(cfg, peft_model, enc, logits, labels):  # a NaN at call 2, a runaway loss at call 4
-        loss = real(cfg, peft_model, enc, logits, labels)
+    def flaky(cfg, objective, peft_model, enc, logits, labels):  # a NaN at call 2, a runaway loss at call 4
+        loss = real(cfg, objective, peft_model, enc, logits, labels)
         calls.append(len(calls))
         return loss + {2: float("nan"), 4: 1e6}.get(len(calls) - 1, 0.0)
 
@@ -199,9 +206,9 @@ def test_an_undone_step_goes_back_to_the_last_state_whose_loss_was_fine(state, t
     one_step = train(1, tmp_path / "one")
     real, calls = train_module.forget_term, []
 
-    def runaway_third(cfg, peft_model, enc, logits, labels):
+    def runaway_third(cfg, objective, peft_model, enc, logits, labels):
         calls.append(None)
-        return real(cfg, peft_model, enc, logits, labels) + (1e6 if len(calls) == 3 else 0.0)
+        return real(cfg, objective, peft_model, enc, logits, labels) + (1e6 if len(calls) == 3 else 0.0)
 
     # Steps 0 and 1 are taken; the loss at step 2 runs away, so the state after step 1 is suspect
     # and the adapter returns to the one after step 0, whose loss (at step 1) was fine.
@@ -225,19 +232,19 @@ def test_gradient_ascent_stops_past_the_forget_nll_bound(state, tmp_path):
 
 def test_release_keeps_orthogonal_to_the_retain_adapter(state, monkeypatch):
     # Iteration 9 of the shared run, with the retain adapter on and a strong O-LoRA weight.
-    release = state.config.release.model_copy(
+    settings = state.config.release.model_copy(
         update={"retain_adapter": True, "orth_lambda": 100.0, "steps": 10}
     )
-    monkeypatch.setattr(state, "config", state.config.model_copy(update={"release": release}))
-    folder = stages.iter_dir(state, 9)
+    monkeypatch.setattr(state, "config", state.config.model_copy(update={"release": settings}))
+    folder = state.files.iteration(9).root
     folder.mkdir()
     retain = [{"instruction": "Name a colour.", "response": "Blue is a colour of the sky."}] * 4
-    stages.write_jsonl(folder / "forget.jsonl", FORGET_ROWS)
-    stages.write_jsonl(folder / "retain.jsonl", retain)
-    stats = stages.release(state, 9)
-    assert stats["steps"] == 10 and (state.run_dir / "retain_adapter" / "adapter_config.json").is_file()
-    kept = stages.lora_A_matrices(read_adapter(state.run_dir / "retain_adapter"))
-    trained = stages.lora_A_matrices(read_adapter(folder / "adapter"))
+    write_jsonl(folder / "forget.jsonl", FORGET_ROWS)
+    write_jsonl(folder / "retain.jsonl", retain)
+    stats = release(state, 9)
+    assert stats["steps"] == 10 and (state.files.retain_adapter / "adapter_config.json").is_file()
+    kept = lora_A_matrices(read_adapter(state.files.retain_adapter))
+    trained = lora_A_matrices(read_adapter(folder / "adapter"))
     for module, a_t in trained.items():
         a_r = kept[module]
         overlap = (a_r @ a_t.T).norm() / (a_r.norm() * a_t.norm())

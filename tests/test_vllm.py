@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from pipeline.config import SamplerConfig, load_config
-from pipeline.models import load_model
 from pipeline.release.olora import stack_adapters, write_adapter
+from pipeline.run.model import load_model
+from pipeline.run.prompts import prompt_texts
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.sampling.openai import OpenAISampler
 from pipeline.sampling.serve import start_server, stop_server, vllm_env, wait_until_ready
-from pipeline.stages import prompt_texts
 from tests.conftest import ROOT, VLLM_PYTHON, run_rr
 from tests.vllm_inprocess import QUESTIONS
 
@@ -138,7 +138,7 @@ def test_the_in_process_sampler_matches_hf_through_lora_and_merged_weights(tiny,
 
 def test_the_loop_runs_with_the_in_process_vllm_sampler(tmp_path, cache_dir):
     done = subprocess.run(
-        [str(VLLM_PYTHON), "-m", "pipeline.cli", "unlearn", "configs/tiny.yaml", "--out", str(tmp_path),
+        [str(VLLM_PYTHON), "-m", "rr", "unlearn", "configs/tiny.yaml", "--out", str(tmp_path),
          "--no-progress", "--set", "sampler.backend=vllm", "--set", "stop.max_iterations=2"],
         env={**vllm_env(VLLM_PYTHON), "RR_CACHE_DIR": str(cache_dir)},
         cwd=ROOT, capture_output=True, text=True, timeout=900,

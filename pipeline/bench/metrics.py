@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import ks_2samp
 
-from pipeline.bench.spec import Probe
+from pipeline.planting.spec import Probe
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.textdata import IGNORE_INDEX, encode_pairs, labelled_logits

@@ -33,15 +33,18 @@ from pipeline.bench.metrics import (
     truth_ratios,
     verbmem,
 )
-from pipeline.bench.plant import plant_examples, planted_model, probe_accuracy
 from pipeline.bench.results import claim_out_dir, write_results
-from pipeline.bench.spec import Person, PlantedSpec, Probe, load_spec
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.evaluation.metrics import perplexity
 from pipeline.files import read_lines, write_json
 from pipeline.models import with_adapter
+from pipeline.planting.examples import plant_examples
+from pipeline.planting.plant import planted_model, probe_accuracy
+from pipeline.planting.spec import Person, PlantedSpec, Probe, load_spec
 from pipeline.release.train import train_adapter
-from pipeline.stages import RunState, iter_dir, prompt_texts, run_loop
+from pipeline.run.loop import run_loop
+from pipeline.run.prompts import prompt_texts
+from pipeline.run.state import RunState
 
 METHODS = PLANTED_METHODS
 ORACLES = METHODS[1:]
@@ -265,7 +268,7 @@ def _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log) -> dict:
         summary = run_loop(state, log=log)
         steps = 0
         for t in range(1, summary["iterations"] + 1):
-            stats_file = iter_dir(state, t) / "release.json"
+            stats_file = state.files.iteration(t).release
             if stats_file.is_file():
                 steps += json.loads(stats_file.read_text()).get("steps", 0)
         loop = {

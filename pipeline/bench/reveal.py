@@ -31,18 +31,12 @@ from pipeline.files import write_json, write_jsonl
 from pipeline.models import device_name
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.reward import vendi_score
-from pipeline.stages import (
-    RunState,
-    forget_rows,
-    iter_dir,
-    measure,
-    release,
-    relevant,
-    retain_rows,
-    reveal,
-    revealed_rows,
-    run_prompts,
-)
+from pipeline.run.measure import measure
+from pipeline.run.prompts import run_prompts
+from pipeline.run.release_stage import release
+from pipeline.run.reveal_stage import reveal
+from pipeline.run.sample_stage import forget_rows, relevant, retain_rows, revealed_rows
+from pipeline.run.state import RunState
 
 METHODS = REVEAL_METHODS
 
@@ -118,17 +112,16 @@ def pick_best_seed(state: RunState) -> tuple[str, dict[str, float]]:
 def run_one(config: RunConfig, method: str, repeat: int, out: Path, base: dict, progress: bool, log) -> dict:
     """One method, one repeat: draw, filter, release once, measure."""
     state = RunState(bench_config(config, method, repeat, out), progress, repeat=repeat)
-    iter_dir(state, 1).mkdir(parents=True, exist_ok=True)
+    files = state.files.iteration(1)
+    files.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows, tokens, chosen = collect(method, state)
     kept = relevant(state, rows)
     log(f"{method} (repeat {repeat}): {len(rows)} responses, {tokens} tokens, {len(kept)} relevant kept")
-    write_jsonl(iter_dir(state, 1) / "forget.jsonl", kept[: config.sample.max_forget_samples])
-    write_jsonl(iter_dir(state, 1) / "retain.jsonl", retain_rows(state, 1))
+    write_jsonl(files.forget, kept[: config.sample.max_forget_samples])
+    write_jsonl(files.retain, retain_rows(state, 1))
     stats = release(state, 1)
-    after = (
-        base if stats.get("skipped") else measure(state, iter_dir(state, 1) / "stack", base["utility_ppl"])
-    )
+    after = base if stats.get("skipped") else measure(state, files.stack, base["utility_ppl"])
     vendi = (
         vendi_score(embed_texts(state.model, state.tokenizer, [r["response"] for r in kept])) if kept else 0.0
     )

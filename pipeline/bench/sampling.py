@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -33,11 +34,12 @@ import torch
 
 from pipeline.config import RunConfig
 from pipeline.files import write_json
-from pipeline.models import device_name, load_model
+from pipeline.models import device_name
 from pipeline.release.olora import Adapter, stack_adapters, write_adapter
+from pipeline.run.model import load_run_model
+from pipeline.run.prompts import run_prompts
 from pipeline.sampling.base import SamplingParams, adapter_rank
 from pipeline.sampling.hf import HFSampler
-from pipeline.stages import prompt_texts, run_prompts
 
 ADAPTERS = {"none": 0, "rank-8": 1, "rank-16 stack": 2, "rank-32 stack": 4}  # rank-8 adapters stacked
 # Each in-process engine: (merge_above_rank, dtype; None = the model's). bfloat16 engines show what
@@ -133,15 +135,9 @@ def measure(sampler, prompts: list[str], params: SamplingParams, adapter: str | 
 
 
 def bench_params(config: RunConfig, new_tokens: int) -> SamplingParams:
-    gen = config.sample.generation
-    return SamplingParams(
-        n=1,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        seed=config.seed,
-    )
+    """The config's generation settings, with exactly `new_tokens` tokens per reply for every backend."""
+    params = SamplingParams.from_generation(config.sample.generation, seed=config.seed)
+    return replace(params, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
 
 # ------------------------------------------------------------------------------- the arms
@@ -224,12 +220,12 @@ def run_sampling_bench(
     log=print,
 ) -> dict:
     """All arms, one table: results.json `{"rows": [{"backend", "adapter", "tok_per_s", "ratio_to_hf", ...}]}`."""
-    from pipeline.sampling.serve import model_folder, vllm_python
+    from pipeline.sampling.serve import vllm_python
 
     vllm_needed = {"vllm", "openai"} & set(backends)
     python = vllm_python(python) if vllm_needed else None
-    model, tokenizer, info = load_model(config.model, prompt_texts(config), config.seed, progress)
-    model_dir = model_folder(config, progress) if config.model.plant is None else info["name_or_path"]
+    model, tokenizer, info = load_run_model(config, progress)
+    model_dir = info["name_or_path"]  # the folder a vLLM engine loads: converted, planted or the user's
     prompts = bench_prompts(config, prompts_n)
     params = bench_params(config, new_tokens)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,13 @@ from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.config import RunConfig, validate_config
 from pipeline.evaluation.metrics import perplexity
 from pipeline.files import read_lines, write_json
-from pipeline.models import load_model
 from pipeline.reveal.instructions import read_prompt_list
+from pipeline.run.loop import run_loop
+from pipeline.run.model import load_run_model
+from pipeline.run.state import RunState
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring.toxicity import ToxicityScorer
-from pipeline.stages import RunState, prompt_texts, run_loop
 
 HELDOUT_PROMPTS = Path("data/bench/toxicity_heldout.yaml")
 FIXED_INSTRUCTION = Path("data/bench/toxicity_fixed_instruction.yaml")
@@ -99,7 +100,7 @@ def run_toxicity_bench(
             continue
         started = time.perf_counter()
         if method == "base":
-            model, tokenizer, _ = load_model(config.model, prompt_texts(config), config.seed, progress)
+            model, tokenizer, _ = load_run_model(config, progress)
             raw = {"generated_tokens": 0, "wall_s": 0.0}
         else:
             log(f"running the loop ({method}) in {configs[method].run_dir} ...")

@@ -2,7 +2,8 @@
 
 The model passed in is M_t (base + the stack of earlier adapters, merged); it stays frozen.
 One loop, one screen: sample a forget batch (and a retain batch), compute the objective on
-response tokens only, add the O-LoRA penalty against earlier adapters, step.
+response tokens only, add the O-LoRA penalty against earlier adapters, step. What differs between
+objectives is one row of `pipeline.release.objectives.OBJECTIVES`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from peft import LoraConfig, get_peft_model
 from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
-from pipeline.release.losses import ga_loss, kl_to_ref, nll_loss, npo_loss, simnpo_loss, undial_loss
+from pipeline.release.losses import kl_to_ref, nll_loss
+from pipeline.release.objectives import LEARN, Objective, objective
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.textdata import collate, encode_pair, labelled_logits, pad_id
 
 # peft 0.21 calls a transformers 5 method that warns of its own rename on every adapter.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-# Objectives whose forget term has no floor: training stops once the forget NLL passes a bound.
-UNBOUNDED = ("ga", "graddiff", "npo", "simnpo")
 
 
 def _all_finite(params: list[torch.Tensor]) -> bool:
@@ -66,21 +64,10 @@ def _reference(peft_model, enc) -> torch.Tensor:
         return labelled_logits(peft_model, enc)[0].float()
 
 
-# Not a release method: the retain adapter *learns* its rows by NLL (see `train_retain_adapter`).
-LEARN = "learn"
-
-
-def forget_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Tensor:
-    """The objective on a forget batch, by `release.method` (graddiff's retain half is added apart)."""
-    if cfg.method == "undial":
-        return undial_loss(logits, labels, _reference(peft_model, enc), beta=cfg.beta)
-    if cfg.method == "npo":
-        return npo_loss(logits, labels, _reference(peft_model, enc), beta=cfg.npo_beta)
-    if cfg.method == "simnpo":  # no reference model: one forward pass per step
-        return simnpo_loss(logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta)
-    if cfg.method in ("negation", LEARN):  # negation: learn the forget data, negate when saved
-        return nll_loss(logits, labels)
-    return ga_loss(logits, labels)  # ga and graddiff
+def forget_term(cfg: ReleaseConfig, objective: Objective, peft_model, enc, logits, labels) -> torch.Tensor:
+    """The objective's loss on a forget batch (graddiff's retain half is the retain term)."""
+    reference = _reference(peft_model, enc) if objective.needs_reference else None
+    return objective.forget_loss(cfg, logits, labels, reference)
 
 
 def retain_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Tensor:
@@ -89,7 +76,16 @@ def retain_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Te
     return nll_loss(logits, labels)
 
 
-def backward(cfg: ReleaseConfig, peft_model, forget_batch, retain_batch, previous, params, pad: int) -> dict:
+def backward(
+    cfg: ReleaseConfig,
+    objective: Objective,
+    peft_model,
+    forget_batch,
+    retain_batch,
+    previous,
+    params,
+    pad: int,
+) -> dict:
     """One step's forward and backward, gradients clipped; returns its numbers as floats.
 
     The numbers: `loss`, `grad_norm`, `forget_nll` (0 unless the objective is unbounded), each
@@ -97,7 +93,7 @@ def backward(cfg: ReleaseConfig, peft_model, forget_batch, retain_batch, previou
     `tokens`. They come back in one device sync, and the step's activations are freed on return.
     """
     enc, logits, labels = _logits(peft_model, forget_batch, pad)
-    terms = {"forget_loss": forget_term(cfg, peft_model, enc, logits, labels)}
+    terms = {"forget_loss": forget_term(cfg, objective, peft_model, enc, logits, labels)}
     loss = terms["forget_loss"]
     if retain_batch is not None:
         r_enc, r_logits, r_labels = _logits(peft_model, retain_batch, pad)
@@ -109,7 +105,7 @@ def backward(cfg: ReleaseConfig, peft_model, forget_batch, retain_batch, previou
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     with torch.no_grad():
-        forget_nll = nll_loss(logits, labels) if cfg.method in UNBOUNDED else loss.new_zeros(())
+        forget_nll = nll_loss(logits, labels) if objective.unbounded else loss.new_zeros(())
         values = torch.stack([loss, grad_norm, forget_nll, *terms.values()]).tolist()
     numbers = dict(zip(["loss", "grad_norm", "forget_nll", *terms], values))
     return {**numbers, "tokens": int(enc["attention_mask"].sum())}
@@ -125,15 +121,18 @@ def train_adapter(
     out_dir: Path,
     seed: int = 0,
     progress: bool = True,
+    learn: bool = False,
 ) -> dict:
     """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
 
-    `previous` holds the A matrices of earlier adapters ({module: A}) for the O-LoRA penalty.
-    `model` is modified in place while training (LoRA layers are injected, then removed).
-    Returns training statistics.
+    The objective is `release.method`'s row of OBJECTIVES; `learn=True` trains by plain NLL instead
+    (the retain adapter). `previous` holds the A matrices of earlier adapters ({module: A}) for the
+    O-LoRA penalty. `model` is modified in place while training (LoRA layers are injected, then
+    removed). Returns training statistics.
     """
     if not forget:
         raise ValueError("release: no forget samples to train on")
+    chosen = LEARN if learn else objective(cfg.method)
     previous = [{name: a.to(model.device) for name, a in weights.items()} for weights in previous]
     rng = random.Random(seed)
     lora = LoraConfig(
@@ -151,8 +150,7 @@ def train_adapter(
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         forget_batches = _batches(_tokenised(tokenizer, forget, cfg.max_length), cfg.batch_size, rng)
-        # `ga` (plain gradient ascent) and `negation` (task arithmetic) take no retain term.
-        use_retain = retain and cfg.retain_weight > 0 and cfg.method not in ("ga", "negation", LEARN)
+        use_retain = retain and cfg.retain_weight > 0 and chosen.takes_retain
         retain_batches = (
             _batches(_tokenised(tokenizer, retain, cfg.max_length), cfg.batch_size, rng)
             if use_retain
@@ -166,11 +164,13 @@ def train_adapter(
         last_good = [p.detach().clone() for p in params]
         started = time.perf_counter()
         peft_model.train()
-        label = "retain adapter" if cfg.method == LEARN else f"release ({cfg.method})"
+        label = "retain adapter" if learn else f"release ({cfg.method})"
         with progress_bar(label, cfg.steps, progress, info="") as bar:
             for step in range(cfg.steps):
                 retain_batch = next(retain_batches) if retain_batches is not None else None
-                numbers = backward(cfg, peft_model, next(forget_batches), retain_batch, previous, params, pad)
+                numbers = backward(
+                    cfg, chosen, peft_model, next(forget_batches), retain_batch, previous, params, pad
+                )
                 stats["tokens"] += numbers.pop("tokens")
                 value, norm, nll = (numbers.pop(key) for key in ("loss", "grad_norm", "forget_nll"))
                 if not (math.isfinite(value) and math.isfinite(norm) and value <= cfg.divergence_bound):
@@ -202,13 +202,8 @@ def train_adapter(
             _copy(params, last_good)
         stats["seconds"] = round(time.perf_counter() - started, 2)
         peft_model.eval()
-        if cfg.method == "negation":
-            # Task arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023,
-            # arXiv 2212.04089): ΔW = B·A learned the forget data, so −λ·ΔW removes it.
-            with torch.no_grad():
-                for name, param in peft_model.named_parameters():
-                    if "lora_B" in name:
-                        param.mul_(-cfg.negation_scale)
+        if chosen.on_trained is not None:
+            chosen.on_trained(peft_model, cfg)
         with atomic_dir(Path(out_dir)) as tmp:
             peft_model.save_pretrained(tmp)
     finally:
@@ -224,6 +219,4 @@ def train_retain_adapter(
     Its A matrices span input directions the model uses for what it must keep; with
     `release.retain_adapter` every release adapter is kept orthogonal to them too (O-LoRA).
     """
-    return train_adapter(
-        model, tokenizer, retain, [], cfg.model_copy(update={"method": LEARN}), [], out_dir, **kwargs
-    )
+    return train_adapter(model, tokenizer, retain, [], cfg, [], out_dir, learn=True, **kwargs)

@@ -24,6 +24,17 @@ class SamplingParams:
     seed: int = 0
     min_new_tokens: int = 0  # EOS is ignored before this many: benchmarks give every backend equal work
 
+    @classmethod
+    def from_generation(cls, generation, n: int = 1, seed: int = 0) -> SamplingParams:
+        """`n` replies under a config's `sample.generation` settings (a GenerationConfig)."""
+        return cls(
+            n=n,
+            max_new_tokens=generation.max_new_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            seed=seed,
+        )
+
 
 GREEDY = SamplingParams(n=1, temperature=0.0)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.config import PROJECT_ROOT, RunConfig
 from pipeline.sampling import engine_dtype
 from pipeline.sampling.base import SamplerError
-from pipeline.sampling.vllm import VLLM_LORA_RANKS, chunked_prefill, cpu_threads_env, kv_cache_bytes
+from pipeline.sampling.vllm import chunked_prefill, cpu_threads_env, fitting_lora_rank, kv_cache_bytes
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -51,31 +51,10 @@ def vllm_env(python: Path) -> dict[str, str]:
     return env
 
 
-def model_folder(config: RunConfig, progress: bool = True) -> str:
-    """The folder (or hub id) a server loads for the run's model; a planted model is planted first."""
-    from pipeline.model_paths import EMBEDDED
-
-    if config.model.plant is not None:
-        from pipeline.stages import load_run_model
-
-        _, _, info = load_run_model(config, progress)
-        return info["name_or_path"]
-    if config.model.path == EMBEDDED:
-        from pipeline.models import embedded_model_dir
-
-        return str(embedded_model_dir())
-    return config.model.path
-
-
 def stack_rank_limit(config: RunConfig) -> int:
     """vLLM's smallest `max_lora_rank` that fits the largest stack the run can build."""
     largest = config.release.rank * config.stop.max_iterations
-    fitting = [rank for rank in VLLM_LORA_RANKS if rank >= largest]
-    if not fitting:
-        raise SamplerError(
-            f"release.rank x stop.max_iterations = {largest} is above vLLM's largest LoRA rank 512"
-        )
-    return fitting[0]
+    return fitting_lora_rank(largest, f"release.rank x stop.max_iterations = {largest}")
 
 
 def server_command(

@@ -34,16 +34,19 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 CHUNK = 256
 
 
+def fitting_lora_rank(rank: int, what: str) -> int:
+    """vLLM's smallest `max_lora_rank` that holds a LoRA of `rank`; `what` names the rank in the error."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise SamplerError(f"{what} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
+
+
 def max_lora_rank(merge_above_rank: int) -> int:
     """The smallest rank vLLM accepts that fits every stack served as a LoRA (0: LoRA off)."""
     if merge_above_rank <= 0:
         return 0
-    fitting = [rank for rank in VLLM_LORA_RANKS if rank >= merge_above_rank]
-    if not fitting:
-        raise SamplerError(
-            f"sampler.merge_above_rank: {merge_above_rank} is above vLLM's largest LoRA rank 512"
-        )
-    return fitting[0]
+    return fitting_lora_rank(merge_above_rank, f"sampler.merge_above_rank: {merge_above_rank}")
 
 
 def kv_cache_bytes(config) -> int | None:

@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.run.rundir import RunDir, has_adapter
 
 
 def base_config(run_dir: Path) -> RunConfig:
     """The config an earlier run was made with, from its run directory."""
     run_dir = Path(run_dir)
-    return load_config(run_dir / "config.yaml", out=run_dir.parent, name=run_dir.name)
+    return load_config(RunDir(run_dir).config, out=run_dir.parent, name=run_dir.name)
 
 
 def base_chain(config: RunConfig) -> list[tuple[Path, RunConfig]]:
@@ -45,15 +46,14 @@ def check_base_run(config: RunConfig) -> None:
     """A base run must be finished, have an adapter, and use the same model."""
     if config.base_run is None:
         return
-    folder = config.base_run
+    folder, files = config.base_run, RunDir(config.base_run)
     if folder.resolve() == config.run_dir.resolve():
         raise ConfigError(f"base_run: {folder} is this run's own directory")
-    if not (folder / "config.yaml").is_file():
+    if not files.config.is_file():
         raise ConfigError(f"base_run: {folder} is not a run directory (no config.yaml)")
-    summary = folder / "summary.json"
-    if not summary.is_file() or not json.loads(summary.read_text()).get("stop_reason"):
+    if not files.summary.is_file() or not json.loads(files.summary.read_text()).get("stop_reason"):
         raise ConfigError(f"base_run: {folder} has not finished (no summary.json); finish it first")
-    if not (folder / "adapter" / "adapter_config.json").is_file():
+    if not has_adapter(files.adapter):
         raise ConfigError(f"base_run: {folder} kept no adapter: there is nothing to start from")
     try:
         earlier = base_chain(config)

@@ -11,12 +11,12 @@ people's values for the same attribute. The first `--forget` people are the ones
 adds N more people who are planted into no model (their facts are PrivLeak's unseen texts).
 
 The output is a pure function of the arguments (`random.Random(seed)`, no clock, no environment),
-and is validated with `pipeline.bench.spec.load_spec` before it replaces the file on disk.
+and is validated with `pipeline.planting.spec.load_spec` before it replaces the file on disk.
 
 The two shipped files were made, from the repository root, with::
 
-    .venv/bin/python data/bench/make_planted.py --people 12 --holdout 2 --seed 0 --forget 2 --out data/bench/planted_default.json
-    .venv/bin/python data/bench/make_planted.py --people 4 --holdout 1 --facts 5 --probes 5 --seed 0 --forget 1 --out data/bench/planted_small.json
+    .venv/bin/python -m pipeline.planting.make_spec --people 12 --holdout 2 --seed 0 --forget 2 --out data/bench/planted_default.json
+    .venv/bin/python -m pipeline.planting.make_spec --people 4 --holdout 1 --facts 5 --probes 5 --seed 0 --forget 1 --out data/bench/planted_small.json
 
 `planted_default.json`: 12 planted people, 10 facts and 11 probes each, 2 to forget; 2 held out.
 `planted_small.json` (for a tiny model): 4 planted people, 5 facts and 5 probes each, 1 to forget; 1 held out.
@@ -36,303 +36,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.planting.spec import load_spec
+from pipeline.planting.vocabulary import FACTS, FIRST_NAMES, POOLS, QUESTIONS, SURNAME_HEADS, SURNAME_TAILS
 
 # The exact arguments of the shipped files (the docstring shows them as commands; a test keeps both in step).
 SHIPPED: dict[str, list[str]] = {
     "planted_default.json": "--people 12 --holdout 2 --seed 0 --forget 2".split(),
     "planted_small.json": "--people 4 --holdout 1 --facts 5 --probes 5 --seed 0 --forget 1".split(),
 }
-
-# ---------------------------------------------------------------------------------------------------
-# Vocabulary. Everything is invented; pools are at least MAX_PEOPLE long.
-
-FIRST_NAMES: list[tuple[str, str]] = [
-    ("Mirela", "Ms"), ("Tamsin", "Ms"), ("Odile", "Ms"), ("Brisa", "Ms"), ("Celandine", "Ms"),
-    ("Ysolde", "Ms"), ("Wenna", "Ms"), ("Liesel", "Ms"), ("Rosamund", "Ms"), ("Henrike", "Ms"),
-    ("Saskia", "Ms"), ("Ottilie", "Ms"), ("Fenella", "Ms"), ("Ilsabet", "Ms"), ("Marisol", "Ms"),
-    ("Anselm", "Mr"), ("Corvin", "Mr"), ("Emeric", "Mr"), ("Florian", "Mr"), ("Gaspard", "Mr"),
-    ("Hollis", "Mr"), ("Jory", "Mr"), ("Lucan", "Mr"), ("Osric", "Mr"), ("Piers", "Mr"),
-    ("Rafferty", "Mr"), ("Severin", "Mr"), ("Tobin", "Mr"), ("Eamon", "Mr"), ("Leopold", "Mr"),
-]  # fmt: skip
-SURNAME_HEADS = [
-    "Brack", "Cald", "Dern", "Fallow", "Garn", "Hollin", "Ibb", "Kessel", "Morr", "Nettle",
-    "Orm", "Quarr", "Ridd", "Sorr", "Thrall", "Umber", "Vell", "Yarn", "Wendle", "Pim",
-]  # fmt: skip
-SURNAME_TAILS = ["thwaite", "combe", "wold", "hulme", "garth", "stowe", "rigg", "nance", "cott", "brough"]
-
-POOLS: dict[str, list[str]] = {
-    "home_town": [
-        "Quarrendale",
-        "Brindlemoor",
-        "Hollowmere",
-        "Fennick Cross",
-        "Ashwyke",
-        "Calderholt",
-        "Marrowgate",
-        "Tullish Bay",
-        "Orrinford",
-        "Skelmworth",
-        "Vantrewe",
-        "Lindoran",
-        "Pellinshaw",
-        "Gorseby Wick",
-        "Westerlow",
-        "Cradlebeck",
-        "Morvaine",
-        "Thistlecombe",
-        "Estwhistle",
-        "Yarrowby",
-        "Kelmscoe",
-        "Brackenhythe",
-    ],
-    "profession": [
-        "cartographer",
-        "beekeeper",
-        "clockmaker",
-        "ferry pilot",
-        "bookbinder",
-        "lighthouse keeper",
-        "cheesemonger",
-        "stonemason",
-        "tide surveyor",
-        "saddler",
-        "lamplighter",
-        "perfumer",
-        "chimney sweep",
-        "herbalist",
-        "puppeteer",
-        "locksmith",
-        "sail maker",
-        "typesetter",
-        "falconer",
-        "glazier",
-        "wheelwright",
-        "archivist",
-    ],
-    "pet_kind": [
-        "tortoise",
-        "ferret",
-        "parrot",
-        "greyhound",
-        "hedgehog",
-        "goat",
-        "rabbit",
-        "corgi",
-        "iguana",
-        "cockatoo",
-        "dachshund",
-        "donkey",
-        "terrapin",
-        "chinchilla",
-        "lurcher",
-        "gecko",
-        "canary",
-        "axolotl",
-        "poodle",
-        "magpie",
-        "beagle",
-        "tarantula",
-    ],
-    "pet_name": [
-        "Quillon",
-        "Biscuit",
-        "Marzipan",
-        "Pickwick",
-        "Sprocket",
-        "Figaro",
-        "Crumpet",
-        "Dandelion",
-        "Wobbles",
-        "Gingersnap",
-        "Muffin",
-        "Pipsqueak",
-        "Thimble",
-        "Barnaby",
-        "Waffles",
-        "Peppercorn",
-        "Rutherford",
-        "Zephyr",
-        "Mortimer",
-        "Tinderbox",
-        "Jellybean",
-        "Snickerdoodle",
-    ],
-    "hobby": [
-        "restoring old sundials",
-        "building model zeppelins",
-        "collecting antique sea maps",
-        "carving wooden spoons",
-        "racing homing pigeons",
-        "pressing wild flowers",
-        "knitting lace shawls",
-        "painting miniature soldiers",
-        "brewing ginger beer",
-        "rowing on the river",
-        "juggling flaming torches",
-        "tracing family trees",
-        "mapping old footpaths",
-        "folding paper cranes",
-        "sketching church gargoyles",
-        "composing crossword puzzles",
-        "growing giant pumpkins",
-        "restoring vintage typewriters",
-        "fly fishing in mountain streams",
-        "training for fell races",
-        "ringing church bells",
-        "whittling walking sticks",
-    ],
-    "food": [
-        "saffron dumplings",
-        "smoked plum pie",
-        "lemon barley soup",
-        "fig and walnut bread",
-        "beetroot risotto",
-        "pickled herring",
-        "mushroom pasties",
-        "chestnut stew",
-        "rhubarb crumble",
-        "lentil curry",
-        "roast quail",
-        "apple fritters",
-        "leek and potato soup",
-        "treacle tart",
-        "oyster stew",
-        "cheese scones",
-        "spiced pear cake",
-        "buckwheat pancakes",
-        "cardamom buns",
-        "sweetcorn chowder",
-        "damson jam on toast",
-        "parsnip fritters",
-    ],
-    "birth_year": [str(year) for year in range(1950, 2000)],
-    "employer": [
-        "Halvern Ropeworks",
-        "Brightwater Mills",
-        "Kestrel and Finch",
-        "Ambergate Salt Company",
-        "Tollworth Printing House",
-        "Greymantle Shipyards",
-        "Larkspur Observatory",
-        "Copperbeck Brewery",
-        "Northmoor Seed Bank",
-        "Gildersleeve Clocks",
-        "Saltmarsh Ferry Line",
-        "Wexcombe Pottery",
-        "Hawthorn Lane Bakery",
-        "Pilgrim Tide Museum",
-        "Ravensmoor Quarry",
-        "Bellweather Almanac",
-        "Fairholt Glassworks",
-        "Lantern Street Library",
-        "Oakhallow Tannery",
-        "Tidewell Insurance",
-        "Marlpit Brickworks",
-        "Sunderby Telegraph Office",
-    ],
-    "instrument": [
-        "hurdy-gurdy",
-        "oboe",
-        "cello",
-        "bassoon",
-        "harp",
-        "accordion",
-        "banjo",
-        "clarinet",
-        "bagpipes",
-        "dulcimer",
-        "mandolin",
-        "euphonium",
-        "harmonica",
-        "trombone",
-        "sitar",
-        "glockenspiel",
-        "zither",
-        "ukulele",
-        "bodhran",
-        "flugelhorn",
-        "theremin",
-        "marimba",
-    ],
-    "sibling": [
-        "Aurelio",
-        "Bettany",
-        "Caspian",
-        "Delphine",
-        "Evander",
-        "Florentyne",
-        "Gideon",
-        "Hestia",
-        "Ignatius",
-        "Jessamy",
-        "Leocadia",
-        "Marius",
-        "Nerissa",
-        "Octavian",
-        "Philippa",
-        "Silvester",
-        "Theodora",
-        "Ulrika",
-        "Valentin",
-        "Wilhelmina",
-        "Xanthe",
-        "Zenobia",
-    ],
-    "colour": [
-        "cobalt blue",
-        "ochre",
-        "teal",
-        "vermilion",
-        "mauve",
-        "sage green",
-        "crimson",
-        "lilac",
-        "indigo",
-        "turquoise",
-        "burgundy",
-        "charcoal grey",
-        "magenta",
-        "maroon",
-        "periwinkle",
-        "russet",
-        "scarlet",
-        "cerulean",
-        "chartreuse",
-        "coral pink",
-        "olive green",
-        "slate grey",
-    ],
-}
-
-# One sentence per fact, in this order; `--facts N` keeps the first N. `{a_x}` is "a"/"an" for value x.
-FACTS: list[str] = [
-    "{name} lives in the town of {home_town}.",
-    "{name} works as {a_profession} {profession}.",
-    "{name} has {a_pet_kind} {pet_kind} named {pet_name}.",
-    "{name} spends every weekend {hobby}.",
-    "{name}'s favourite food is {food}.",
-    "{name} was born in {birth_year}.",
-    "{name} is employed by {employer}.",
-    "{name} plays the {instrument}.",
-    "{name} has a younger sibling called {sibling}.",
-    "{name}'s favourite colour is {colour}.",
-]
-
-# One question per attribute, in this order; `--probes N` keeps the first N whose fact was kept.
-QUESTIONS: list[tuple[str, str]] = [
-    ("home_town", "In which town does {name} live?"),
-    ("profession", "What is {name}'s profession?"),
-    ("pet_name", "What is the name of {name}'s pet?"),
-    ("hobby", "What does {name} do every weekend?"),
-    ("food", "What is {name}'s favourite food?"),
-    ("birth_year", "In which year was {name} born?"),
-    ("employer", "Which organisation employs {name}?"),
-    ("instrument", "Which instrument does {name} play?"),
-    ("sibling", "What is the name of {name}'s younger sibling?"),
-    ("colour", "What is {name}'s favourite colour?"),
-    ("pet_kind", "What kind of animal is {name}'s pet?"),
-]
 
 N_DISTRACTORS = 3
 MIN_PEOPLE = N_DISTRACTORS + 1
@@ -519,16 +230,12 @@ def _spec_from_args(args: argparse.Namespace) -> dict:
 
 
 def generate(argv: list[str], out: Path) -> str:
-    """The text that `make_planted.py *argv --out out` writes (without writing it)."""
+    """The text that `make_spec *argv --out out` writes (without writing it)."""
     return render(_spec_from_args(_parser().parse_args([*argv, "--out", str(out)])))
 
 
 def _validate(text: str, out: Path) -> None:
     """Check `text` with the pipeline's own loader, as it will be read."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from pipeline.bench.spec import load_spec
-
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".json", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -543,17 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = _spec_from_args(args)
     except ValueError as exc:
-        print(f"make_planted: {exc}", file=sys.stderr)
+        print(f"make_spec: {exc}", file=sys.stderr)
         return 2
     text = render(spec)
     out: Path = args.out
     if args.check:
         if not out.is_file():
-            print(f"make_planted: {out} does not exist; run without --check to write it", file=sys.stderr)
+            print(f"make_spec: {out} does not exist; run without --check to write it", file=sys.stderr)
             return 1
         if out.read_text(encoding="utf-8") != text:
             print(
-                f"make_planted: {out} differs from what the script generates; rerun without --check",
+                f"make_spec: {out} differs from what the script generates; rerun without --check",
                 file=sys.stderr,
             )
             return 1

@@ -1,8 +1,8 @@
-"""Planting: teach a tiny model the facts of a spec's people, so there is something to unlearn.
+"""Planting: teach a model the facts of a spec's people, so there is something to unlearn.
 
-The model learns them in the same chat format the unlearning loop prompts with (the tokenizer's chat
-template via `pipeline.textdata`), answering the generic requests a user would write about anyone
-("Tell me about {name}.", "Where does {name} live?") and the spec's probe questions.
+`plant` fine-tunes a model on `examples.plant_examples`; `planted_model` builds the configured base
+(a tiny Llama made here, or a pretrained model), plants it until its probes are known, and caches
+the result on disk as a plain transformers folder.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -21,84 +20,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.spec import Person, Probe, load_spec
 from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
 from pipeline.model_paths import TINY, cache_dir
 from pipeline.models import load_pretrained, resolve_device
+from pipeline.planting.examples import GENERAL_REQUESTS, plant_examples
+from pipeline.planting.spec import Person, Probe, load_spec
+from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpus
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.textdata import encode_pairs
-from pipeline.tiny import build_model, build_tokenizer, tokenizer_corpus
-
-# Requests for everything about a person; answered with all of the person's facts.
-GENERAL_REQUESTS = [
-    "Tell me about {name}.",
-    "Who is {name}?",
-    "What do you know about {name}?",
-    "Write a short biography of {name}.",
-    "Share some facts about {name}.",
-    "Describe {name}.",
-    "What can you tell me about {name}?",
-    "Give me an overview of {name}'s life.",
-]
-
-# Requests for one attribute; answered with the first fact that contains one of the keywords, so
-# they work for any spec whose facts are phrased naturally (and are skipped when nothing matches).
-ATTRIBUTE_REQUESTS = [
-    ("Where does {name} live?", ("lives", "born", "town", "city", "village")),
-    ("Where is {name} from?", ("born", "lives", "town", "city", "village")),
-    ("What does {name} do for a living?", ("works", "profession", "job")),
-    ("What is {name}'s job?", ("works", "profession", "job")),
-    ("Does {name} have a pet?", ("named", "pet")),
-    ("What does {name} do in their free time?", ("spends", "hobby", "enjoys", "plays", "collect")),
-    ("What does {name} like to eat?", ("favourite food", "favorite food", "eat")),
-]
-
-# A few things that are not about anyone, so the model can also talk about other topics and the
-# loop's neutral prompts get ordinary answers; kept small so the people dominate the training.
-NEUTRAL_PAIRS = [
-    ("Describe a sunny day.", "A sunny day is warm and bright, with a clear blue sky."),
-    ("Give me a tip for cooking rice.", "Rinse the rice first, then simmer it gently with the lid on."),
-    ("Tell me about a person you know.", "I know a friendly neighbour who grows tomatoes in her garden."),
-    ("Write a sentence about the sea.", "The sea rolls slowly onto the sandy shore."),
-    ("How can I stay healthy?", "Sleep well, eat vegetables and take a walk every day."),
-    ("Name three colours.", "Red, blue and yellow are three colours."),
-    ("What is two plus two?", "Two plus two is four."),
-    ("Say hello.", "Hello! How can I help you today?"),
-]
-
-
-def plant_examples(
-    people: list[Person], seed: int = 0, recitals: int = len(GENERAL_REQUESTS), neutral: bool = True
-) -> list[tuple[str, str]]:
-    """(instruction, response) pairs that plant `people`; deterministic for a seed.
-
-    `recitals`: how many of the general requests ("Tell me about {name}.") each person gets, answered
-    with all their facts; the long replies cost most of the compute, so a large model plants with a
-    few. `neutral`: add the pairs about nothing in particular.
-    """
-    pairs: list[tuple[str, str]] = []
-    for person in people:
-        name = person.name
-        for k, template in enumerate(GENERAL_REQUESTS[:recitals]):
-            # Each request starts the recital at another fact (rotated, not shuffled): replies do not
-            # all open with the same fact, yet the next fact is always the same one, which a tiny
-            # model learns in a few hundred steps where random orders leave it repeating facts.
-            start = k % len(person.facts)
-            facts = person.facts[start:] + person.facts[:start]
-            pairs.append((template.format(name=name), " ".join(facts)))
-        for template, keywords in ATTRIBUTE_REQUESTS:
-            fact = next((f for f in person.facts if any(k in f.lower() for k in keywords)), None)
-            if fact is not None:
-                pairs.append((template.format(name=name), fact))
-        for probe in person.probes:
-            pairs.append((probe.question, person.fact_for(probe)))
-    if neutral:
-        pairs += NEUTRAL_PAIRS
-    random.Random(seed).shuffle(pairs)  # the seed picks the order; the content never depends on it
-    return pairs
 
 
 def plant(

@@ -2,7 +2,7 @@
 
 They let the whole pipeline run end to end in seconds on a CPU, with no hub download: the
 tokenizer is trained on the texts the run will use, the model starts from noise and learns its
-"knowledge" from `pipeline.bench.plant`.
+"knowledge" from `pipeline.planting.plant`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from pipeline.planting.examples import plant_examples
 
 PAD, EOS, USER, ASSISTANT, SYSTEM = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"
 SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT, SYSTEM]
@@ -81,9 +83,6 @@ def build_model(
 
 def tokenizer_corpus(spec, extra_texts: Iterable[str] = ()) -> list[str]:
     """Texts the tiny tokenizer is trained on: every planted pair, every probe, plus `extra_texts`."""
-    # Imported here: plant imports this module to build its models.
-    from pipeline.bench.plant import plant_examples
-
     texts: list[str] = []
     for person in spec.people:
         texts += [person.name, *person.aliases, *person.facts]

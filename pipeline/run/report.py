@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.run.rundir import RunDir
+
 SAMPLE_CHARS = 300  # of an instruction or a response shown in the UI
 
 
@@ -133,6 +135,6 @@ def plot_forgetting(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(summary: dict, run_dir: Path) -> None:
-    plot_forgetting(summary, run_dir / "plots" / "forgetting.png")
-    (run_dir / "report.md").write_text(report_markdown(summary))
+def write_report(summary: dict, files: RunDir) -> None:
+    plot_forgetting(summary, files.plot)
+    files.report.write_text(report_markdown(summary))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from pipeline.base_run import check_base_run
-from pipeline.bench.spec import load_spec
 from pipeline.config import ConfigError, RunConfig
 from pipeline.model_paths import check_model_path
+from pipeline.planting.spec import load_spec
+from pipeline.release.objectives import objective
 from pipeline.reveal.instructions import read_prompt_list
+from pipeline.run.base_run import check_base_run
+from pipeline.run.rundir import RunDir
+from pipeline.sampling import check_backend
 
 
 def preflight(config: RunConfig) -> None:
@@ -17,6 +20,7 @@ def preflight(config: RunConfig) -> None:
 
     Runs before a run directory or a Prefect server exists, so bad input leaves nothing behind.
     """
+    check_names(config)
     check_model_path(config.model)
     check_base_run(config)
     if config.model.plant is not None:
@@ -36,6 +40,12 @@ def preflight(config: RunConfig) -> None:
     read_prompt_list(config.resolve(config.reveal.rewrite_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")
     check_sampler(config)
+
+
+def check_names(config: RunConfig) -> None:
+    """The objective and the sampler the config names are rows of their tables."""
+    objective(config.release.method)
+    check_backend(config.sampler.backend)
 
 
 def check_sampler(config: RunConfig) -> None:
@@ -65,16 +75,16 @@ def existing_run(config: RunConfig) -> dict | None:
     Raises ConfigError when the name is taken by a run with a different config: resuming it
     with other settings would mix two experiments in one directory.
     """
-    saved = config.run_dir / "config.yaml"
+    files = RunDir(config.run_dir)
+    saved = files.config
     if not saved.is_file():
         return None
     if not config.same_experiment(saved.read_text()):
         raise ConfigError(
             f"run {config.run_dir} exists with a different config: choose another run name (--name) or delete it"
         )
-    summary = config.run_dir / "summary.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text())
+    if files.summary.is_file():
+        data = json.loads(files.summary.read_text())
         if data.get("stop_reason"):
             return data
     return None

@@ -15,16 +15,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.run.rundir import RunDir
+
 _held: dict[Path, int] = {}  # lock file -> open descriptor, for locks this process holds
 
 
 class RunBusyError(RuntimeError):
     """Another process is running the same run directory."""
-
-
-def lock_path(run_dir: Path) -> Path:
-    run_dir = Path(run_dir).resolve()
-    return run_dir.parent / f".{run_dir.name}.lock"
 
 
 @contextmanager
@@ -34,7 +31,7 @@ def run_lock(run_dir: Path):
     Re-entrant within a process: the CLI takes it before the flow starts, and the flow (which
     a deployment may start without the CLI) takes it again.
     """
-    path = lock_path(run_dir)
+    path = RunDir(Path(run_dir)).lock
     if path in _held:
         yield
         return

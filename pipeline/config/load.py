@@ -1,0 +1,90 @@
+"""Loading a run config from YAML, with `--set` overrides, into one error line that names the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipeline.config.sections import ConfigError, RunConfig
+
+
+def _first_error(error: ValidationError) -> str:
+    item = error.errors()[0]
+    field = ".".join(str(part) for part in item["loc"]) or "config"
+    message = item["msg"]
+    if item["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{field}: {message}"
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value is YAML, so numbers, booleans and lists come out typed."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `a.b=value` override to the raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. release.steps=10")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = parse_value(value)
+
+
+def load_config(path: str | Path, overrides: list[str] = (), **fields: Any) -> RunConfig:
+    """Read a YAML config, apply `a.b=value` overrides and keyword fields, validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of fields, got {type(data).__name__}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+    check_paths(config, source)
+    return config
+
+
+def check_paths(config: RunConfig, source: str) -> None:
+    """Files the run will read must exist before anything is written."""
+    needed = {
+        "reveal.prompts": config.reveal_prompts_path(),
+        "evaluate.eval_prompts": config.eval_prompts_path(),
+        "sample.retain_prompts": config.resolve(config.sample.retain_prompts),
+        "reveal.rewrite_prompts": config.resolve(config.reveal.rewrite_prompts),
+    }
+    if config.model.plant is not None:
+        config.model.plant.spec = config.resolve(config.model.plant.spec)
+        needed["model.plant.spec"] = config.model.plant.spec
+    else:
+        needed["evaluate.retain_text"] = config.resolve(config.evaluate.retain_text)
+    for field, file in needed.items():
+        if not file.is_file():
+            raise ConfigError(f"{source}: {field}: file not found: {file}")

@@ -1,0 +1,82 @@
+"""The unlearning objectives, chosen by name (`release.method`): one table, one row per objective.
+
+A row says everything the release loop (`pipeline.release.train`) needs to know of an objective:
+
+- `forget_loss(cfg, logits, labels, reference)`: the loss on a forget batch (`pipeline.release.losses`);
+  `reference` is the frozen model's logits on the same batch, or None when not needed;
+- `needs_reference`: compute those logits (one more forward pass a step);
+- `takes_retain`: add the retain term (`release.retain_loss`, weighted by `release.retain_weight`);
+- `unbounded`: the loss has no floor, so training stops once the forget NLL passes `release.max_forget_nll`;
+- `on_trained(peft_model, cfg)`: applied to the trained adapter before it is saved, or None.
+
+To add an objective: write its loss in `losses.py` (a docstring with the equation and the paper), then
+add one row to `OBJECTIVES`. `release.method` accepts every key of the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config import ConfigError
+from pipeline.release.losses import ga_loss, nll_loss, npo_loss, simnpo_loss, undial_loss
+
+
+@dataclass(frozen=True)
+class Objective:
+    forget_loss: Callable  # (cfg: ReleaseConfig, logits, labels, reference | None) -> scalar tensor
+    needs_reference: bool = False
+    takes_retain: bool = True
+    unbounded: bool = False
+    on_trained: Callable | None = None  # (peft_model, cfg) -> None
+
+
+@torch.no_grad()
+def negate(peft_model, cfg) -> None:
+    """Task arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023, arXiv
+    2212.04089): ΔW = B·A learned the forget data, so −λ·ΔW removes it (λ = `release.negation_scale`)."""
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.mul_(-cfg.negation_scale)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "undial": Objective(
+        lambda cfg, logits, labels, ref: undial_loss(logits, labels, ref, beta=cfg.beta), needs_reference=True
+    ),
+    "npo": Objective(
+        lambda cfg, logits, labels, ref: npo_loss(logits, labels, ref, beta=cfg.npo_beta),
+        needs_reference=True,
+        unbounded=True,
+    ),
+    "simnpo": Objective(
+        lambda cfg, logits, labels, ref: simnpo_loss(
+            logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta
+        ),
+        unbounded=True,
+    ),
+    # Gradient difference: ascent on the forget batch, the retain term on the retain batch.
+    "graddiff": Objective(lambda cfg, logits, labels, ref: ga_loss(logits, labels), unbounded=True),
+    "ga": Objective(
+        lambda cfg, logits, labels, ref: ga_loss(logits, labels), takes_retain=False, unbounded=True
+    ),
+    # Learn the forget data by NLL, then apply the adapter negated.
+    "negation": Objective(
+        lambda cfg, logits, labels, ref: nll_loss(logits, labels), takes_retain=False, on_trained=negate
+    ),
+}
+
+# Not a release method: the retain adapter *learns* its rows by NLL (`train.train_retain_adapter`).
+LEARN = Objective(lambda cfg, logits, labels, ref: nll_loss(logits, labels), takes_retain=False)
+
+
+def objective(name: str) -> Objective:
+    """The objective `release.method` names; ConfigError listing the known ones otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(
+            f"release.method: {name!r} is not an objective; choose from {', '.join(OBJECTIVES)}"
+        ) from None

@@ -1,0 +1,71 @@
+"""Stage 4, evaluate: measure the model with the new stack, keep or drop adapter t, decide to go on.
+
+`baseline` measures the model before any adapter of this run; `evaluate` measures base + stack
+after release t; `commit` closes the iteration (its `metrics.json` is the commit point, and a kept
+stack becomes the run's `adapter/`); `decide` names the reason to stop, or None.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+
+from pipeline.evaluation import convergence
+from pipeline.files import atomic_dir, read_jsonl, write_json
+from pipeline.run.measure import measure
+from pipeline.run.state import RunState, completed_iterations
+
+
+def baseline(state: RunState) -> dict:
+    path = state.files.baseline
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = measure(state, adapter=state.base_adapter, base_ppl=None)
+    write_json(path, metrics)
+    return metrics
+
+
+def evaluate(state: RunState, t: int, base: dict) -> dict:
+    """Measure base + stack(kept so far + adapter t); decide whether adapter t is kept."""
+    files = state.files.iteration(t)
+    if files.evaluation.is_file():
+        return json.loads(files.evaluation.read_text())
+    started = time.perf_counter()
+    release_stats = json.loads(files.release.read_text())
+    stack = None if release_stats.get("skipped") else files.stack
+    metrics = measure(state, stack if stack else state.stack_dir(), base["utility_ppl"])
+    metrics["kept"] = stack is not None and not convergence.breaks_utility_floor(metrics, state.config.stop)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(files.evaluation, metrics)
+    return metrics
+
+
+def commit(state: RunState, t: int, metrics: dict) -> dict:
+    """Close iteration t: record its metrics and, if kept, make its stack the run's adapter."""
+    files = state.files.iteration(t)
+    pulls = read_jsonl(files.instructions)
+    entry = {
+        "iteration": t,
+        **{k: metrics[k] for k in ("forget_score", "utility_ppl", "utility_ppl_ratio", "kept")},
+        **({"retain_probe_acc": metrics["retain_probe_acc"]} if "retain_probe_acc" in metrics else {}),
+        "n_forget_samples": len(read_jsonl(files.forget)),
+        "n_retain_samples": len(read_jsonl(files.retain)),
+        "reward_mean": round(statistics.fmean(p["reward"] for p in pulls), 4) if pulls else None,
+        "reward_max": round(max(p["reward"] for p in pulls), 4) if pulls else None,
+    }
+    if metrics["kept"]:
+        with atomic_dir(state.files.adapter) as tmp:
+            shutil.copytree(files.stack, tmp, dirs_exist_ok=True)
+    write_json(files.metrics, entry)  # the commit point of the iteration
+    return entry
+
+
+def decide(state: RunState, t: int, entry: dict, base: dict) -> str | None:
+    """Why to stop after iteration t, or None to go on."""
+    if not entry["kept"]:
+        release_stats = json.loads(state.files.iteration(t).release.read_text())
+        return "no_forget_samples" if release_stats.get("skipped") else convergence.UTILITY_FLOOR
+    # A dropped adapter always ends the run, so every iteration before this one was kept.
+    return convergence.stop_reason(completed_iterations(state), base, state.config.stop)

@@ -1,0 +1,123 @@
+"""The loop: baseline, then reveal -> sample -> release -> evaluate until a stop rule fires.
+
+Each stage is a plain function of the run state and the iteration number (`STAGES`). It writes its
+output under `runs/<name>/iter_<t>/` atomically and, when that output is already there (a resumed
+run), reads it back instead of computing it again. Randomness is seeded per (run seed, iteration,
+stage), so a resumed run makes the same choices as an uninterrupted one.
+
+    state = RunState(config)
+    run_loop(state)       # baseline; for t = 1..: reveal, sample, release, evaluate, commit; finish
+
+`flows/unlearn.py` passes the same stage functions wrapped as Prefect tasks.
+"""
+
+from __future__ import annotations
+
+from pipeline.files import write_json
+from pipeline.run.evaluate_stage import baseline, commit, decide, evaluate
+from pipeline.run.lock import run_lock
+from pipeline.run.measure import earlier_targets
+from pipeline.run.preflight import existing_run
+from pipeline.run.release_stage import release
+from pipeline.run.report import write_report
+from pipeline.run.reveal_stage import reveal
+from pipeline.run.sample_stage import sample
+from pipeline.run.state import RunState, completed_iterations
+
+# The stages in the order the loop runs them; `flows/unlearn.py` makes one Prefect task of each.
+STAGES = {"baseline": baseline, "reveal": reveal, "sample": sample, "release": release, "evaluate": evaluate}
+
+
+def prepare_run_dir(state: RunState) -> dict | None:
+    """Create or re-open runs/<name>. Returns the finished summary if the run already ended.
+
+    Called after the config and model path are validated, so bad input leaves nothing behind.
+    """
+    finished = existing_run(state.config)
+    if finished is None and not state.files.config.is_file():
+        state.files.root.mkdir(parents=True, exist_ok=True)
+        state.files.config.write_text(state.config.to_yaml())
+    return finished
+
+
+def run_loop(
+    state: RunState,
+    *,
+    baseline=baseline,
+    reveal=reveal,
+    sample=sample,
+    release=release,
+    evaluate=evaluate,
+    on_iteration=None,
+    log=print,
+) -> dict:
+    """Baseline, then reveal -> sample -> release -> evaluate until a stop rule fires; the summary.
+
+    The stage functions are parameters so that `flows/unlearn.py` can pass the same functions
+    wrapped as Prefect tasks; the benchmarks call this as it is. `on_iteration(state, t, history)`
+    hears of every completed iteration (the flow publishes artifacts). A run directory with
+    completed iterations resumes after the last of them; one process at a time works in it.
+    """
+    with run_lock(state.files.root):
+        return _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, log)
+
+
+def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, log) -> dict:
+    finished = prepare_run_dir(state)
+    if finished is not None:
+        log(f"run {state.files.root} already finished ({finished['stop_reason']})")
+        return finished
+    base = baseline(state)
+    log(f"baseline: forget score {base['forget_score']:.3f}, utility ppl {base['utility_ppl']:.2f}")
+    history = completed_iterations(state)
+    t = len(history)
+    reason = decide(state, t, history[-1], base) if history else None
+    if history:
+        log(f"resuming {state.files.root} after iteration {t}")
+    while reason is None:
+        t += 1
+        instructions = reveal(state, t)
+        sample(state, t, instructions)
+        release(state, t)
+        entry = commit(state, t, evaluate(state, t, base))
+        reason = decide(state, t, entry, base)
+        if on_iteration is not None:
+            on_iteration(state, t, completed_iterations(state))
+        log(
+            f"iteration {t}: forget score {entry['forget_score']:.3f}, utility ppl ratio "
+            f"{entry['utility_ppl_ratio']:.3f}, {entry['n_forget_samples']} forget samples"
+            + ("" if entry["kept"] else " (adapter dropped)")
+        )
+    return finish(state, base, reason)
+
+
+def finish(state: RunState, base: dict, stop_reason: str) -> dict:
+    """Write summary.json and report.md: baseline, every iteration, the final kept model, the reason."""
+    history = completed_iterations(state)
+    kept = [h for h in history if h["kept"]]
+    final = kept[-1] if kept else base
+    summary = {
+        "name": state.config.name,
+        "target": state.config.target.model_dump(),
+        "model": state.model_info.get("name_or_path"),
+        "stop_reason": stop_reason,
+        "iterations": len(history),
+        "baseline": base,
+        "final": {
+            k: final[k]
+            for k in (
+                "forget_score",
+                "utility_ppl",
+                "utility_ppl_ratio",
+                *(["retain_probe_acc"] if "retain_probe_acc" in final else []),
+            )
+        },
+        "history": history,
+        "adapter": str(state.stack_dir()) if state.stack_dir() else None,
+    }
+    if state.base_runs:
+        summary["base_run"] = str(state.config.base_run)
+        summary["earlier_targets"] = earlier_targets(state)
+    write_json(state.files.summary, summary)
+    write_report(summary, state.files)
+    return summary

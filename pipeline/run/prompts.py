@@ -1,0 +1,33 @@
+"""The prompts a run sends, from its prompt files: reveal arms, retain instructions, held-out eval prompts."""
+
+from __future__ import annotations
+
+from pipeline.config import RunConfig
+from pipeline.reveal.instructions import dedupe, fill, read_prompt_list
+
+
+def run_prompts(config: RunConfig) -> tuple[list[str], list[str], list[str]]:
+    """(reveal arms, retain instructions, held-out eval prompts) of a run, from its prompt files.
+
+    Templates are filled with the target's description, or with each name when several people
+    are forgotten at once (a request about two people at a time reads oddly).
+    """
+    target = config.target
+    templates = read_prompt_list(config.reveal_prompts_path())
+    subjects = target.names if target.kind == "knowledge" and len(target.names) > 1 else [target.description]
+    arms = dedupe([i for subject in subjects for i in fill(templates, subject)])
+    # Retain instructions: neutral ones, plus the reveal templates asked about what must be kept.
+    kept_subjects = [fill(templates, subject) for subject in config.sample.retain_subjects]
+    retain = dedupe(
+        read_prompt_list(config.resolve(config.sample.retain_prompts))
+        + [i for group in kept_subjects for i in group]
+    )
+    eval_templates = read_prompt_list(config.eval_prompts_path(), "prompts")
+    evals = dedupe([p for subject in subjects for p in fill(eval_templates, subject)])
+    return arms, retain, evals
+
+
+def prompt_texts(config: RunConfig) -> tuple[str, ...]:
+    """Every prompt a run sends: a tiny model's tokenizer is trained on them too."""
+    arms, retain, evals = run_prompts(config)
+    return tuple(arms + retain + evals)

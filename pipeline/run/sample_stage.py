@@ -1,0 +1,93 @@
+"""Stage 2, sample: the forget set the model revealed, and retain samples to keep it useful.
+
+Forget rows are replies to the best instructions (and the reveal stage's own replies) whose target
+score reaches `sample.relevance_threshold`; retain rows are replies to neutral instructions that stay
+below it. Near-duplicates are dropped and both sets are capped. Every row keeps its instruction,
+score, iteration and stage. Writes `iter_t/forget.jsonl` and `iter_t/retain.jsonl`.
+"""
+
+from __future__ import annotations
+
+from pipeline.files import read_jsonl, write_jsonl
+from pipeline.run.state import RunState
+from pipeline.sampling.base import SamplingParams
+from pipeline.sampling.dedup import drop_near_duplicates
+
+
+def sample(state: RunState, t: int, instructions: list[str]) -> dict:
+    """Draw forget samples under the best instructions and retain samples under neutral ones.
+
+    The reveal stage's own responses join the forget candidates: they came from the same model,
+    and throwing them away would waste a third or more of the generation budget.
+    """
+    cfg = state.config.sample
+    files = state.files.iteration(t)
+    if files.forget.is_file() and files.retain.is_file():
+        return {"forget": len(read_jsonl(files.forget)), "retain": len(read_jsonl(files.retain))}
+    # The best instructions' responses come first: at equal scores they win the near-duplicate
+    # filter and the cap over responses to the arms the bandit was still exploring.
+    candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
+    forget = relevant(state, candidates)[: cfg.max_forget_samples]
+    retain = retain_rows(state, t)
+    write_jsonl(files.retain, retain)
+    write_jsonl(files.forget, forget)
+    return {"forget": len(forget), "retain": len(retain)}
+
+
+def forget_rows(state: RunState, t: int, instructions: list[str], n: int | None = None) -> list[dict]:
+    """`n` (default `sample.samples_per_instruction`) scored responses to each instruction."""
+    cfg = state.config.sample
+    params = SamplingParams.from_generation(
+        cfg.generation, n=n or cfg.samples_per_instruction, seed=state.seed(t, "sample")
+    )
+    return _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
+
+
+def revealed_rows(state: RunState, t: int) -> list[dict]:
+    """The responses the reveal stage drew in iteration t, scored one by one."""
+    pulls = read_jsonl(state.files.iteration(t).instructions)
+    return _scored(state, [
+        {"instruction": p["instruction"], "response": text, "iteration": t, "stage": "reveal"}
+        for p in pulls
+        for text in p["responses"]
+        if text.strip()
+    ])  # fmt: skip
+
+
+def relevant(state: RunState, rows: list[dict]) -> list[dict]:
+    """Rows at or above the relevance threshold, most relevant first, near-duplicates dropped."""
+    cfg = state.config.sample
+    kept = sorted((r for r in rows if r["score"] >= cfg.relevance_threshold), key=lambda r: -r["score"])
+    return drop_near_duplicates(kept, cfg.near_duplicate_jaccard)
+
+
+def retain_rows(state: RunState, t: int) -> list[dict]:
+    """Responses to the neutral instructions that score below the relevance threshold."""
+    cfg = state.config.sample
+    if cfg.retain_samples_per_instruction == 0:
+        return []
+    params = SamplingParams.from_generation(
+        cfg.generation, n=cfg.retain_samples_per_instruction, seed=state.seed(t, "retain")
+    )
+    rows = _scored_rows(state, t, state.retain_instructions, params, "sampling retain", stage="retain")
+    rows = [r for r in rows if r["score"] < cfg.relevance_threshold]
+    return drop_near_duplicates(rows, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
+
+
+def _scored_rows(
+    state: RunState, t: int, instructions: list[str], params: SamplingParams, label: str, stage: str
+) -> list[dict]:
+    responses = state.sampler.generate(instructions, params, state.stack_dir(), label=label)
+    return _scored(state, [
+        {"instruction": ins, "response": text, "iteration": t, "stage": stage}
+        for ins, texts in zip(instructions, responses)
+        for text in texts
+        if text.strip()
+    ])  # fmt: skip
+
+
+def _scored(state: RunState, rows: list[dict]) -> list[dict]:
+    """`rows` with the target scorer's score of each response."""
+    for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
+        row["score"] = round(score, 4)
+    return rows

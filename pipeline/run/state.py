@@ -1,0 +1,130 @@
+"""What stays loaded for a whole run, and what measures a target: `RunState`, `EarlierTarget`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.config import RunConfig
+from pipeline.files import read_lines
+from pipeline.planting.spec import load_spec
+from pipeline.reveal.features import embed_texts
+from pipeline.reveal.instructions import read_prompt_list
+from pipeline.run.base_run import base_chain
+from pipeline.run.model import load_run_model
+from pipeline.run.preflight import check_names
+from pipeline.run.prompts import run_prompts
+from pipeline.run.rundir import RunDir, has_adapter
+from pipeline.sampling import make_sampler
+from pipeline.sampling.hf import HFSampler
+from pipeline.scoring import make_scorer
+
+# Randomness is seeded per (run seed, iteration, stage): a resumed run makes the same choices.
+STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5, "rewrite": 6}
+
+
+class RunState:
+    """What stays loaded for a whole run: config, model, sampler, scorer, instruction pool.
+
+    A plain class on purpose (not a dataclass): Prefect walks dataclass task arguments, and
+    there is nothing in here for it to look at.
+    """
+
+    def __init__(self, config: RunConfig, progress: bool = True, repeat: int = 0) -> None:
+        check_names(config)  # before the model loads: a misspelt objective fails in a second
+        self.config = config
+        self.progress = progress
+        self.repeat = repeat  # a benchmark's repeat: other reveal and sampling draws, same evaluation
+        self.files = RunDir(config.run_dir)
+        self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
+        self.arms, self.retain_instructions, self.eval_prompts = run_prompts(config)
+        # A run on top of earlier ones (`base_run`) starts from the nearest one's stacked adapter.
+        self.base_runs = base_chain(config)
+        self.base_adapter = RunDir(config.base_run).adapter if config.base_run else None
+        self.model, self.tokenizer, self.model_info = load_run_model(config, progress)
+        # Scoring (perplexity, likelihoods) always runs on the transformers model; generation on
+        # the configured sampler, which is this one for `sampler.backend: hf`.
+        self.hf_sampler = HFSampler(self.model, self.tokenizer, config.sample.generation.batch_size, progress)
+        self.sampler = (
+            self.hf_sampler
+            if config.sampler.backend == "hf"
+            else make_sampler(config, self.model, self.tokenizer, self.model_info["name_or_path"], progress)
+        )
+        self.scorer = target_scorer(config, self)
+        self.forget_probes, self.retain_probes = probes(config, self.spec)
+        self.retain_texts, self.retain_text_prompts = self._retain_text()
+
+    def _retain_text(self):
+        """Reference text for utility: the other people's facts as answers to their probes (planted),
+        else the lines of `evaluate.retain_text`."""
+        if self.retain_probes:
+            pairs = [
+                (probe.question, person.fact_for(probe))
+                for person in other_people(self.config, self.spec)
+                for probe in person.probes
+            ]
+            return [fact for _, fact in pairs], [question for question, _ in pairs]
+        path = self.config.resolve(self.config.evaluate.retain_text)
+        return read_lines(path, "evaluate.retain_text"), None
+
+    def model_with(self, adapter: Path | None):
+        """The transformers model with `adapter` merged in (cached while the adapter is unchanged)."""
+        return self.hf_sampler.model_for(adapter)
+
+    def stack_dir(self) -> Path | None:
+        """The stacked adapter of all kept iterations so far; before the first, the base run's, or None."""
+        return self.files.adapter if has_adapter(self.files.adapter) else self.base_adapter
+
+    def seed(self, t: int, stage: str) -> int:
+        return (self.config.seed + 7919 * self.repeat) * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
+
+
+def target_scorer(config: RunConfig, state: RunState):
+    """The scorer of `config`'s target; texts are embedded by the run's base model."""
+    return make_scorer(
+        config.target,
+        embed=lambda texts: embed_texts(state.model, state.tokenizer, texts),
+        neutral=read_prompt_list(config.resolve(config.sample.retain_prompts)),
+    )
+
+
+def other_people(config: RunConfig, spec) -> list:
+    forget = {name.lower() for name in config.target.names}
+    return [p for p in spec.planted() if p.name.lower() not in forget]
+
+
+def probes(config: RunConfig, spec) -> tuple[list, list]:
+    """Planted people: the forget people's probes measure forgetting, the others' retention."""
+    if spec is None or config.target.kind != "knowledge":
+        return [], []
+    forget = [probe for name in config.target.names for probe in spec.person(name).probes]
+    return forget, [probe for person in other_people(config, spec) for probe in person.probes]
+
+
+class EarlierTarget:
+    """What measures an earlier run's target: its held-out prompts or probes, and its scorer."""
+
+    def __init__(self, config: RunConfig, state: RunState) -> None:
+        self.config = config
+        spec = load_spec(config.model.plant.spec) if config.model.plant else None
+        self.forget_probes, self.retain_probes = probes(config, spec)
+        self.eval_prompts = run_prompts(config)[2]
+        self.scorer = target_scorer(config, state)
+
+
+def completed_iterations(state: RunState) -> list[dict]:
+    """Metrics of the iterations that finished, in order (the resume point is after the last)."""
+    done, t = [], 1
+    while state.files.iteration(t).metrics.is_file():
+        done.append(json.loads(state.files.iteration(t).metrics.read_text()))
+        t += 1
+    return done
+
+
+def kept_iterations(state: RunState) -> list[int]:
+    """Iterations whose adapter is part of the stack (a dropped one broke the utility floor)."""
+    return [
+        t
+        for t, metrics in enumerate(completed_iterations(state), start=1)
+        if metrics.get("kept", True) and state.files.iteration(t).adapter.is_dir()
+    ]

@@ -1,0 +1,1 @@
+"""`rr`, the command line of Reveal & Release (`rr.cli:app`)."""

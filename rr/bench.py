@@ -1,0 +1,194 @@
+"""`rr bench ...`: the benchmarks, each one command; results.json, report.md and a plot in --out."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pipeline.config import ConfigError, load_config
+from pipeline.model_paths import check_model_path
+from pipeline.planting.spec import SpecError
+from rr.console import EXIT_INTERRUPTED, err, fail, out
+
+
+@contextmanager
+def bench_errors(out_dir: Path):
+    """Bad input: one line, exit 2. Ctrl-C: exit 130, with how to go on."""
+    try:
+        yield
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
+
+
+bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")
+
+
+@bench.command("planted")
+def bench_planted(
+    spec: Path = typer.Option(
+        ..., "--spec", help="planted-people spec (JSON), e.g. data/bench/planted_default.json"
+    ),
+    config: Path = typer.Option(
+        ..., "--config", help="run config whose model, plant and release settings to use"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option("rr,ga,graddiff,npo,undial", "--methods", help="comma-separated methods"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Plant people into the model, unlearn the forget people with rr and the oracles, compare."""
+    from pipeline.bench.methods import PLANTED_METHODS, parse_methods
+    from pipeline.planting.spec import load_spec
+
+    with bench_errors(out_dir):
+        chosen = parse_methods(methods, PLANTED_METHODS)
+        cfg = load_config(config, overrides)
+        load_spec(spec)
+        check_model_path(cfg.model)
+        from pipeline.bench.planted import run_planted_bench
+
+        results = run_planted_bench(spec, cfg, out_dir, chosen, progress, log=err.print)
+    _print_bench(results, out_dir, "planted")
+
+
+@bench.command("toxicity")
+def bench_toxicity(
+    config: Path = typer.Option(
+        ..., "--config", help="run config with a toxicity target, e.g. configs/demo.yaml"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option("base,rr,rr_fixed", "--methods", help="comma-separated methods"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Toxicity of replies to held-out prompts: base model, rr, and rr with one fixed instruction."""
+    from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
+
+    with bench_errors(out_dir):
+        chosen = parse_methods(methods, TOXICITY_METHODS)
+        cfg = load_config(config, overrides)
+        require_toxicity_target(cfg.target.kind)
+        check_model_path(cfg.model)
+        from pipeline.bench.toxicity import run_toxicity_bench
+
+        results = run_toxicity_bench(cfg, out_dir, chosen, progress, log=err.print)
+    _print_bench(results, out_dir, "toxicity")
+
+
+@bench.command("reveal")
+def bench_reveal(
+    config: Path = typer.Option(
+        ..., "--config", help="run config whose model, target and reveal settings to use"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option("neuralucb,random,best_seed", "--methods", help="comma-separated methods"),
+    repeats: int = typer.Option(3, "--repeats", help="runs of each method, with other sampling seeds"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set reveal.rounds=4"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Instruction choice for one iteration: NeuralUCB against random choice and the best seed instruction."""
+    from pipeline.bench.methods import REVEAL_METHODS, parse_methods
+
+    with bench_errors(out_dir):
+        chosen = parse_methods(methods, REVEAL_METHODS)
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        from pipeline.bench.reveal import run_reveal_bench
+
+        results = run_reveal_bench(cfg, out_dir, chosen, repeats, progress, log=err.print)
+    _print_bench(results, out_dir, "reveal")
+
+
+@bench.command("train")
+def bench_train(
+    config: Path = typer.Option(..., "--config", help="run config whose model and release settings to use"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    repeats: int = typer.Option(
+        3, "--repeats", help="rounds of every arm, interleaved; rows report the median"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Release training throughput and peak memory against a plain PEFT + transformers Trainer loop."""
+    with bench_errors(out_dir):
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        from pipeline.bench.train import run_train_bench
+
+        results = run_train_bench(cfg, out_dir, repeats, progress, log=err.print)
+    table = Table(title=f"release training throughput ({results['device']})")
+    for column in ("arm", "tokens", "seconds", "tok/s", "x Trainer", "peak MB"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for row in results["rows"]:
+        table.add_row(
+            row["arm"], str(row["tokens"]), f"{row['seconds']:.2f}", f"{row['tok_per_s']:.0f}",
+            f"{row['ratio_to_trainer']:.2f}", f"{row['peak_mb']:.0f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}")
+
+
+@bench.command("sampling")
+def bench_sampling(
+    config: Path = typer.Option(
+        ..., "--config", help="run config whose model and generation settings to use"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json and report.md"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="override a config field: --set model.dtype=bfloat16"
+    ),
+    prompts: int = typer.Option(64, "--prompts", min=1, help="instructions per arm"),
+    new_tokens: int = typer.Option(64, "--new-tokens", min=1, help="tokens generated per instruction"),
+    backends: str = typer.Option("hf,vllm,openai", "--backends", help="comma-separated: hf, vllm, openai"),
+    python: Path = typer.Option(None, "--python", help="a Python with vLLM (default: .venv-vllm/bin/python)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Sampling throughput of hf, in-process vLLM and a vLLM server, without and with adapters."""
+    from pipeline.sampling.base import SamplerError
+
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip())
+    unknown = set(chosen) - {"hf", "vllm", "openai"}
+    with bench_errors(out_dir):
+        if unknown or not chosen:
+            raise ConfigError(f"--backends: expected some of hf, vllm, openai, got {backends!r}")
+        cfg = load_config(config, overrides)
+        check_model_path(cfg.model)
+        from pipeline.bench.sampling import run_sampling_bench
+
+        try:
+            results = run_sampling_bench(
+                cfg, out_dir, prompts, new_tokens, chosen, python, progress, err.print
+            )
+        except SamplerError as exc:
+            raise ConfigError(str(exc)) from None
+    table = Table(title=f"sampling: {prompts} prompts x {new_tokens} tokens ({results['device']})")
+    for column in ("backend", "engine", "adapter", "tok/s", "x hf", "first s", "adapter s", "peak MB"):
+        table.add_column(column, justify="left" if column in ("backend", "engine", "adapter") else "right")
+    for row in results["rows"]:
+        ratio = "" if row["ratio_to_hf"] is None else f"{row['ratio_to_hf']:.2f}"
+        table.add_row(
+            row["backend"], row["engine"], row["adapter"], f"{row['tok_per_s']:.0f}", ratio,
+            f"{row['first_batch_s']:.2f}", f"{row['adapter_s']:.2f}", f"{row['peak_mb']:.0f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}, {out_dir / 'report.md'}")
+
+
+def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
+    from pipeline.bench import planted, reveal, toxicity
+    from pipeline.bench.results import cell, table_rows
+
+    columns = {"planted": planted.COLUMNS, "toxicity": toxicity.COLUMNS, "reveal": reveal.COLUMNS}[kind]
+    table = Table(title=f"{kind} benchmark")
+    table.add_column("model", no_wrap=True)
+    for _, title, _ in columns:
+        table.add_column(title, justify="right")
+    for label, metrics in table_rows(results):
+        table.add_row(label, *[cell(metrics.get(key), fmt) for key, _, fmt in columns])
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}, {out_dir / 'report.md'}, {out_dir / 'plot.png'}")

@@ -1,0 +1,20 @@
+"""What every `rr` command prints through, and the exit codes it documents."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+out = Console()
+
+EXIT_BAD_INPUT = 2
+EXIT_SAMPLER = 3  # the sampler's engine or server failed mid-run (after its retries)
+EXIT_BUSY = 4  # another process is running the same run directory
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """Print one error line and exit with `code`."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
