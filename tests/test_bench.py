@@ -62,6 +62,9 @@ def test_planted_bench_writes_every_metric_for_every_model(planted_bench):
     assert rr["generated_tokens"] > 0 and rr["release_steps"] > 0
     assert results["step_budget"] == rr["release_steps"]
     assert rr["forget_probe_acc"] < planted["forget_probe_acc"]
+    # Every oracle, handed the forget facts, moved forget-probe accuracy off the planted model's.
+    for method in METHODS[1:]:
+        assert results["methods"][method]["forget_probe_acc"] < planted["forget_probe_acc"], method
     assert "rr" in result.stdout and "results.json" in result.stdout
 
 

@@ -12,9 +12,12 @@ import sys
 import time
 
 import pytest
+import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.release.olora import read_adapter, stack_adapters
+from pipeline.textdata import encode_pairs
 from tests.conftest import ROOT, run_rr
 
 pytestmark = pytest.mark.slow
@@ -64,12 +67,29 @@ def test_tiny_run_directory_is_complete(tiny_run):
     assert samples and {"instruction", "response", "score", "iteration"} <= set(samples[0])
 
 
-def test_stacked_adapter_loads_with_peft(tiny_run):
+def test_stacked_adapter_loads_with_peft_and_gives_the_in_memory_stacks_logits(tiny_run):
     run_dir, _ = tiny_run
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
-    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
-    assert sum("lora_A" in name for name, _ in model.named_parameters()) > 0
+    folder = config["base_model_name_or_path"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = encode_pairs(tokenizer, ["Tell me about Mira Castellane."], ["Mira Castellane was born in"])
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(folder), str(run_dir / "adapter")
+    )
+    loaded = peft_model.eval()(input_ids=batch["input_ids"]).logits
+
+    # The same stack in memory: W + Σ_t B_t A_t over every kept iteration's own adapter.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    kept = [h["iteration"] for h in summary["history"] if h["kept"]]
+    stacked = stack_adapters([read_adapter(run_dir / f"iter_{t}" / "adapter") for t in kept])
+    in_memory = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        for module, (a, b) in stacked.items():
+            in_memory.get_submodule(module).weight += b @ a
+    expected = in_memory(input_ids=batch["input_ids"]).logits
+    plain = AutoModelForCausalLM.from_pretrained(folder).eval()(input_ids=batch["input_ids"]).logits
+    assert not torch.allclose(plain, expected, atol=1e-3)  # the stack changes the model ...
+    torch.testing.assert_close(loaded, expected, atol=1e-4, rtol=1e-4)  # ... and PEFT loads it exactly
 
 
 def test_finished_run_is_not_recomputed(tiny_run):

@@ -128,7 +128,7 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
     assert after > before * 1.05, (method, before, after)
 
 
-def test_the_pool_grows_by_rewriting_and_keeps_its_seeds(state):
+def test_the_pool_keeps_its_seeds_and_is_what_the_next_iteration_chooses_from(state):
     # Iteration 1 wrote the pool for iteration 2: the seeds first, then the model's rewrites.
     pool = json.loads((state.files.iteration(1).pool).read_text())
     assert pool[: len(state.arms)] == state.arms and len(pool) <= state.config.reveal.max_arms
@@ -136,6 +136,27 @@ def test_the_pool_grows_by_rewriting_and_keeps_its_seeds(state):
     pulls = read_jsonl(state.files.iteration(2).instructions)
     assert {p["instruction"] for p in pulls} <= set(pool)
     assert arm_pool(state, 2) == pool
+
+
+def test_the_pool_grows_when_the_rewrites_are_good_requests(state, monkeypatch):
+    # The tiny model cannot rewrite; its rewrites are replaced by requests a capable model might
+    # write (each naming the target), every other draw of the reveal stage stays real.
+    real_generate = state.sampler.generate
+    good = [f"What does Mira Castellane think about topic number {i}?" for i in range(100)]
+
+    def generate(prompts, params, adapter=None, label="sampling", prefills=None):
+        if label == "rewriting instructions":
+            return [[good[i]] for i in range(len(prompts))]
+        return real_generate(prompts, params, adapter, label=label, prefills=prefills)
+
+    monkeypatch.setattr(state.sampler, "generate", generate)
+    reveal(state, 7)  # an iteration of its own: no pool or bandit before it
+    pool = json.loads(state.files.iteration(7).pool.read_text())
+    templates = read_prompt_list(ROOT / "prompts" / "rewrite.yaml")
+    expected_new = good[: state.config.reveal.rewrite_top * len(templates)]
+    assert len(state.arms) + len(expected_new) <= state.config.reveal.max_arms  # no cap in the way
+    assert pool == [*state.arms, *expected_new]  # the seeds first, then every good rewrite
+    assert arm_pool(state, 8) == pool  # the next iteration chooses among the grown pool
 
 
 def test_rewrites_are_cleaned_and_kept_only_when_they_ask_about_the_target(state, monkeypatch):

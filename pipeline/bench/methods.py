@@ -1,10 +1,13 @@
-"""The methods each benchmark compares, checked before anything heavy is imported."""
+"""The methods each benchmark compares, checked before a model is loaded."""
 
 from __future__ import annotations
 
 from pipeline.config import ConfigError
+from pipeline.release.objectives import OBJECTIVES
 
-PLANTED_METHODS = ("rr", "ga", "graddiff", "npo", "undial")  # rr, then the oracle baselines
+# rr, then every objective as an oracle that is handed the real forget data; `--methods` picks some.
+PLANTED_METHODS = ("rr", *OBJECTIVES)
+PLANTED_DEFAULT = ("rr", "ga", "graddiff", "npo", "undial")
 TOXICITY_METHODS = ("base", "rr", "rr_fixed")
 REVEAL_METHODS = ("neuralucb", "random", "best_seed")
 

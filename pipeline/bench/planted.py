@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.methods import PLANTED_METHODS, parse_methods
+from pipeline.bench.methods import PLANTED_DEFAULT, PLANTED_METHODS, parse_methods
 from pipeline.bench.metrics import (
     auc,
     forget_quality,
@@ -46,8 +46,8 @@ from pipeline.run.loop import run_loop
 from pipeline.run.prompts import prompt_texts
 from pipeline.run.state import RunState
 
-METHODS = PLANTED_METHODS
-ORACLES = METHODS[1:]
+METHODS = PLANTED_DEFAULT  # compared unless --methods says otherwise
+ORACLES = PLANTED_METHODS[1:]  # every objective can be an oracle
 
 COLUMNS = [  # (key in results.json, column title, format)
     ("forget_probe_acc", "forget probe acc", ".3f"),
@@ -167,7 +167,7 @@ def run_planted_bench(
     log=print,
 ) -> dict:
     """Plant, run every method, measure, and write results.json, report.md and plot.png to `out`."""
-    methods = parse_methods(methods, METHODS)
+    methods = parse_methods(methods, PLANTED_METHODS)
     spec = load_spec(spec_path)
     cfg = rr_config(config, Path(spec_path).resolve(), out)
     spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()

@@ -1,0 +1,132 @@
+"""The loop's paths on the planted tiny model, without Prefect: each run is real and small.
+
+A dropped adapter (it broke the utility floor) is not stacked; a release with no forget samples is
+skipped; `stop.min_iterations` holds a convergence rule back; O-LoRA keeps iteration 2's adapter
+orthogonal to iteration 1's inside the loop. Where a path needs a model made worse on purpose or a
+stage that finds nothing, the stage is wrapped here and passed to `run_loop`, as the flow passes
+its Prefect tasks.
+"""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.files import write_jsonl
+from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
+from pipeline.run.loop import run_loop
+from pipeline.run.release_stage import release
+from pipeline.run.sample_stage import sample
+from pipeline.run.state import RunState, kept_iterations
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Small and quick: the paths matter here, not how much is forgotten.
+QUICK = [
+    "reveal.rounds=1",
+    "reveal.arms_per_round=2",
+    "reveal.samples_per_arm=2",
+    "reveal.rewrite_top=0",
+    "sample.top_instructions=2",
+    "sample.samples_per_instruction=4",
+    "release.steps=4",
+    "evaluate.max_new_tokens=24",
+]
+
+
+def run(tmp_path, name: str, overrides: list[str], **stages) -> tuple[RunState, dict]:
+    config = load_config("configs/tiny.yaml", [*QUICK, *overrides], out=tmp_path, name=name)
+    state = RunState(config, progress=False)
+    return state, run_loop(state, log=lambda *_: None, **stages)
+
+
+def test_an_adapter_that_breaks_the_utility_floor_is_dropped_not_stacked(tmp_path, cache_dir):
+    def release_then_break(state, t):
+        stats = release(state, t)
+        if t == 2:  # made worse on purpose: adapter 2 becomes noise of a large norm
+            files = state.files.iteration(2)
+            noisy = {m: (a, torch.randn_like(b)) for m, (a, b) in read_adapter(files.adapter).items()}
+            write_adapter(noisy, files.adapter, state.model_info["name_or_path"])
+            stacked = stack_adapters([read_adapter(state.files.iteration(1).adapter), noisy])
+            write_adapter(stacked, files.stack, state.model_info["name_or_path"])
+        return stats
+
+    state, summary = run(tmp_path, "floor", ["stop.max_iterations=3"], release=release_then_break)
+    assert summary["stop_reason"] == "utility_floor_broken" and summary["iterations"] == 2
+    first, second = summary["history"]
+    assert first["kept"] and not second["kept"]
+    assert second["utility_ppl_ratio"] > state.config.stop.utility_floor
+    # The run's adapter is still iteration 1's stack, byte for byte; the final figures are its.
+    run_adapter = state.files.adapter / "adapter_model.safetensors"
+    kept_stack = state.files.iteration(1).stack / "adapter_model.safetensors"
+    assert run_adapter.read_bytes() == kept_stack.read_bytes()
+    assert summary["final"]["forget_score"] == first["forget_score"]
+    # What a next iteration would start from, and be orthogonal to: the kept stack only.
+    assert state.stack_dir() == state.files.adapter and kept_iterations(state) == [1]
+    assert json.loads((state.files.adapter / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_a_release_without_forget_samples_is_skipped(tmp_path, cache_dir):
+    def sample_nothing_at_2(state, t, instructions):
+        if t != 2:
+            return sample(state, t, instructions)
+        files = state.files.iteration(2)  # the model revealed nothing above the threshold
+        write_jsonl(files.forget, [])
+        write_jsonl(files.retain, [])
+        return {"forget": 0, "retain": 0}
+
+    state, summary = run(tmp_path, "empty", ["stop.max_iterations=3"], sample=sample_nothing_at_2)
+    assert summary["stop_reason"] == "no_forget_samples" and summary["iterations"] == 2
+    files = state.files.iteration(2)
+    assert json.loads(files.release.read_text()) == {
+        "skipped": True,
+        "reason": "no forget samples above the relevance threshold",
+    }
+    assert not files.adapter.exists() and not files.stack.exists()
+    assert [h["kept"] for h in summary["history"]] == [True, False]
+    assert summary["history"][1]["n_forget_samples"] == 0
+    run_adapter = state.files.adapter / "adapter_model.safetensors"
+    assert (
+        run_adapter.read_bytes()
+        == (state.files.iteration(1).stack / "adapter_model.safetensors").read_bytes()
+    )
+
+
+@pytest.mark.parametrize("min_iterations", [1, 2])
+def test_min_iterations_holds_a_met_threshold_back(tmp_path, cache_dir, min_iterations):
+    # A threshold every model meets (the forget score is at most 1): only min_iterations decides.
+    overrides = [
+        "stop.forget_threshold=1.0",
+        "stop.max_iterations=3",
+        f"stop.min_iterations={min_iterations}",
+    ]
+    _, summary = run(tmp_path, f"min{min_iterations}", overrides)
+    assert summary["stop_reason"] == "forget_threshold_reached"
+    assert summary["iterations"] == min_iterations
+
+
+def overlap(a_earlier: torch.Tensor, a_later: torch.Tensor) -> float:
+    """‖A_1 A_2ᵀ‖_F / (‖A_1‖_F ‖A_2‖_F): 0 when the two adapters read disjoint input subspaces."""
+    return float((a_earlier @ a_later.T).norm() / (a_earlier.norm() * a_later.norm()))
+
+
+def test_olora_keeps_iteration_2_orthogonal_to_iteration_1_inside_the_loop(tmp_path, cache_dir):
+    def mean_overlap(orth_lambda: float) -> float:
+        settings = [
+            "stop.max_iterations=2",
+            "stop.min_iterations=2",
+            "release.steps=20",
+            f"release.orth_lambda={orth_lambda}",
+        ]
+        state, summary = run(tmp_path, f"orth{orth_lambda:g}", settings)
+        assert summary["iterations"] == 2 and kept_iterations(state) == [1, 2]
+        first = lora_A_matrices(read_adapter(state.files.iteration(1).adapter))
+        second = lora_A_matrices(read_adapter(state.files.iteration(2).adapter))
+        return sum(overlap(first[m], second[m]) for m in first) / len(first)
+
+    with_penalty, without = mean_overlap(100.0), mean_overlap(0.0)
+    print(
+        f"mean overlap of iteration 2's A with iteration 1's: {with_penalty:.4f} with O-LoRA, {without:.4f} without"
+    )
+    assert with_penalty < 0.02 and without > 3 * with_penalty
