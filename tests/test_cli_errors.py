@@ -84,3 +84,31 @@ def test_an_openai_backend_with_no_server_names_the_url(tmp_path):
     assert done.returncode == 2
     assert "no answer from http://127.0.0.1:9/v1" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "assignment, table",
+    [("release.method=undail", "OBJECTIVES"), ("sampler.backend=vlm", "SAMPLERS")],
+)
+def test_an_unknown_objective_or_sampler_names_the_table_keys(tmp_path, assignment, table):
+    from pipeline.release.objectives import OBJECTIVES
+    from pipeline.sampling import SAMPLERS
+
+    done = run_rr("unlearn", "configs/tiny.yaml", "--out", tmp_path, "--set", assignment)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    known = {"OBJECTIVES": OBJECTIVES, "SAMPLERS": SAMPLERS}[table]
+    assert f"choose from {', '.join(known)}" in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_allowed_objectives_are_the_tables_keys(monkeypatch):
+    """A row added to OBJECTIVES is a valid `release.method` with no other change."""
+    from pipeline.config import ConfigError
+    from pipeline.release import objectives
+
+    added = objectives.Objective(lambda cfg, logits, labels, ref: objectives.nll_loss(logits, labels))
+    monkeypatch.setitem(objectives.OBJECTIVES, "throwaway", added)
+    assert objectives.objective("throwaway") is added
+    monkeypatch.delitem(objectives.OBJECTIVES, "throwaway")
+    with pytest.raises(ConfigError, match="'throwaway' is not an objective"):
+        objectives.objective("throwaway")

@@ -40,9 +40,7 @@ def training_rows(model, tokenizer, config: RunConfig, n: int) -> list[dict]:
     """`n` replies of the model to the target's seed instructions: what a release trains on."""
     arms = run_prompts(config)[0]
     gen = config.sample.generation
-    params = SamplingParams(
-        n=1, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, seed=config.seed
-    )
+    params = SamplingParams.from_generation(gen, seed=config.seed)
     prompts = [arms[i % len(arms)] for i in range(n)]
     sampler = HFSampler(model, tokenizer, gen.batch_size, progress=False)
     replies = sampler.generate(prompts, params)
