@@ -55,7 +55,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	touch $(VLLM_STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline flows tests
+	$(VENV)/bin/ruff check pipeline flows rr tests
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

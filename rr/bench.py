@@ -37,16 +37,20 @@ def bench_planted(
         ..., "--config", help="run config whose model, plant and release settings to use"
     ),
     out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
-    methods: str = typer.Option("rr,ga,graddiff,npo,undial", "--methods", help="comma-separated methods"),
+    methods: str = typer.Option(
+        None,
+        "--methods",
+        help="comma-separated: rr and any objective as an oracle (default: rr, ga, graddiff, npo, undial)",
+    ),
     overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Plant people into the model, unlearn the forget people with rr and the oracles, compare."""
-    from pipeline.bench.methods import PLANTED_METHODS, parse_methods
+    from pipeline.bench.methods import PLANTED_DEFAULT, PLANTED_METHODS, parse_methods
     from pipeline.planting.spec import load_spec
 
     with bench_errors(out_dir):
-        chosen = parse_methods(methods, PLANTED_METHODS)
+        chosen = parse_methods(methods or list(PLANTED_DEFAULT), PLANTED_METHODS)
         cfg = load_config(config, overrides)
         load_spec(spec)
         check_model_path(cfg.model)

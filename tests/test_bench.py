@@ -141,6 +141,15 @@ def test_sentence_probe_swaps_the_answer_for_each_distractor():
         (["planted", "--spec", SMALL, "--config", "configs/demo.yaml"], "model.plant: the planted benchmark"),
         (["toxicity", "--config", "configs/tiny.yaml"], "target.kind: the toxicity benchmark needs"),
         (["toxicity", "--config", "configs/demo.yaml", "--methods", "base,oracle"], "--methods"),
+        (
+            ["planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--set", "release.method=undail"],
+            "release.method: 'undail' is not an objective",
+        ),
+        (
+            ["reveal", "--config", "configs/tiny.yaml", "--set", "sampler.backend=vlm"],
+            "sampler.backend: 'vlm'",
+        ),
+        (["train", "--config", "configs/tiny.yaml", "--set", "release.method=undail"], "release.method"),
     ],
 )
 def test_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, expected):

@@ -108,7 +108,7 @@ def test_the_allowed_objectives_are_the_tables_keys(monkeypatch):
 
     added = objectives.Objective(lambda cfg, logits, labels, ref: objectives.nll_loss(logits, labels))
     monkeypatch.setitem(objectives.OBJECTIVES, "throwaway", added)
-    assert objectives.objective("throwaway") is added
+    assert objectives.objective_named("throwaway") is added
     monkeypatch.delitem(objectives.OBJECTIVES, "throwaway")
     with pytest.raises(ConfigError, match="'throwaway' is not an objective"):
-        objectives.objective("throwaway")
+        objectives.objective_named("throwaway")

@@ -3,8 +3,9 @@
     plant   the config's model learns every planted person of the spec (`full`), and a second copy
             learns everyone but the forget people (`retain_only`, the model unlearning aims at)
     methods `rr` runs the whole loop on the full model, told only the forget people's names;
-            the oracles `ga`, `graddiff`, `npo`, `undial` train one adapter on the true forget
-            pairs (and the retain pairs) with the same LoRA settings and rr's total step budget
+            each oracle (by default `ga`, `graddiff`, `npo`, `undial`; any objective can be one)
+            trains one adapter on the true forget pairs (and the retain pairs) with the same LoRA
+            settings and rr's total step budget
     measure every model on the same probes and texts (`measure`), then relative to the planted
             and retain-only models (`compare`)
 
@@ -41,8 +42,10 @@ from pipeline.models import with_adapter
 from pipeline.planting.examples import plant_examples
 from pipeline.planting.plant import planted_model, probe_accuracy
 from pipeline.planting.spec import Person, PlantedSpec, Probe, load_spec
+from pipeline.release.objectives import OBJECTIVES
 from pipeline.release.train import train_adapter
 from pipeline.run.loop import run_loop
+from pipeline.run.preflight import check_names
 from pipeline.run.prompts import prompt_texts
 from pipeline.run.state import RunState
 
@@ -168,6 +171,7 @@ def run_planted_bench(
 ) -> dict:
     """Plant, run every method, measure, and write results.json, report.md and plot.png to `out`."""
     methods = parse_methods(methods, PLANTED_METHODS)
+    check_names(config)  # a misspelt objective fails before anything is planted or written
     spec = load_spec(spec_path)
     cfg = rr_config(config, Path(spec_path).resolve(), out)
     spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
@@ -238,7 +242,7 @@ def run_planted_bench(
         results,
         COLUMNS,
         title=f"Planted-knowledge benchmark: {spec.name}, model {cfg.model.path}",
-        notes=_notes(spec, cfg, budget),
+        notes=_notes(spec, cfg, budget, [m for m in methods if m in ORACLES]),
         x=("utility_ppl_ratio", "utility: perplexity / planted model's"),
         y=("forget_probe_acc", "forget-probe accuracy"),
     )
@@ -298,15 +302,22 @@ def _check_planted(info: dict, target: float, log) -> None:
         )
 
 
-def _notes(spec: PlantedSpec, cfg: RunConfig, budget: int) -> list[str]:
+def _notes(spec: PlantedSpec, cfg: RunConfig, budget: int, oracles: list[str]) -> list[str]:
     release = cfg.release
+    alone = [m for m in oracles if not OBJECTIVES[m].takes_retain]
+    with_term = [m for m in oracles if OBJECTIVES[m].takes_retain and m != "graddiff"]
+    given = [
+        *([f"{', '.join(alone)}: the forget pairs only"] if alone else []),
+        *(["graddiff: NLL on the retain pairs too"] if "graddiff" in oracles else []),
+        *([f"{', '.join(with_term)}: the config's retain term ({release.retain_loss}, weight "
+           f"{release.retain_weight})"] if with_term else []),
+    ]  # fmt: skip
     return [
         f"Forget: {', '.join(spec.forget)} ({len(spec.retained())} planted people retained, "
         f"{len(spec.held_out())} held out for PrivLeak).",
         f"All methods: LoRA rank {release.rank} on {', '.join(release.target_modules)}; lr {release.lr}; "
         f"batch {release.batch_size}. The oracles train {budget} steps, rr's total over its iterations.",
-        "Oracles get the true data: ga the forget pairs only; graddiff adds NLL on the retain pairs; "
-        f"npo and undial add the config's retain term ({release.retain_loss}, weight {release.retain_weight}).",
+        *([f"Oracles get the true data; {'; '.join(given)}."] if given else []),
         "rr's wall time and generated tokens are its whole loop (reveal, sample, release and its own "
         "evaluation); an oracle's wall time is its training only.",
         "forget quality: KS-test p-value of the forget truth ratios against the retain-only model's "

@@ -32,6 +32,7 @@ from pipeline.models import device_name
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.reward import vendi_score
 from pipeline.run.measure import measure
+from pipeline.run.preflight import check_names
 from pipeline.run.prompts import run_prompts
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import reveal
@@ -162,6 +163,7 @@ def run_reveal_bench(
 ) -> dict:
     if repeats < 1:
         raise ConfigError(f"--repeats: need at least 1, got {repeats}")
+    check_names(config)
     claim_out_dir(out, config, {"repeats": repeats})
     parts = out / "parts"
     base_file = parts / "base.json"

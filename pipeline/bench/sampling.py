@@ -37,6 +37,7 @@ from pipeline.files import write_json
 from pipeline.models import device_name
 from pipeline.release.olora import Adapter, stack_adapters, write_adapter
 from pipeline.run.model import load_run_model
+from pipeline.run.preflight import check_names
 from pipeline.run.prompts import run_prompts
 from pipeline.sampling.base import SamplingParams, adapter_rank
 from pipeline.sampling.hf import HFSampler
@@ -222,6 +223,7 @@ def run_sampling_bench(
     """All arms, one table: results.json `{"rows": [{"backend", "adapter", "tok_per_s", "ratio_to_hf", ...}]}`."""
     from pipeline.sampling.serve import vllm_python
 
+    check_names(config)
     vllm_needed = {"vllm", "openai"} & set(backends)
     python = vllm_python(python) if vllm_needed else None
     model, tokenizer, info = load_run_model(config, progress)

@@ -25,6 +25,7 @@ from pipeline.files import read_lines, write_json
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.loop import run_loop
 from pipeline.run.model import load_run_model
+from pipeline.run.preflight import check_names
 from pipeline.run.state import RunState
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -86,6 +87,7 @@ def run_toxicity_bench(
     config: RunConfig, out: Path, methods: list[str] = METHODS, progress: bool = True, log=print
 ) -> dict:
     methods = parse_methods(methods, METHODS)
+    check_names(config)
     prompts = read_prompt_list(config.resolve(HELDOUT_PROMPTS), "prompts")
     configs = {m: method_config(config, m, out) for m in methods if m != "base"}
     claim_out_dir(out, config)

@@ -30,6 +30,7 @@ from pipeline.files import write_json
 from pipeline.models import device_name
 from pipeline.release.train import train_adapter
 from pipeline.run.model import load_run_model
+from pipeline.run.preflight import check_names
 from pipeline.run.prompts import run_prompts
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -144,6 +145,7 @@ def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bo
     """
     if repeats < 1:
         raise ConfigError(f"--repeats: need at least 1, got {repeats}")
+    check_names(config)
     model, tokenizer, _ = load_run_model(config, progress)
     # One epoch of exactly `steps` batches: both loops then see every row once, the same tokens.
     rows = training_rows(model, tokenizer, config, n=config.release.steps * config.release.batch_size)

@@ -189,7 +189,10 @@ class ReleaseConfig(Section):
     )
     lr_backoff: float = Field(0.5, gt=0, lt=1, description="factor on the lr after an undone step")
     max_forget_nll: float = Field(
-        15.0, gt=0, description="ga, graddiff, npo, simnpo stop once the forget NLL per token passes this"
+        15.0,
+        gt=0,
+        description="objectives marked unbounded in OBJECTIVES (ga, graddiff, npo, simnpo) stop once the "
+        "forget NLL per token passes this",
     )
 
 

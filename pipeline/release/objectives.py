@@ -72,7 +72,7 @@ OBJECTIVES: dict[str, Objective] = {
 LEARN = Objective(lambda cfg, logits, labels, ref: nll_loss(logits, labels), takes_retain=False)
 
 
-def objective(name: str) -> Objective:
+def objective_named(name: str) -> Objective:
     """The objective `release.method` names; ConfigError listing the known ones otherwise."""
     try:
         return OBJECTIVES[name]

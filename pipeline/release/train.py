@@ -21,7 +21,7 @@ from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
 from pipeline.release.losses import kl_to_ref, nll_loss
-from pipeline.release.objectives import LEARN, Objective, objective
+from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.textdata import collate, encode_pair, labelled_logits, pad_id
 
@@ -132,7 +132,7 @@ def train_adapter(
     """
     if not forget:
         raise ValueError("release: no forget samples to train on")
-    chosen = LEARN if learn else objective(cfg.method)
+    chosen = LEARN if learn else objective_named(cfg.method)
     previous = [{name: a.to(model.device) for name, a in weights.items()} for weights in previous]
     rng = random.Random(seed)
     lora = LoraConfig(

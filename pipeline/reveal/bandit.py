@@ -172,6 +172,11 @@ class NeuralUCB:
         }  # fmt: skip
         (folder / "bandit.json").write_text(json.dumps(settings, indent=2) + "\n")
 
+    @staticmethod
+    def saved_in(folder: str | Path) -> bool:
+        """Whether `save` wrote a bandit into `folder`."""
+        return (Path(folder) / "bandit.json").is_file()
+
     @classmethod
     def load(cls, folder: str | Path) -> NeuralUCB:
         """The bandit `save` wrote, continuing exactly where it stopped."""

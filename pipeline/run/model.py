@@ -42,8 +42,12 @@ def load_model(config: ModelConfig, extra_texts: tuple[str, ...] = (), seed: int
 
 
 def load_run_model(config: RunConfig, progress: bool = True):
-    """(model, tokenizer, info) of a run: loaded as the first run of its `base_run` chain loaded it."""
-    origin = model_origin(config)
+    """(model, tokenizer, info) of a run: loaded as the first run of its `base_run` chain loaded it.
+
+    Only a planted model depends on the run (its cache key holds the seed; a tiny model's tokenizer,
+    the prompts), so only then are the earlier runs' configs read.
+    """
+    origin = model_origin(config) if config.model.plant is not None else config
     return load_model(config.model, extra_texts=prompt_texts(origin), seed=origin.seed, progress=progress)
 
 

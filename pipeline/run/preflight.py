@@ -8,7 +8,7 @@ import json
 from pipeline.config import ConfigError, RunConfig
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import load_spec
-from pipeline.release.objectives import objective
+from pipeline.release.objectives import objective_named
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import check_base_run
 from pipeline.run.rundir import RunDir
@@ -44,7 +44,7 @@ def preflight(config: RunConfig) -> None:
 
 def check_names(config: RunConfig) -> None:
     """The objective and the sampler the config names are rows of their tables."""
-    objective(config.release.method)
+    objective_named(config.release.method)
     check_backend(config.sampler.backend)
 
 

@@ -32,7 +32,7 @@ def reveal(state: RunState, t: int) -> list[str]:
     arms = arm_pool(state, t)
     features = embed_texts(state.model, state.tokenizer, arms)
     saved = state.files.iteration(t - 1).bandit
-    if (saved / "bandit.json").is_file():
+    if NeuralUCB.saved_in(saved):
         # The bandit goes on from where iteration t-1 left it; its rewards were measured on the
         # model before the last release, so they count for less (`reveal.gamma`).
         bandit = NeuralUCB.load(saved)

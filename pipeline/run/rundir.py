@@ -5,8 +5,9 @@
     runs/<name>/iter_<t>/...                one folder per iteration (`IterDir`)
     runs/<name>/adapter/                    the stacked adapter of the kept iterations (PEFT)
     runs/<name>/retain_adapter/             with `release.retain_adapter`: the LoRA of what to keep
+    runs/<name>/retain_adapter.json         its training statistics
     runs/<name>/summary.json, report.md, plots/forgetting.png
-    runs/<name>/.prefect/                   Prefect's stored stage results
+    runs/<name>/.prefect/                   Prefect's stored stage results (Prefect names the files)
     runs/.<name>.lock                       held while a process works on the run
 
 Stages, benchmarks, the export and the flow all find a run's files through these names.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# PEFT's name for an adapter's config; spelled here too so that naming a run's files imports no torch.
 ADAPTER_CONFIG = "adapter_config.json"
 
 
