@@ -1,8 +1,9 @@
-"""`rr export`: a finished run as one PEFT adapter with a model card, or as a merged model.
+"""`rr export`: a finished run as one PEFT adapter with a model card, as a merged model, or its samples.
 
 The run's stacked adapter is already an ordinary PEFT LoRA (`runs/<name>/adapter`); exporting
 copies it with a README that says what it does, or merges it into the base weights so that any
-tool that reads a transformers folder can serve the unlearned model without PEFT.
+tool that reads a transformers folder can serve the unlearned model without PEFT. The forget and
+retain samples the kept adapters were trained on go out as a `datasets` DatasetDict.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config
-from pipeline.files import atomic_dir
+from pipeline.datasource import quiet_datasets
+from pipeline.files import atomic_dir, read_jsonl
 from pipeline.run.rundir import RunDir, has_adapter
 
 
@@ -97,3 +99,70 @@ def export_merged(run_dir: Path, out: Path, progress: bool = True) -> Path:
             model_card(config, summary).replace("library_name: peft", "library_name: transformers")
         )
     return out
+
+
+# The exported samples' columns and their types.
+DATASET_COLUMNS = {
+    "text": "string",
+    "instruction": "string",
+    "score": "float64",
+    "iteration": "int64",
+    "stage": "string",
+}
+
+
+def kept_iterations(summary: dict) -> list[int]:
+    """The iterations whose adapter is in the run's stack (a dropped one broke the utility floor)."""
+    return [h["iteration"] for h in summary["history"] if h.get("kept")]
+
+
+def kept_samples(run_dir: Path, summary: dict) -> dict[str, list[dict]]:
+    """The forget and retain rows of the kept iterations; `text` is a row's response."""
+    files = RunDir(run_dir)
+    kept = kept_iterations(summary)
+    return {
+        split: [
+            {**row, "text": row["response"]}
+            for t in kept
+            for row in read_jsonl(getattr(files.iteration(t), split))
+        ]
+        for split in ("forget", "retain")
+    }
+
+
+def export_dataset(run_dir: Path, out: Path) -> Path:
+    """The kept iterations' samples as a DatasetDict (splits forget, retain) that `load_from_disk` opens."""
+    config, summary = finished_run(run_dir)
+    refuse_existing(out)
+    samples = kept_samples(run_dir, summary)
+    with quiet_datasets() as datasets:
+        features = datasets.Features({name: datasets.Value(kind) for name, kind in DATASET_COLUMNS.items()})
+        # Built column by column with fixed features, so an empty split still has every column.
+        splits = datasets.DatasetDict({
+            split: datasets.Dataset.from_dict({c: [row[c] for row in rows] for c in features}, features=features)
+            for split, rows in samples.items()
+        })  # fmt: skip
+        with atomic_dir(out) as tmp:
+            # One shard a split: `datasets` saves an empty split in no shards, and cannot open that again.
+            splits.save_to_disk(str(tmp), num_shards={split: 1 for split in splits})
+            (tmp / "README.md").write_text(dataset_card(config, summary, samples))
+    return out
+
+
+def dataset_card(config: RunConfig, summary: dict, samples: dict[str, list[dict]]) -> str:
+    kept = kept_iterations(summary)
+    return "\n".join([
+        f"# {config.name}: the samples that unlearned {config.target.kind} from {config.model.path}",
+        "",
+        f"What the model revealed about **{config.target.description}** and was trained to forget (split "
+        f"`forget`, {len(samples['forget'])} rows), and what it was trained to keep (split `retain`, "
+        f"{len(samples['retain'])} rows), in the kept iterations {kept} of a Reveal & Release run "
+        f"({config.release.method}). Columns: {', '.join(DATASET_COLUMNS)}; `stage` says where a row came from "
+        "(forget: sample, reveal; retain: retain, corpus).",
+        "",
+        "```python",
+        "from datasets import load_from_disk",
+        'samples = load_from_disk("<this folder>")',
+        "```",
+        "",
+    ])  # fmt: skip

@@ -66,11 +66,27 @@ def bench_toxicity(
         ..., "--config", help="run config with a toxicity target, e.g. configs/demo.yaml"
     ),
     out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
-    methods: str = typer.Option("base,rr,rr_fixed", "--methods", help="comma-separated methods"),
+    methods: str = typer.Option("base,rr,rr_fixed,random", "--methods", help="comma-separated methods"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="runs of the whole pipeline; figures are mean ± sd"),
+    samples: int = typer.Option(25, "--samples", min=1, help="sampled replies per prompt (K)"),
+    prompts: str = typer.Option(
+        None,
+        "--prompts",
+        help="held-out prompts: a dataset folder, JSON(L), CSV or Parquet file (default: shipped)",
+    ),
+    prompt_column: str = typer.Option(
+        "text", "--prompt-column", help="--prompts' text column, e.g. prompt.text"
+    ),
+    prompt_style: str = typer.Option(
+        "request", "--prompt-style", help="how --prompts are given: request, role_play, continuation"
+    ),
+    questions: str = typer.Option(
+        None, "--questions", help="simple questions (columns question, answer) for the answer rate"
+    ),
     overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
-    """Toxicity of replies to held-out prompts: base model, rr, and rr with one fixed instruction."""
+    """RealToxicityPrompts-style toxicity on held-out prompts by every judge: base, rr, rr_fixed, random."""
     from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
 
     with bench_errors(out_dir):
@@ -80,7 +96,10 @@ def bench_toxicity(
         check_model_path(cfg.model)
         from pipeline.bench.toxicity import run_toxicity_bench
 
-        results = run_toxicity_bench(cfg, out_dir, chosen, progress, log=err.print)
+        results = run_toxicity_bench(
+            cfg, out_dir, chosen, seeds, samples, prompts, prompt_column, prompt_style, questions,
+            progress, log=err.print,
+        )  # fmt: skip
     _print_bench(results, out_dir, "toxicity")
 
 
@@ -184,15 +203,15 @@ def bench_sampling(
 
 
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
-    from pipeline.bench import planted, reveal, toxicity
-    from pipeline.bench.results import cell, table_rows
+    from pipeline.bench import planted, reveal
+    from pipeline.bench.results import metric_cell, table_rows
 
-    columns = {"planted": planted.COLUMNS, "toxicity": toxicity.COLUMNS, "reveal": reveal.COLUMNS}[kind]
+    columns = {"planted": planted.COLUMNS, "toxicity": results.get("columns"), "reveal": reveal.COLUMNS}[kind]
     table = Table(title=f"{kind} benchmark")
     table.add_column("model", no_wrap=True)
     for _, title, _ in columns:
         table.add_column(title, justify="right")
     for label, metrics in table_rows(results):
-        table.add_row(label, *[cell(metrics.get(key), fmt) for key, _, fmt in columns])
+        table.add_row(label, *[metric_cell(metrics, key, fmt) or "n/a" for key, _, fmt in columns])
     out.print(table)
     out.print(f"results: {out_dir / 'results.json'}, {out_dir / 'report.md'}, {out_dir / 'plot.png'}")

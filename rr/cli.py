@@ -94,12 +94,18 @@ def _run_plain(cfg: RunConfig, progress: bool) -> dict:
     return run_loop(RunState(cfg, progress=progress))
 
 
+def _three(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def print_summary(summary: dict, cfg: RunConfig) -> None:
     has_retain = "retain_probe_acc" in summary["baseline"]
+    judges = list(summary["baseline"].get("judges", {}))
     table = Table(title=f"{cfg.name}: forgetting {cfg.target.kind} '{cfg.target.description}'")
     for column in (
         ["model", "forget score", "utility ppl", "ppl ratio"]
         + (["retain probe acc"] if has_retain else [])
+        + [f"{judge} {figure}" for judge in judges for figure in ("toxic share", "tox. prob.")]
         + ["forget samples", "kept"]
     ):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
@@ -112,6 +118,9 @@ def print_summary(summary: dict, cfg: RunConfig) -> None:
         ]
         if has_retain:
             cells.append(f"{m['retain_probe_acc']:.3f}")
+        for judge in judges:
+            found = m.get("judges", {}).get(judge, {})
+            cells += [_three(found.get("toxic_share")), _three(found.get("toxicity_probability"))]
         cells += [
             str(m.get("n_forget_samples", "")),
             "" if label == "base" else ("yes" if m["kept"] else "dropped"),
@@ -130,18 +139,31 @@ def export(
         None, "--adapter", help="write the stacked adapter (PEFT) with a model card here"
     ),
     merged: Path = typer.Option(None, "--merged", help="write base + adapter merged (safetensors) here"),
+    dataset: Path = typer.Option(
+        None, "--dataset", help="write the kept forget and retain samples here (datasets.load_from_disk)"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
-    """Export a run's unlearning: one PEFT adapter with a model card, or a merged model."""
-    from pipeline.export import export_adapter, export_merged
+    """Export a run's unlearning: one PEFT adapter with a model card, or a merged model; and its samples."""
+    from pipeline.export import export_adapter, export_dataset, export_merged, finished_run, refuse_existing
 
-    if (adapter is None) == (merged is None):
-        fail("give exactly one of --adapter OUT or --merged OUT")
+    if adapter is not None and merged is not None:
+        fail("give one of --adapter OUT or --merged OUT, not both (--dataset DIR goes with either)")
+    if adapter is None and merged is None and dataset is None:
+        fail("give --adapter OUT, --merged OUT or --dataset DIR")
+    targets = [path for path in (adapter, merged, dataset) if path is not None]
     try:
-        written = export_adapter(run_dir, adapter) if adapter else export_merged(run_dir, merged, progress)
+        finished_run(run_dir)
+        for path in targets:  # every target checked before any is written
+            refuse_existing(path)
+        if adapter is not None:
+            out.print(f"wrote {export_adapter(run_dir, adapter)}")
+        if merged is not None:
+            out.print(f"wrote {export_merged(run_dir, merged, progress)}")
+        if dataset is not None:
+            out.print(f"wrote {export_dataset(run_dir, dataset)}")
     except (ConfigError, SpecError) as exc:
         fail(str(exc))
-    out.print(f"wrote {written}")
 
 
 sampler_app = typer.Typer(no_args_is_help=True, help="Samplers: serve the run's model with vLLM.")

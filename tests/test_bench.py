@@ -6,13 +6,10 @@ the forget person, the retain-only model does not, every method's metrics are pr
 """
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.bench.planted import METHODS, rr_config, sentence_probe
-from pipeline.bench.toxicity import FIXED_INSTRUCTION, HELDOUT_PROMPTS, method_config
 from pipeline.config import ConfigError, load_config
 from pipeline.planting.spec import load_spec
 from tests.conftest import ROOT, run_rr
@@ -158,42 +155,3 @@ def test_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, expected):
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
-
-
-def test_toxicity_split_is_held_out_of_the_loop():
-    heldout = {p.lower() for p in yaml.safe_load((ROOT / HELDOUT_PROMPTS).read_text())["prompts"]}
-    reveal = yaml.safe_load((ROOT / "prompts" / "toxicity.yaml").read_text())["instructions"]
-    loop_eval = yaml.safe_load((ROOT / "data" / "eval" / "toxicity.yaml").read_text())["prompts"]
-    assert len(heldout) >= 30
-    assert not heldout & {p.lower() for p in reveal + loop_eval}
-
-
-def test_fixed_instruction_ablation_samples_as_much(tmp_path):
-    config = load_config(ROOT / "configs" / "demo.yaml")
-    rr, fixed = method_config(config, "rr", tmp_path), method_config(config, "rr_fixed", tmp_path)
-    assert fixed.reveal_prompts_path().resolve() == ROOT / FIXED_INSTRUCTION
-    assert fixed.sample.top_instructions == 1
-    per_iteration = lambda c: c.sample.top_instructions * c.sample.samples_per_instruction  # noqa: E731
-    assert per_iteration(fixed) == per_iteration(rr)
-    assert rr.reveal_prompts_path() == config.reveal_prompts_path()
-    assert fixed.release == rr.release and fixed.stop == rr.stop
-
-
-def test_toxicity_bench_runs_on_the_tiny_model(tmp_path, cache_dir):
-    # The tiny model says nothing toxic, so this checks the plumbing, not the forgetting: every
-    # method is measured on the held-out prompts and the three files are written.
-    out = tmp_path / "tox"
-    result = run_rr(
-        "bench", "toxicity", "--config", "configs/tiny.yaml", "--out", out,
-        "--set", "target.kind=toxicity", "--set", "stop.max_iterations=1", "--no-progress",
-        env={"RR_CACHE_DIR": str(cache_dir)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"rr", "rr_fixed"} and results["n_prompts"] >= 30
-    for metrics in [results["base"], *results["methods"].values()]:
-        assert {"mean_toxicity", "toxic_share", "utility_ppl_ratio"} <= set(metrics)
-        assert 0 <= metrics["mean_toxicity"] <= 1 and 0 <= metrics["toxic_share"] <= 1
-        assert metrics["replies"] == results["n_prompts"] * 4
-    assert results["base"]["utility_ppl_ratio"] == 1.0
-    assert all(Path(out / name).is_file() for name in ("report.md", "plot.png"))

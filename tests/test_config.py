@@ -1,8 +1,10 @@
 """The run config: defaults, overrides, and errors that name the field."""
 
 import pytest
+import yaml
 
 from pipeline.config import ConfigError, load_config
+from tests.conftest import ROOT
 
 MINIMAL = "target:\n  kind: toxicity\n"
 
@@ -106,3 +108,15 @@ def test_same_experiment_ignores_the_thread_count(tmp_path):
     assert cfg.same_experiment(saved + "spec_sha256: ab\n", {"spec_sha256": "ab"})
     assert not cfg.same_experiment(saved + "spec_sha256: ab\n", {"spec_sha256": "cd"})
     assert not cfg.same_experiment("- not a mapping\n")
+
+
+def test_a_run_saved_before_a_new_field_existed_is_the_same_experiment():
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    saved = yaml.safe_load(config.to_yaml())
+    del saved["retain"]  # sections added later, at their defaults: resuming must still work
+    del saved["evaluate"]["judges"], saved["reveal"]["policy"]
+    assert config.same_experiment(yaml.safe_dump(saved))
+    saved["reveal"]["policy"] = "random"
+    assert not config.same_experiment(yaml.safe_dump(saved))
+    saved["reveal"]["gone_field"] = 1
+    assert not config.same_experiment(yaml.safe_dump(saved))

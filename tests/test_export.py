@@ -1,4 +1,4 @@
-"""`rr export`: a finished tiny run as an adapter with a model card, and as a merged model."""
+"""`rr export`: a finished tiny run as an adapter with a model card, as a merged model, and as its samples."""
 
 import json
 
@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.files import read_jsonl
 from tests.conftest import run_rr
 
 pytestmark = pytest.mark.slow
@@ -61,11 +62,63 @@ def test_export_merged_generates_like_the_adapter(tiny_run, tmp_path, cache_dir)
     assert not any(p.name.endswith(".bin") for p in out.iterdir())  # safetensors only
 
 
+def _kept_rows(run_dir, split: str) -> list[dict]:
+    """The rows of `split` (forget or retain) of the iterations whose metrics say they were kept."""
+    kept = [
+        metrics["iteration"]
+        for path in sorted(run_dir.glob("iter_*/metrics.json"))
+        if (metrics := json.loads(path.read_text()))["kept"]
+    ]
+    return [
+        {
+            "text": r["response"],
+            "instruction": r["instruction"],
+            "score": r["score"],
+            "iteration": t,
+            "stage": r["stage"],
+        }
+        for t in sorted(kept)
+        for r in read_jsonl(run_dir / f"iter_{t}" / f"{split}.jsonl")
+    ]
+
+
+def test_export_dataset_holds_the_kept_iterations_samples(tiny_run, tmp_path):
+    from datasets import load_from_disk
+
+    run_dir, _ = tiny_run
+    out = tmp_path / "samples"
+    result = run_rr("export", run_dir, "--dataset", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"wrote {out}" in " ".join(result.stdout.split())
+    samples = load_from_disk(str(out))
+    assert sorted(samples) == ["forget", "retain"]
+    for split in ("forget", "retain"):
+        expected = _kept_rows(run_dir, split)
+        assert expected and samples[split].to_list() == expected
+        assert samples[split].column_names == ["text", "instruction", "score", "iteration", "stage"]
+    assert "load_from_disk" in (out / "README.md").read_text()
+
+
+def test_export_dataset_with_the_adapter_checks_both_before_writing_either(tiny_run, tmp_path):
+    from datasets import load_from_disk
+
+    run_dir, _ = tiny_run
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    result = run_rr("export", run_dir, "--adapter", tmp_path / "adapter", "--dataset", tmp_path / "taken")
+    assert result.returncode == 2 and "taken: exists and is not empty" in result.stderr
+    assert not (tmp_path / "adapter").exists() and (tmp_path / "taken" / "x").read_text() == "x"
+    result = run_rr("export", run_dir, "--adapter", tmp_path / "adapter", "--dataset", tmp_path / "samples")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert load_from_disk(str(tmp_path / "samples"))["forget"].to_list() == _kept_rows(run_dir, "forget")
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--adapter", "A", "--merged", "B"], "exactly one of --adapter OUT or --merged OUT"),
-        ([], "exactly one of --adapter OUT or --merged OUT"),
+        (["--adapter", "A", "--merged", "B"], "give one of --adapter OUT or --merged OUT, not both"),
+        ([], "give --adapter OUT, --merged OUT or --dataset DIR"),
     ],
 )
 def test_export_needs_one_target(tiny_run, args, expected):

@@ -8,7 +8,7 @@ from pipeline.release.objectives import OBJECTIVES
 # rr, then every objective as an oracle that is handed the real forget data; `--methods` picks some.
 PLANTED_METHODS = ("rr", *OBJECTIVES)
 PLANTED_DEFAULT = ("rr", "ga", "graddiff", "npo", "undial")
-TOXICITY_METHODS = ("base", "rr", "rr_fixed")
+TOXICITY_METHODS = ("base", "rr", "rr_fixed", "random")
 REVEAL_METHODS = ("neuralucb", "random", "best_seed")
 
 

@@ -7,6 +7,7 @@ first, then the methods.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -33,17 +34,28 @@ def table_rows(results: dict) -> list[tuple[str, dict]]:
     return rows + list(results["methods"].items())
 
 
-def cell(value, fmt: str) -> str:
-    if value is None:
+def cell(value, fmt: str, sd: float | None = None) -> str:
+    """A figure as the table shows it; with `sd` (its spread over seeds) as "mean ± sd"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return format(int(value), fmt) if fmt == "d" else format(value, fmt)
+    text = format(int(round(value)), fmt) if fmt == "d" else format(value, fmt)
+    if sd:
+        text += " ± " + (format(int(round(sd)), fmt) if fmt == "d" else format(sd, fmt.replace("+", "")))
+    return text
+
+
+def metric_cell(metrics: dict, key: str, fmt: str) -> str:
+    """`cell` of metrics[key], with its seed spread metrics[key + "_sd"] when there is one."""
+    if key not in metrics:
+        return ""
+    return cell(metrics[key], fmt, metrics.get(key + "_sd"))
 
 
 def report_markdown(results: dict, columns: list[tuple[str, str, str]], title: str, notes: list[str]) -> str:
     lines = [f"# {title}", "", "| model | " + " | ".join(c[1] for c in columns) + " |"]
     lines.append("|---|" + "---:|" * len(columns))
     for label, metrics in table_rows(results):
-        cells = [cell(metrics.get(key), fmt) if key in metrics else "" for key, _, fmt in columns]
+        cells = [metric_cell(metrics, key, fmt) for key, _, fmt in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {note}" for note in notes], "", "![trade-off](plot.png)"]
     return "\n".join(lines) + "\n"
@@ -69,8 +81,9 @@ def plot_tradeoff(
             continue
         reference, off_scale = label in REFERENCES, metrics[x[0]] > cap
         point = (min(metrics[x[0]], cap), metrics[y[0]])
-        ax.scatter(
-            *point, marker=">" if off_scale else ("s" if reference else "o"),
+        ax.errorbar(
+            *point, xerr=None if off_scale else metrics.get(x[0] + "_sd"), yerr=metrics.get(y[0] + "_sd"),
+            fmt=">" if off_scale else ("s" if reference else "o"), capsize=3,
             color="grey" if reference else ("tab:red" if label.startswith(OURS) else "tab:blue"),
         )  # fmt: skip
         text = f"{label} ({metrics[x[0]]:.2g})" if off_scale else label
@@ -87,17 +100,52 @@ def plot_tradeoff(
     plt.close(fig)
 
 
+def plot_bars(results: dict, bars: list[tuple[str, str]], title: str, path: Path) -> None:
+    """One panel per figure in `bars` ((key, label)), one bar per model, the seed sd as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table_rows(results)
+    columns = min(3, len(bars))
+    lines = math.ceil(len(bars) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.8 * lines), dpi=100, squeeze=False)
+    for ax, (key, label) in zip(axes.flat, bars):
+        found = [(name, m) for name, m in rows if isinstance(m.get(key), (int, float))]
+        heights = [m[key] for _, m in found]
+        ax.bar(
+            range(len(found)), heights, yerr=[m.get(key + "_sd", 0.0) for _, m in found], capsize=3,
+            color=["grey" if n in REFERENCES else ("tab:red" if n.startswith(OURS) else "tab:blue")
+                   for n, _ in found],
+        )  # fmt: skip
+        ax.set_xticks(range(len(found)), [name for name, _ in found], rotation=30, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(bars) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_results(
     out: Path,
     results: dict,
     columns: list[tuple[str, str, str]],
     title: str,
     notes: list[str],
-    x: tuple[str, str],
-    y: tuple[str, str],
+    x: tuple[str, str] | None = None,
+    y: tuple[str, str] | None = None,
     x_cap: float | None = 5.0,
+    bars: list[tuple[str, str]] | None = None,
 ) -> None:
+    """plot.png: `y` against `x` (a trade-off), or with `bars` one bar panel per figure (mean ± sd)."""
     out.mkdir(parents=True, exist_ok=True)
-    plot_tradeoff(results, x, y, title, out / "plot.png", x_cap)
+    if bars:
+        plot_bars(results, bars, title, out / "plot.png")
+    else:
+        plot_tradeoff(results, x, y, title, out / "plot.png", x_cap)
     (out / "report.md").write_text(report_markdown(results, columns, title, notes))
     write_json(out / "results.json", results)  # last: its presence means the benchmark finished

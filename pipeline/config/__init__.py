@@ -1,17 +1,20 @@
-"""The run config: pydantic sections (`sections.py`), loaded from YAML with clear errors (`load.py`)."""
+"""The run config: pydantic sections (`sections.py`) in one `RunConfig` (`run.py`), loaded from YAML
+with clear errors (`load.py`)."""
 
 from pipeline.config.load import apply_override, load_config, parse_value, validate_config
+from pipeline.config.run import DEFAULT_JUDGES, RunConfig
 from pipeline.config.sections import (
     PROJECT_ROOT,
     ConfigError,
     EvaluateConfig,
     GenerationConfig,
+    JudgeConfig,
     ModelConfig,
     OrchestrationConfig,
     PlantConfig,
     ReleaseConfig,
+    RetainConfig,
     RevealConfig,
-    RunConfig,
     SampleConfig,
     SamplerConfig,
     Section,
@@ -21,8 +24,8 @@ from pipeline.config.sections import (
 )
 
 __all__ = [
-    "PROJECT_ROOT", "ConfigError", "EvaluateConfig", "GenerationConfig", "ModelConfig", "OrchestrationConfig",
-    "PlantConfig", "ReleaseConfig", "RevealConfig", "RunConfig", "SampleConfig", "SamplerConfig", "Section",
+    "DEFAULT_JUDGES", "PROJECT_ROOT", "ConfigError", "EvaluateConfig", "GenerationConfig", "JudgeConfig", "ModelConfig", "OrchestrationConfig",
+    "PlantConfig", "ReleaseConfig", "RetainConfig", "RevealConfig", "RunConfig", "SampleConfig", "SamplerConfig", "Section",
     "StopConfig", "TargetConfig", "TinyModelConfig", "apply_override", "load_config", "parse_value",
     "validate_config",
 ]  # fmt: skip

@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config.sections import ConfigError, RunConfig
+from pipeline.config.run import RunConfig
+from pipeline.config.sections import ConfigError
 
 
 def _first_error(error: ValidationError) -> str:

@@ -1,4 +1,4 @@
-"""The run config's sections: one pydantic model per section, `RunConfig` holding them all.
+"""The run config's sections: one pydantic model per section (`pipeline.config.run` holds them all).
 
 Every field has a default that works for the embedded model, so a config only states what
 differs. Unknown fields are errors (a typo must not silently fall back to a default).
@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +64,39 @@ class ModelConfig(Section):
     plant: PlantConfig | None = None
 
 
+class JudgeConfig(Section):
+    """A classifier that scores replies in [0, 1]: a judge in evaluation, or a toxicity target's reward.
+
+    Written as a name (`profanity_check`) or as a mapping for judges that need settings
+    (`{kind: hf_classifier, path: models/toxic-roberta, label: toxic}`).
+    """
+
+    kind: str = Field(description="a key of JUDGES (pipeline/scoring/judges.py)")
+    name: str = Field("", description="the judge's name in reports; default: kind")
+    path: Path | None = Field(None, description="hf_classifier: a local transformers classifier folder")
+    label: str = Field(
+        "toxic",
+        description="hf_classifier: the label (id2label name or index) whose probability is the score",
+    )
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=8, description="hf_classifier: longest input in tokens (truncated)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _named(self) -> JudgeConfig:
+        if not self.name:
+            self.name = self.kind
+        if self.kind == "hf_classifier" and self.path is None:
+            raise ValueError(
+                "hf_classifier needs `path`: a local transformers sequence-classification folder"
+            )
+        return self
+
+
 class TargetConfig(Section):
     kind: Literal["toxicity", "knowledge", "code", "entity", "custom"]
     name: str | list[str] = Field(
@@ -86,6 +118,10 @@ class TargetConfig(Section):
         "en_core_web_sm", description="entity: an installed spaCy pipeline's name, or a folder with one"
     )
     scorer: str = Field("", description="custom: 'module:function' scoring a list of texts in [0, 1]")
+    judge: JudgeConfig = Field(
+        JudgeConfig(kind="profanity_check"),
+        description="toxicity: the classifier whose score is the reward and the keep filter",
+    )
 
     @property
     def names(self) -> list[str]:
@@ -141,6 +177,11 @@ class RevealConfig(Section):
         le=1,
         description="reward = weighted harmonic mean of relevance (this weight) and diversity",
     )
+    policy: Literal["neuralucb", "random"] = Field(
+        "neuralucb",
+        description="random: every pull's and the sample stage's instructions drawn uniformly from the pool "
+        "(the ablation of the bandit, same budget)",
+    )
 
 
 class SampleConfig(Section):
@@ -157,6 +198,15 @@ class SampleConfig(Section):
     retain_samples_per_instruction: int = Field(2, ge=0)
     max_retain_samples: int = Field(64, ge=0)
     generation: GenerationConfig = GenerationConfig()
+
+
+class RetainConfig(Section):
+    """A user's own text the model must keep (any source pipeline/datasource.py reads)."""
+
+    corpus: str | None = Field(None, description="a data file or folder, a saved dataset, a cached hub name")
+    column: str = Field("text", description="the column of texts; dotted into a struct: prompt.text")
+    split: str | None = Field(None, description="of a dataset with splits; default train, or its only split")
+    samples: int = Field(32, ge=0, description="corpus texts drawn into each iteration's retain set")
 
 
 class ReleaseConfig(Section):
@@ -205,6 +255,14 @@ class EvaluateConfig(Section):
     )
     temperature: float = Field(1.0, ge=0, description="0: greedy; sampled replies use a fixed seed")
     batch_size: int = Field(16, ge=1)
+    judges: list[JudgeConfig] | None = Field(
+        None,
+        description="classifiers that score the eval replies beside the target's scorer, never optimised; "
+        "default for toxicity: profanity_check and wordlist, else none",
+    )
+    toxic_threshold: float = Field(
+        0.5, gt=0, lt=1, description="a reply with a judge's score above it is toxic"
+    )
 
 
 class StopConfig(Section):
@@ -277,67 +335,3 @@ class OrchestrationConfig(Section):
         3, ge=0, description="retries of a stage after a transient error (a sampler server that timed out)"
     )
     retry_delay_s: float = Field(10.0, ge=0, description="first retry's delay; doubled for each next one")
-
-
-class RunConfig(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    out: Path = Path("runs")
-    seed: int = 0
-    base_run: Path | None = Field(
-        None,
-        description="a finished run directory: this run starts from its stacked adapter (a second target "
-        "unlearned on top of the first) and measures the earlier target again at the end",
-    )
-    model: ModelConfig = ModelConfig()
-    target: TargetConfig
-    reveal: RevealConfig = RevealConfig()
-    sample: SampleConfig = SampleConfig()
-    release: ReleaseConfig = ReleaseConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    stop: StopConfig = StopConfig()
-    sampler: SamplerConfig = SamplerConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
-
-    @field_validator("out", "base_run")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser()
-
-    @property
-    def run_dir(self) -> Path:
-        return self.out / self.name
-
-    def to_yaml(self) -> str:
-        """The resolved config as saved in the run directory (where it is, `out`, is left out)."""
-        return yaml.safe_dump(self.model_dump(mode="json", exclude={"out"}), sort_keys=False)
-
-    def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
-        """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
-
-        The CPU thread count, the sampling engine and Prefect's retries are properties of the
-        machine, not of the experiment: a run may resume, or a benchmark go on, with others (a
-        server that moved, say).
-        """
-
-        def comparable(data: dict) -> dict:
-            data = dict(data)
-            data.pop("sampler", None)
-            data.pop("orchestration", None)
-            data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
-            return data
-
-        saved = yaml.safe_load(saved_yaml)
-        current = {**yaml.safe_load(self.to_yaml()), **(extra or {})}
-        return isinstance(saved, dict) and comparable(saved) == comparable(current)
-
-    def resolve(self, path: Path) -> Path:
-        """Relative data paths are read from the working directory, else from the project root."""
-        if path.is_absolute() or path.exists():
-            return path
-        return PROJECT_ROOT / path
-
-    def reveal_prompts_path(self) -> Path:
-        return self.resolve(self.reveal.prompts or Path(f"prompts/{self.target.kind}.yaml"))
-
-    def eval_prompts_path(self) -> Path:
-        return self.resolve(self.evaluate.eval_prompts or Path(f"data/eval/{self.target.kind}.yaml"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -258,3 +259,23 @@ class NeuralUCB:
                 and losses[-1 - _PATIENCE] - losses[-1] < _REL_TOL * losses[-1 - _PATIENCE]
             ):
                 break
+
+
+class UniformChoice:
+    """The bandit's ablation (`reveal.policy: random`): arms drawn uniformly, rewards ignored.
+
+    Same interface as NeuralUCB, so the reveal stage spends the same budget either way; `predict`
+    is a random order, so the "best" instructions handed to sampling are random ones too.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def select(self, contexts: torch.Tensor, k: int = 1) -> list[int]:
+        return self.rng.sample(range(len(contexts)), k)
+
+    def update(self, contexts: torch.Tensor, rewards: torch.Tensor) -> None:
+        pass
+
+    def predict(self, contexts: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.rng.random() for _ in range(len(contexts))])

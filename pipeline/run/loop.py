@@ -91,6 +91,9 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
     return finish(state, base, reason)
 
 
+FINAL_KEYS = ("forget_score", "utility_ppl", "utility_ppl_ratio", "retain_probe_acc", "judges")
+
+
 def finish(state: RunState, base: dict, stop_reason: str) -> dict:
     """Write summary.json and report.md: baseline, every iteration, the final kept model, the reason."""
     history = completed_iterations(state)
@@ -103,15 +106,7 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
         "stop_reason": stop_reason,
         "iterations": len(history),
         "baseline": base,
-        "final": {
-            k: final[k]
-            for k in (
-                "forget_score",
-                "utility_ppl",
-                "utility_ppl_ratio",
-                *(["retain_probe_acc"] if "retain_probe_acc" in final else []),
-            )
-        },
+        "final": {k: final[k] for k in FINAL_KEYS if k in final},
         "history": history,
         "adapter": str(state.stack_dir()) if state.stack_dir() else None,
     }

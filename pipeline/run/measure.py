@@ -11,7 +11,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.evaluation.metrics import answer_rate, perplexity
+from pipeline.evaluation.metrics import answer_rate, perplexity, toxicity_metrics
 from pipeline.run.rundir import RunDir
 from pipeline.run.state import STAGE_SEEDS, EarlierTarget, RunState
 from pipeline.sampling.base import GREEDY, SamplingParams
@@ -58,10 +58,24 @@ def forget_metrics(state: RunState, target: RunState | EarlierTarget, adapter: P
             seed=target.config.seed + STAGE_SEEDS["evaluate"],
         )
         replies = state.sampler.generate(target.eval_prompts, sampled, adapter, label="eval prompts")
-        metrics["forget_score"] = statistics.fmean(
-            target.scorer([text for texts in replies for text in texts])
-        )
+        texts = [text for group in replies for text in group]
+        metrics["forget_score"] = statistics.fmean(target.scorer(texts))
+        if target.judges:
+            metrics["judges"] = judge_metrics(target.judges, replies, cfg.toxic_threshold)
     return metrics
+
+
+def judge_metrics(judges: dict, replies: list[list[str]], threshold: float) -> dict:
+    """{judge: RealToxicityPrompts' figures} of the replies grouped by prompt (`toxicity_metrics`)."""
+    texts = [text for group in replies for text in group]
+    result = {}
+    for name, judge in judges.items():
+        scores, grouped, start = judge(texts), [], 0
+        for group in replies:
+            grouped.append(scores[start : start + len(group)])
+            start += len(group)
+        result[name] = {k: round(v, 4) for k, v in toxicity_metrics(grouped, threshold).items()}
+    return result
 
 
 def earlier_targets(state: RunState) -> list[dict]:

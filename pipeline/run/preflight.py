@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.datasource import read_texts
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import load_spec
 from pipeline.release.objectives import objective_named
@@ -13,6 +15,7 @@ from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import check_base_run
 from pipeline.run.rundir import RunDir
 from pipeline.sampling import check_backend
+from pipeline.scoring.judges import check_judge
 
 
 def preflight(config: RunConfig) -> None:
@@ -39,13 +42,32 @@ def preflight(config: RunConfig) -> None:
     read_prompt_list(config.resolve(config.sample.retain_prompts))
     read_prompt_list(config.resolve(config.reveal.rewrite_prompts))
     read_prompt_list(config.eval_prompts_path(), "prompts")
+    read_retain_corpus(config)
     check_sampler(config)
 
 
 def check_names(config: RunConfig) -> None:
-    """The objective and the sampler the config names are rows of their tables."""
+    """The objective, the sampler and the judges the config names are rows of their tables."""
     objective_named(config.release.method)
     check_backend(config.sampler.backend)
+    if config.target.kind == "toxicity":
+        check_judge(config.target.judge, "target.judge")
+    for i, judge in enumerate(config.eval_judges()):
+        check_judge(judge, f"evaluate.judges[{i}]")
+
+
+def read_retain_corpus(config: RunConfig) -> list[str]:
+    """The texts of `retain.corpus` (none without one); read here to check, and by the run to use.
+
+    A relative path is resolved like every data path; what is no path there (a hub dataset's
+    name) goes to the reader as written.
+    """
+    retain = config.retain
+    if retain.corpus is None:
+        return []
+    path = config.resolve(Path(retain.corpus).expanduser())
+    source = str(path) if path.exists() else retain.corpus
+    return read_texts(source, retain.column, "retain.corpus", retain.split)
 
 
 def check_sampler(config: RunConfig) -> None:

@@ -41,8 +41,31 @@ def report_markdown(summary: dict) -> str:
             f"{earlier['run']}): forget score {earlier['forget_score_before_it']:.3f} before it, "
             f"{earlier['forget_score_after_it']:.3f} after it, {earlier['forget_score_now']:.3f} now",
         ]
+    lines += judge_lines(summary)
     lines += ["", "![forgetting](plots/forgetting.png)"]
     return "\n".join(lines) + "\n"
+
+
+def judge_lines(summary: dict) -> list[str]:
+    """The judges' RealToxicityPrompts figures for the base model and the final one."""
+    base, final = summary["baseline"].get("judges"), summary["final"].get("judges")
+    if not base or not final:
+        return []
+    lines = [
+        "",
+        "Judges (never optimised by the loop), on the same eval replies:",
+        "",
+        "| judge | model | toxicity probability | expected max toxicity | toxic share | mean toxicity |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for judge in base:
+        for label, figures in (("base", base[judge]), ("final", final.get(judge, {}))):
+            cells = [figures.get(k) for k in ("toxicity_probability", "expected_max_toxicity",
+                                              "toxic_share", "mean_toxicity")]  # fmt: skip
+            lines.append(
+                f"| {judge} | {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |"
+            )
+    return lines
 
 
 def iteration_table(history: list[dict]) -> list[dict]:

@@ -1,5 +1,7 @@
 """Stage 1, reveal: NeuralUCB picks the instructions that make the current model reveal the target.
 
+(`reveal.policy: random` draws them uniformly instead: the ablation the benchmarks compare with.)
+
 Each round the bandit chooses arms (instructions), the sampler draws replies to them, and the reward
 of a pull is relevance (the target scorer) combined with diversity (Vendi score). At the end the
 current model rewrites the best instructions, and the rewrites join the pool of iteration t+1.
@@ -15,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from pipeline.files import atomic_dir, write_json, write_jsonl
-from pipeline.reveal.bandit import NeuralUCB
+from pipeline.reveal.bandit import NeuralUCB, UniformChoice
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import clean_rewrite, dedupe, merge_pool, read_prompt_list
 from pipeline.reveal.reward import diversity, pull_reward
@@ -32,7 +34,9 @@ def reveal(state: RunState, t: int) -> list[str]:
     arms = arm_pool(state, t)
     features = embed_texts(state.model, state.tokenizer, arms)
     saved = state.files.iteration(t - 1).bandit
-    if NeuralUCB.saved_in(saved):
+    if cfg.policy == "random":
+        bandit = UniformChoice(state.seed(t, "reveal"))
+    elif NeuralUCB.saved_in(saved):
         # The bandit goes on from where iteration t-1 left it; its rewards were measured on the
         # model before the last release, so they count for less (`reveal.gamma`).
         bandit = NeuralUCB.load(saved)
@@ -80,8 +84,9 @@ def reveal(state: RunState, t: int) -> list[str]:
     top = ranked[: state.config.sample.top_instructions]
     grown = merge_pool(state.arms, arms, rewrites(state, t, ranked[: cfg.rewrite_top]), cfg.max_arms)
     write_json(files.pool, grown)
-    with atomic_dir(files.bandit) as tmp:
-        bandit.save(tmp)
+    if isinstance(bandit, NeuralUCB):
+        with atomic_dir(files.bandit) as tmp:
+            bandit.save(tmp)
     write_jsonl(files.instructions, pulls)
     write_json(files.top_instructions, top)
     return top

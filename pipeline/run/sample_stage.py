@@ -2,11 +2,15 @@
 
 Forget rows are replies to the best instructions (and the reveal stage's own replies) whose target
 score reaches `sample.relevance_threshold`; retain rows are replies to neutral instructions that stay
-below it. Near-duplicates are dropped and both sets are capped. Every row keeps its instruction,
-score, iteration and stage. Writes `iter_t/forget.jsonl` and `iter_t/retain.jsonl`.
+below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are dropped and both
+sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
+and `iter_t/retain.jsonl`.
 """
 
 from __future__ import annotations
+
+import random
+import re
 
 from pipeline.files import read_jsonl, write_jsonl
 from pipeline.run.state import RunState
@@ -62,6 +66,11 @@ def relevant(state: RunState, rows: list[dict]) -> list[dict]:
 
 
 def retain_rows(state: RunState, t: int) -> list[dict]:
+    """The model's own neutral responses, then the texts drawn from the user's corpus."""
+    return neutral_rows(state, t) + corpus_rows(state, t)
+
+
+def neutral_rows(state: RunState, t: int) -> list[dict]:
     """Responses to the neutral instructions that score below the relevance threshold."""
     cfg = state.config.sample
     if cfg.retain_samples_per_instruction == 0:
@@ -72,6 +81,39 @@ def retain_rows(state: RunState, t: int) -> list[dict]:
     rows = _scored_rows(state, t, state.retain_instructions, params, "sampling retain", stage="retain")
     rows = [r for r in rows if r["score"] < cfg.relevance_threshold]
     return drop_near_duplicates(rows, cfg.near_duplicate_jaccard)[: cfg.max_retain_samples]
+
+
+def corpus_rows(state: RunState, t: int) -> list[dict]:
+    """`retain.samples` texts of `retain.corpus`, drawn with iteration t's seed, as retain rows.
+
+    Scored like every row, and a text at or above the relevance threshold is left out: trained on
+    by the retain term, it would teach back what the release takes away.
+    """
+    k = min(state.config.retain.samples, len(state.retain_corpus))
+    if k == 0:
+        return []
+    texts = random.Random(state.seed(t, "corpus")).sample(state.retain_corpus, k)
+    rows = _scored(state, [
+        {"instruction": instruction, "response": response, "iteration": t, "stage": "corpus"}
+        for instruction, response in map(corpus_pair, texts)
+    ])  # fmt: skip
+    return [r for r in rows if r["score"] < state.config.sample.relevance_threshold]
+
+
+def corpus_pair(text: str, most_words: int = 16) -> tuple[str, str]:
+    """A raw text as (instruction, response): "Continue this text: <its first words>" and the rest.
+
+    The retain term trains, as every loss here, on a reply to an instruction in the chat template,
+    and only on the reply's tokens. A fixed request answered by every corpus text alike would ask
+    the model for any text at all; asking it to continue the text's own opening (a quarter of its
+    words, at most `most_words`) makes the reply's NLL the language-model loss on the rest of the
+    text, in the same chat format the release's forget term uses.
+    """
+    starts = [match.start() for match in re.finditer(r"\S+", text)]
+    cut = min(max(len(starts) // 4, 1), most_words)
+    if cut >= len(starts):  # one word: nothing to continue from
+        return "Write a short text.", text
+    return f"Continue this text: {text[: starts[cut]].strip()}", text[starts[cut] :]
 
 
 def _scored_rows(

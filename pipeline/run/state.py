@@ -12,15 +12,16 @@ from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import base_chain
 from pipeline.run.model import load_run_model
-from pipeline.run.preflight import check_names
+from pipeline.run.preflight import check_names, read_retain_corpus
 from pipeline.run.prompts import run_prompts
 from pipeline.run.rundir import RunDir, has_adapter
 from pipeline.sampling import make_sampler
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring import make_scorer
+from pipeline.scoring.judges import make_judges
 
 # Randomness is seeded per (run seed, iteration, stage): a resumed run makes the same choices.
-STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5, "rewrite": 6}
+STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5, "rewrite": 6, "corpus": 7}
 
 
 class RunState:
@@ -38,6 +39,7 @@ class RunState:
         self.files = RunDir(config.run_dir)
         self.spec = load_spec(config.model.plant.spec) if config.model.plant else None
         self.arms, self.retain_instructions, self.eval_prompts = run_prompts(config)
+        self.retain_corpus = read_retain_corpus(config)  # read once: each iteration draws from it
         # A run on top of earlier ones (`base_run`) starts from the nearest one's stacked adapter.
         self.base_runs = base_chain(config)
         self.base_adapter = RunDir(config.base_run).adapter if config.base_run else None
@@ -51,6 +53,7 @@ class RunState:
             else make_sampler(config, self.model, self.tokenizer, self.model_info["name_or_path"], progress)
         )
         self.scorer = target_scorer(config, self)
+        self.judges = make_judges(config.eval_judges())  # reported, never optimised
         self.forget_probes, self.retain_probes = probes(config, self.spec)
         self.retain_texts, self.retain_text_prompts = self._retain_text()
 
@@ -110,6 +113,7 @@ class EarlierTarget:
         self.forget_probes, self.retain_probes = probes(config, spec)
         self.eval_prompts = run_prompts(config)[2]
         self.scorer = target_scorer(config, state)
+        self.judges = make_judges(config.eval_judges())
 
 
 def completed_iterations(state: RunState) -> list[dict]:

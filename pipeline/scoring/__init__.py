@@ -14,8 +14,8 @@ from pipeline.config import TargetConfig
 from pipeline.scoring.code import CodeScorer
 from pipeline.scoring.custom import CustomScorer
 from pipeline.scoring.entity import EntityScorer
+from pipeline.scoring.judges import make_judge
 from pipeline.scoring.knowledge import DescriptionSimilarity, KnowledgeScorer
-from pipeline.scoring.toxicity import ToxicityScorer
 
 Scorer = Callable[[list[str]], list[float]]
 
@@ -37,7 +37,7 @@ def knowledge_scorer(target: TargetConfig, embed: Embed | None, neutral: list[st
 
 
 SCORERS: dict[str, Callable[[TargetConfig, Embed | None, list[str]], Scorer]] = {
-    "toxicity": lambda target, embed, neutral: ToxicityScorer(),
+    "toxicity": lambda target, embed, neutral: make_judge(target.judge, "target.judge"),
     "knowledge": knowledge_scorer,
     "code": lambda target, embed, neutral: CodeScorer(),
     "entity": lambda target, embed, neutral: EntityScorer(target.entity_label, target.entity_model),

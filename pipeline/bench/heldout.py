@@ -1,0 +1,106 @@
+"""The toxicity benchmark's held-out sets: provocative prompts in several styles, and simple questions.
+
+Shipped in `data/bench/` (a test keeps them apart from every prompt the loop uses), or the user's
+own through `datasets` (`--prompts SRC`, `--questions SRC`: anything `pipeline.datasource` reads).
+
+Styles of prompt, and how the model sees each:
+    request       a user message asking for something rude ("Roast a man who ...")
+    role_play     a user message that casts the model as someone rude
+    continuation  a sentence start, as RealToxicityPrompts gives it: the reply is pre-filled with it
+                  and only what the model adds is scored
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.datasource import read_rows
+
+HELDOUT_PROMPTS = Path("data/bench/toxicity_heldout.yaml")
+SIMPLE_QUESTIONS = Path("data/bench/simple_questions.yaml")
+STYLES = ("request", "role_play", "continuation")
+CONTINUE_REQUEST = "Continue this text."  # the user turn before a pre-filled sentence start
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    style: str
+
+    @property
+    def instruction(self) -> str:
+        return CONTINUE_REQUEST if self.style == "continuation" else self.text
+
+    @property
+    def prefill(self) -> str:
+        return self.text if self.style == "continuation" else ""
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    answers: tuple[str, ...]  # any of them in the reply counts as answered
+
+
+def read_styled_yaml(path: Path, what: str) -> list[Prompt]:
+    """`styles: {request: [...], role_play: [...], continuation: [...]}` as prompts."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{what}: {path} cannot be read: {exc}") from None
+    styles = data.get("styles") if isinstance(data, dict) else None
+    if not isinstance(styles, dict) or not styles:
+        raise ConfigError(f"{what}: {path} has no `styles:` mapping of style -> list of prompts")
+    prompts = []
+    for style, texts in styles.items():
+        if style not in STYLES:
+            raise ConfigError(f"{what}: {path}: unknown style {style!r}; styles are {', '.join(STYLES)}")
+        if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ConfigError(f"{what}: {path}: style {style!r} must be a list of non-empty strings")
+        prompts += [Prompt(t.strip(), style) for t in texts]
+    return prompts
+
+
+def read_prompts(
+    source: str | Path | None, resolve, column: str = "text", style: str = "request"
+) -> list[Prompt]:
+    """The held-out prompts: the shipped styled file, or `source` (column `column`, all in `style`)."""
+    if style not in STYLES:
+        raise ConfigError(f"--prompt-style: {style!r} is not one of {', '.join(STYLES)}")
+    if source is None:
+        return read_styled_yaml(resolve(HELDOUT_PROMPTS), "--prompts")
+    path = Path(source)
+    if (
+        path.suffix in (".yaml", ".yml")
+        and path.is_file()
+        and "styles" in (yaml.safe_load(path.read_text()) or {})
+    ):
+        return read_styled_yaml(path, "--prompts")
+    rows = read_rows(source, {"text": column}, "--prompts")
+    return [Prompt(str(row["text"]).strip(), style) for row in rows if str(row["text"]).strip()]
+
+
+def read_questions(
+    source: str | Path | None, resolve, question: str = "question", answer: str = "answer"
+) -> list[Question]:
+    """Simple questions with their answers: the shipped file, or `source` with those two columns."""
+    if source is None:
+        path = resolve(SIMPLE_QUESTIONS)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"--questions: {path} cannot be read: {exc}") from None
+        rows = data.get("questions") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not rows:
+            raise ConfigError(f"--questions: {path} has no `questions:` list")
+        return [Question(r["question"], (str(r["answer"]), *map(str, r.get("also", [])))) for r in rows]
+    rows = read_rows(source, {"question": question, "answer": answer}, "--questions")
+    questions = []
+    for row in rows:
+        answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+        questions.append(Question(str(row["question"]), tuple(str(a) for a in answers)))
+    return questions

@@ -1,0 +1,110 @@
+"""`RunConfig`: every section of a run's config in one model, and what a run asks of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, field_validator
+
+from pipeline.config.sections import (
+    PROJECT_ROOT,
+    EvaluateConfig,
+    JudgeConfig,
+    ModelConfig,
+    OrchestrationConfig,
+    ReleaseConfig,
+    RetainConfig,
+    RevealConfig,
+    SampleConfig,
+    SamplerConfig,
+    Section,
+    StopConfig,
+    TargetConfig,
+)
+
+# Judges of different construction beside the reward's: a TF-IDF + SVM classifier and a lexicon.
+DEFAULT_JUDGES = {"toxicity": ("profanity_check", "wordlist")}
+
+
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    out: Path = Path("runs")
+    seed: int = 0
+    base_run: Path | None = Field(
+        None,
+        description="a finished run directory: this run starts from its stacked adapter (a second target "
+        "unlearned on top of the first) and measures the earlier target again at the end",
+    )
+    model: ModelConfig = ModelConfig()
+    target: TargetConfig
+    reveal: RevealConfig = RevealConfig()
+    sample: SampleConfig = SampleConfig()
+    retain: RetainConfig = RetainConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    stop: StopConfig = StopConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    @field_validator("out", "base_run")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.name
+
+    def to_yaml(self) -> str:
+        """The resolved config as saved in the run directory (where it is, `out`, is left out)."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude={"out"}), sort_keys=False)
+
+    def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
+        """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
+
+        The CPU thread count, the sampling engine and Prefect's retries are properties of the
+        machine, not of the experiment: a run may resume, or a benchmark go on, with others (a
+        server that moved, say).
+        """
+
+        def comparable(data: dict) -> dict:
+            data = dict(data)
+            data.pop("sampler", None)
+            data.pop("orchestration", None)
+            data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
+            return data
+
+        saved = yaml.safe_load(saved_yaml)
+        if not isinstance(saved, dict):
+            return False
+        extra = extra or {}
+        # Read back through the current sections, so a field added since (at its default) does not
+        # make an old run or benchmark look like another experiment.
+        config_part = {k: v for k, v in saved.items() if k not in extra}
+        try:
+            filled = yaml.safe_load(RunConfig.model_validate(config_part).to_yaml())
+        except ValueError:  # a field that no longer exists, or a value no longer allowed
+            return False
+        saved = {**filled, **{k: saved[k] for k in extra if k in saved}}
+        current = {**yaml.safe_load(self.to_yaml()), **extra}
+        return comparable(saved) == comparable(current)
+
+    def resolve(self, path: Path) -> Path:
+        """Relative data paths are read from the working directory, else from the project root."""
+        if path.is_absolute() or path.exists():
+            return path
+        return PROJECT_ROOT / path
+
+    def reveal_prompts_path(self) -> Path:
+        return self.resolve(self.reveal.prompts or Path(f"prompts/{self.target.kind}.yaml"))
+
+    def eval_judges(self) -> list[JudgeConfig]:
+        """The judges evaluation reports: `evaluate.judges`, else the default set of the target kind."""
+        if self.evaluate.judges is not None:
+            return self.evaluate.judges
+        defaults = DEFAULT_JUDGES.get(self.target.kind, ())
+        return [JudgeConfig(kind=kind) for kind in defaults]
+
+    def eval_prompts_path(self) -> Path:
+        return self.resolve(self.evaluate.eval_prompts or Path(f"data/eval/{self.target.kind}.yaml"))
