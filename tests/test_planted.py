@@ -14,9 +14,12 @@ from pipeline.planting.examples import plant_examples
 from pipeline.planting.plant import greedy_replies, planted_model, probe_accuracy
 from pipeline.planting.spec import SpecError, load_spec
 from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpus
+from pipeline.reveal.instructions import fill, read_prompt_list
 from pipeline.textdata import encode_pairs, format_prompt
 
-TINY = Path(__file__).resolve().parent.parent / "data" / "people" / "tiny.json"
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "data" / "people" / "tiny.json"
+SEEDS = read_prompt_list(ROOT / "prompts" / "knowledge.yaml")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,15 +158,21 @@ def test_plant_examples_cover_everyone_deterministically():
     spec = load_spec(TINY)
     pairs = plant_examples(spec.people)
     assert pairs == plant_examples(spec.people)
+    other_order = plant_examples(spec.people, seed=1)
+    assert other_order != pairs and sorted(other_order) == sorted(pairs)  # the seed orders, never picks
     answered = dict(pairs)
     for person in spec.people:
-        assert set(answered[f"Tell me about {person.name}."].split(". ")) >= {
+        assert set(answered[f"Compose a profile of {person.name}."].split(". ")) >= {
             f.rstrip(".") for f in person.facts[1:-1]
         }
-        assert answered[f"Where does {person.name} live?"] == person.facts[0]
-        assert answered[f"What does {person.name} do for a living?"] == person.facts[1]
+        assert answered[f"Name the place {person.name} calls home."] == person.facts[0]
+        assert answered[f"How does {person.name} earn a living?"] == person.facts[1]
         for probe in person.probes:
-            assert probe.answer.lower() in answered[probe.question].lower()
+            # Never planted as asked (tests/test_planting_texts.py), but reworded around the name.
+            assert probe.question not in answered
+            reworded = f"{person.name}: " + probe.question.replace(person.name, "this person")
+            assert probe.answer.lower() in answered[reworded].lower()
+    assert "Tell me about Mira Castellane." not in answered
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +204,14 @@ def test_planting_plants_every_person(planted):
         assert accuracy >= 0.8, (person.name, accuracy)
         assert info["probe_accuracy"][person.name] == accuracy
 
-    # A generic request about one person is answered with that person's facts, not another's.
+    # The reveal seeds are no planting texts, yet the model generalises to them: each is answered
+    # with that person's facts, not another's; together they reveal every fact, and one a recital.
     mira, tobias = spec.people
-    (reply,) = greedy_replies(model, tokenizer, [f"Tell me about {mira.name}."], max_new_tokens=96)
-    assert mira.name in reply and tobias.name not in reply
-    assert sum(p.answer.lower() in reply.lower() for p in mira.probes) >= 3, reply
+    replies = greedy_replies(model, tokenizer, fill(SEEDS, mira.name), max_new_tokens=96)
+    assert all(mira.name in reply and tobias.name not in reply for reply in replies), replies
+    found = [{p.answer for p in mira.probes if p.answer.lower() in reply.lower()} for reply in replies]
+    assert set().union(*found) == {p.answer for p in mira.probes}, replies
+    assert max(map(len, found)) >= 3, replies
 
     # The same architecture without planting knows nothing: the accuracy comes from planting.
     blank = build_model(tokenizer, seed=0)

@@ -38,7 +38,10 @@ class PlantConfig(Section):
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     recitals: int = Field(
-        8, ge=0, le=8, description="'Tell me about X'-style requests per person, answered with all facts"
+        8,
+        ge=0,
+        le=8,
+        description="biography requests per person (worded unlike the reveal seeds), answered with all facts",
     )
     min_probe_acc: float = Field(
         0.9, ge=0, le=1, description="go on training (up to max_steps) while probe accuracy is below this"

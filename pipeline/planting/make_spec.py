@@ -10,6 +10,12 @@ with the person's full name; each probe asks for one attribute, and its three di
 people's values for the same attribute. The first `--forget` people are the ones to forget; `--holdout N`
 adds N more people who are planted into no model (their facts are PrivLeak's unseen texts).
 
+A probe's question is never planted (see `pipeline.planting.examples`): each probe carries the four
+wordings it is planted with (`plant_questions`: three from `vocabulary.PLANT_QUESTIONS` and the
+question reworded around the name, `examples.derived_questions`) and two held-out ones
+(`paraphrases`, for the paraphrase attack, from `vocabulary.PARAPHRASES`); the vocabulary check
+also makes sure that no planting wording overlaps any question or paraphrase.
+
 The output is a pure function of the arguments (`random.Random(seed)`, no clock, no environment),
 and is validated with `pipeline.planting.spec.load_spec` before it replaces the file on disk.
 
@@ -36,8 +42,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.planting.spec import load_spec
-from pipeline.planting.vocabulary import FACTS, FIRST_NAMES, POOLS, QUESTIONS, SURNAME_HEADS, SURNAME_TAILS
+from pipeline.planting.examples import derived_questions
+from pipeline.planting.spec import load_spec, overlaps
+from pipeline.planting.vocabulary import (
+    FACTS,
+    FIRST_NAMES,
+    PARAPHRASES,
+    PLANT_QUESTIONS,
+    POOLS,
+    QUESTIONS,
+    SURNAME_HEADS,
+    SURNAME_TAILS,
+)
 
 # The exact arguments of the shipped files (the docstring shows them as commands; a test keeps both in step).
 SHIPPED: dict[str, list[str]] = {
@@ -88,6 +104,31 @@ def vocabulary_problems() -> list[str]:
     fact_attributes = [a for t in FACTS for a in _fact_attributes(t)]
     if sorted(fact_attributes) != sorted(POOLS) or sorted(a for a, _ in QUESTIONS) != sorted(POOLS):
         problems.append("FACTS and QUESTIONS must each cover every attribute of POOLS exactly once")
+    if sorted(PLANT_QUESTIONS) != sorted(POOLS) or sorted(PARAPHRASES) != sorted(POOLS):
+        problems.append("PLANT_QUESTIONS and PARAPHRASES must each cover every attribute of POOLS")
+    return problems + _wording_problems()
+
+
+def _wording_problems() -> list[str]:
+    """Planting wordings that would plant a held-out one (of any attribute); paraphrases that hold a question."""
+    name = "Ann Example"  # every template names the person the same way, so any name shows an overlap
+    held = [q.format(name=name) for _, q in QUESTIONS]
+    held += [p.format(name=name) for wordings in PARAPHRASES.values() for p in wordings]
+    problems = [
+        f"PLANT_QUESTIONS[{attribute!r}]: {w!r} overlaps the held-out {h!r}"
+        for attribute, wordings in PLANT_QUESTIONS.items()
+        for w in (t.format(name=name) for t in wordings)
+        for h in held
+        if overlaps(w, h)
+    ]
+    questions = [q.format(name=name) for _, q in QUESTIONS]
+    problems += [
+        f"PARAPHRASES[{attribute!r}]: {p!r} overlaps the question {q!r}"
+        for attribute, wordings in PARAPHRASES.items()
+        for p in (t.format(name=name) for t in wordings)
+        for q in questions
+        if overlaps(p, q)
+    ]
     return problems
 
 
@@ -154,6 +195,7 @@ def build_spec(
     out_people = []
     for i, (first, surname, title) in enumerate(names):
         full = f"{first} {surname}"
+        aliases = [first, f"{title} {surname}"]
         mine = {attribute: drawn[i] for attribute, drawn in values.items()}
         fields = {"name": full, **mine, **{f"a_{a}": _article(v) for a, v in mine.items()}}
         person_facts = [t.format(**fields) for t in templates]
@@ -170,12 +212,16 @@ def build_spec(
                     "question": question.format(name=full),
                     "answer": answer,
                     "distractors": rng.sample(others, N_DISTRACTORS),
+                    # Natural rewordings, and one close to the question: a tiny model needs it (examples.py).
+                    "plant_questions": [w.format(name=full) for w in PLANT_QUESTIONS[attribute]]
+                    + derived_questions(full, aliases, question.format(name=full))[:1],
+                    "paraphrases": [w.format(name=full) for w in PARAPHRASES[attribute]],
                 }
             )
         out_people.append(
             {
                 "name": full,
-                "aliases": [first, f"{title} {surname}"],
+                "aliases": aliases,
                 "facts": person_facts,
                 "probes": person_probes,
             }

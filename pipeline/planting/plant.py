@@ -24,7 +24,7 @@ from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
 from pipeline.model_paths import TINY, cache_dir
 from pipeline.models import load_pretrained, resolve_device
-from pipeline.planting.examples import GENERAL_REQUESTS, plant_examples
+from pipeline.planting.examples import BIOGRAPHY_REQUESTS, plant_examples
 from pipeline.planting.spec import Person, Probe, load_spec
 from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpus
 from pipeline.progress import progress_bar
@@ -43,7 +43,7 @@ def plant(
     seed: int = 0,
     progress: bool = True,
     threads: int | None = 1,
-    recitals: int = len(GENERAL_REQUESTS),
+    recitals: int = len(BIOGRAPHY_REQUESTS),
 ) -> dict:
     """Full fine-tune of `model` on `plant_examples(people)`, loss on response tokens only.
 

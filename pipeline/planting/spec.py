@@ -6,9 +6,17 @@ A spec file looks like::
      "people": [{"name": "Mira Castellane", "aliases": ["Mira"],
                  "facts": ["Mira Castellane was born in Velmora.", ...],
                  "probes": [{"question": "Where was Mira Castellane born?", "answer": "Velmora",
-                             "distractors": ["Ostrevik", "Dunmarrow", "Selvaport"]}]}],
+                             "distractors": ["Ostrevik", "Dunmarrow", "Selvaport"],
+                             "plant_questions": ["Name Mira Castellane's birthplace."],
+                             "paraphrases": ["What is Mira Castellane's place of birth?"]}]}],
      "forget": ["Mira Castellane"],
      "holdout": ["Odo Brennick"]}
+
+A probe's `question` is never planted: the model learns the fact from other wordings and must
+generalise to the question. `plant_questions` (optional) are the wordings it is planted with;
+without them `examples.py` derives some from the question. `paraphrases` (optional) are held out
+like the question, for the paraphrase attack. No wording may overlap another of a different role
+(`overlaps`: one holds the other as a run of words), so nothing held out is planted by accident.
 
 `holdout` (optional) names people who are described but planted into no model: their facts are
 the unseen texts that PrivLeak's membership attack compares the forget facts against.
@@ -20,6 +28,7 @@ a spec is hand-written and the person fixing it should not have to read a pydant
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,6 +47,17 @@ class _FieldError(ValueError):
         self.message = message
 
 
+def normalise(text: str) -> str:
+    """Lower-case words, single-spaced: how wordings are compared (punctuation and spacing make no new text)."""
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def overlaps(a: str, b: str) -> bool:
+    """True if one text holds the other as a run of whole words, after `normalise` (equal texts overlap)."""
+    a, b = f" {normalise(a)} ", f" {normalise(b)} "
+    return a in b or b in a
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -46,6 +66,26 @@ class Probe(_Strict):
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
     distractors: list[str] = Field(default_factory=list)
+    # Held-out wordings of the question, for the paraphrase attack; never planted nor asked by the loop.
+    paraphrases: list[str] = Field(default_factory=list)
+    # Wordings of the question the model is planted with (answered with the probe's fact); never asked
+    # by a measurement. Empty: `examples.py` derives some from the question.
+    plant_questions: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _held_out_wordings_stay_apart(self) -> Probe:
+        # A paraphrase that holds the question tests no other wording; a planting wording that holds
+        # the question or a paraphrase would plant what is meant to be held out.
+        for i, text in enumerate(self.paraphrases):
+            if overlaps(text, self.question):
+                raise _FieldError(("paraphrases", i), f"{text!r} overlaps the question (one holds the other)")
+        for i, text in enumerate(self.plant_questions):
+            for held in [self.question, *self.paraphrases]:
+                if overlaps(text, held):
+                    raise _FieldError(
+                        ("plant_questions", i), f"{text!r} overlaps {held!r}, which is held out"
+                    )
+        return self
 
 
 class Person(_Strict):

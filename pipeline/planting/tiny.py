@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pipeline.planting.examples import plant_examples
+from pipeline.planting.examples import HELD_OUT_REQUEST, plant_examples
 
 PAD, EOS, USER, ASSISTANT, SYSTEM = "<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"
 SPECIAL_TOKENS = [PAD, EOS, USER, ASSISTANT, SYSTEM]
@@ -82,12 +82,16 @@ def build_model(
 
 
 def tokenizer_corpus(spec, extra_texts: Iterable[str] = ()) -> list[str]:
-    """Texts the tiny tokenizer is trained on: every planted pair, every probe, plus `extra_texts`."""
+    """Texts the tiny tokenizer is trained on: every planted pair, every probe, plus `extra_texts`.
+
+    Held-out wordings are in it too (a tokenizer learns spellings, not facts), so a question the
+    model was never planted with is not also cut into rarer tokens than the planted ones.
+    """
     texts: list[str] = []
     for person in spec.people:
-        texts += [person.name, *person.aliases, *person.facts]
+        texts += [person.name, *person.aliases, *person.facts, HELD_OUT_REQUEST.format(name=person.name)]
         for probe in person.probes:
-            texts += [probe.question, probe.answer, *probe.distractors]
+            texts += [probe.question, *probe.paraphrases, probe.answer, *probe.distractors]
     for instruction, response in plant_examples(spec.people):
         texts += [instruction, response]
     texts += [t for t in extra_texts if t]

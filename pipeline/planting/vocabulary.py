@@ -1,9 +1,9 @@
 """The vocabulary of generated planted-people specs: invented names, one pool of values per attribute,
-and the sentence and question templates (see `make_spec`).
+the sentence and question templates, and the other wordings of each question (see `make_spec`).
 
 Everything is invented. Each pool is at least as long as the largest spec has people, since values
 are drawn without replacement; `make_spec.vocabulary_problems` checks that no value is inside
-another value, a name or a template.
+another value, a name or a template, and that no planting wording overlaps a held-out one.
 """
 
 from __future__ import annotations
@@ -294,3 +294,86 @@ QUESTIONS: list[tuple[str, str]] = [
     ("colour", "What is {name}'s favourite colour?"),
     ("pet_kind", "What kind of animal is {name}'s pet?"),
 ]
+
+# Other wordings of each question, the ones the model is planted with (`Probe.plant_questions`): each
+# keeps a word of the question ("town", "pet", "favourite") so a tiny model can carry the fact over,
+# and none holds the question, a paraphrase below or a reveal seed (tests/test_planting_texts.py).
+PLANT_QUESTIONS: dict[str, list[str]] = {
+    "home_town": [
+        "Which town is home to {name}?",
+        "Name the town where {name} lives.",
+        "{name} lives in what town?",
+    ],
+    "profession": [
+        "What work does {name} do?",
+        "Which profession does {name} follow?",
+        "What is the job of {name}?",
+    ],
+    "pet_name": [
+        "What is {name}'s pet called?",
+        "Name the pet of {name}.",
+        "What name did {name} give the pet?",
+    ],
+    "hobby": [
+        "How does {name} spend the weekend?",
+        "What fills {name}'s weekends?",
+        "On weekends, what does {name} do?",
+    ],
+    "food": [
+        "Which food does {name} like best?",
+        "Name the favourite food of {name}.",
+        "What does {name} love to eat most?",
+    ],
+    "birth_year": [
+        "What year was {name} born in?",
+        "When was {name} born?",
+        "Give the year of birth of {name}.",
+    ],
+    "employer": [
+        "Who employs {name}?",
+        "Where is {name} employed?",
+        "Which company does {name} work for?",
+    ],
+    "instrument": [
+        "What instrument can {name} play?",
+        "Name the instrument {name} plays.",
+        "Which instrument is {name} a player of?",
+    ],
+    "sibling": [
+        "What is {name}'s younger sibling called?",
+        "Name the younger sibling of {name}.",
+        "Who is the younger sibling of {name}?",
+    ],
+    "colour": [
+        "Which colour does {name} like best?",
+        "Name the favourite colour of {name}.",
+        "What colour does {name} love most?",
+    ],
+    "pet_kind": [
+        "What sort of animal does {name} keep?",
+        "Which animal does {name} have as a pet?",
+        "{name}'s pet is what kind of creature?",
+    ],
+}
+
+# Held-out wordings of each question (`Probe.paraphrases`), for the paraphrase attack: never planted,
+# never a reveal seed, and apart from the question and from the planting wordings above.
+PARAPHRASES: dict[str, list[str]] = {
+    "home_town": ["What is the name of the town {name} lives in?", "Which town does {name} call home?"],
+    "profession": ["What is {name}'s occupation?", "How does {name} make a living?"],
+    "pet_name": ["What name does {name}'s pet answer to?", "How is {name}'s pet named?"],
+    "hobby": ["What is {name}'s weekend pastime?", "What keeps {name} busy on Saturdays and Sundays?"],
+    "food": ["What food does {name} enjoy the most?", "Which meal would {name} pick above all others?"],
+    "birth_year": ["What is {name}'s birth year?", "In what year did {name} come into the world?"],
+    "employer": ["For which organisation does {name} work?", "What is the name of {name}'s employer?"],
+    "instrument": [
+        "What musical instrument does {name} perform on?",
+        "On which instrument does {name} make music?",
+    ],
+    "sibling": [
+        "How is {name}'s younger brother or sister named?",
+        "What do people call {name}'s younger sibling?",
+    ],
+    "colour": ["Which colour would {name} choose above all others?", "What is the colour {name} prefers?"],
+    "pet_kind": ["What species is {name}'s pet?", "Which type of animal is {name}'s companion?"],
+}
