@@ -42,6 +42,9 @@ def bench_planted(
         "--methods",
         help="comma-separated: rr and any objective as an oracle (default: rr, ga, graddiff, npo, undial)",
     ),
+    seeds: int = typer.Option(
+        1, "--seeds", min=1, help="runs of rr and the oracles (one planting); figures are mean ± sd"
+    ),
     overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
@@ -56,7 +59,7 @@ def bench_planted(
         check_model_path(cfg.model)
         from pipeline.bench.planted import run_planted_bench
 
-        results = run_planted_bench(spec, cfg, out_dir, chosen, progress, log=err.print)
+        results = run_planted_bench(spec, cfg, out_dir, chosen, progress, log=err.print, seeds=seeds)
     _print_bench(results, out_dir, "planted")
 
 

@@ -6,42 +6,37 @@
             each oracle (by default `ga`, `graddiff`, `npo`, `undial`; any objective can be one)
             trains one adapter on the true forget pairs (and the retain pairs) with the same LoRA
             settings and rr's total step budget
-    measure every model on the same probes and texts (`measure`), then relative to the planted
-            and retain-only models (`compare`)
+    measure every model on the same probes and texts (`measure`), under the attacks that bring
+            knowledge back too (`pipeline.bench.attacks`), then relative to the planted and
+            retain-only models (`compare`)
 
 Everything lands in the output folder: `results.json`, `report.md`, `plot.png`, the rr run under
 `runs/rr/`, the oracles' adapters under `adapters/`, and each measured model under `parts/` (a
-benchmark started again reuses what is there).
+benchmark started again reuses what is there, unless it was measured by another version of
+`measure`: `MEASUREMENT_VERSION` and the attack settings are saved with it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from pipeline.bench import attacks
+from pipeline.bench.knowledge import MEASUREMENT_VERSION, compare, ks_resolution, measure, truth_ratio_probes
 from pipeline.bench.methods import PLANTED_DEFAULT, PLANTED_METHODS, parse_methods
-from pipeline.bench.metrics import (
-    auc,
-    forget_quality,
-    min_k_percent_score,
-    privleak,
-    truth_ratios,
-    verbmem,
-)
 from pipeline.bench.results import claim_out_dir, write_results
+from pipeline.bench.seeds import aggregate, seed_list, spread_note
 from pipeline.config import ConfigError, RunConfig, validate_config
-from pipeline.evaluation.metrics import perplexity
 from pipeline.files import read_lines, write_json
 from pipeline.models import with_adapter
 from pipeline.planting.examples import plant_examples
-from pipeline.planting.plant import planted_model, probe_accuracy
-from pipeline.planting.spec import Person, PlantedSpec, Probe, load_spec
+from pipeline.planting.plant import planted_model
+from pipeline.planting.spec import PlantedSpec, load_spec
 from pipeline.release.objectives import OBJECTIVES
 from pipeline.release.train import train_adapter
 from pipeline.run.loop import run_loop
@@ -55,6 +50,12 @@ ORACLES = PLANTED_METHODS[1:]  # every objective can be an oracle
 COLUMNS = [  # (key in results.json, column title, format)
     ("forget_probe_acc", "forget probe acc", ".3f"),
     ("retain_probe_acc", "retain probe acc", ".3f"),
+    ("paraphrase_probe_acc", "paraphrase acc", ".3f"),
+    ("prefill_probe_acc", "prefill acc", ".3f"),
+    ("relearn_acc", "relearn acc", ".3f"),
+    ("relearn_gap", "relearn - retain-only's", "+.3f"),
+    ("quantized_forget_acc", "4-bit forget acc", ".3f"),
+    ("quantized_retain_acc", "4-bit retain acc", ".3f"),
     ("forget_truth_ratio", "truth ratio", ".3g"),
     ("forget_quality", "forget quality", ".3g"),
     ("verbmem", "VerbMem", ".3f"),
@@ -62,6 +63,14 @@ COLUMNS = [  # (key in results.json, column title, format)
     ("utility_ppl_ratio", "utility ppl ratio", ".3g"),  # GA can reach 1e50
     ("generated_tokens", "generated tokens", "d"),
     ("wall_s", "wall s", ".0f"),
+]
+BARS = [  # plot.png: one panel each, lower is more forgotten but for retain and utility
+    ("forget_probe_acc", "forget-probe accuracy"),
+    ("paraphrase_probe_acc", "paraphrased probes"),
+    ("prefill_probe_acc", "prefilled answers"),
+    ("relearn_acc", "after relearning half the facts"),
+    ("quantized_forget_acc", "after 4-bit quantization"),
+    ("retain_probe_acc", "retain-probe accuracy (keep high)"),
 ]
 
 
@@ -97,70 +106,6 @@ def oracle_rows(spec: PlantedSpec, recitals: int) -> tuple[list[dict], list[dict
     return forget, retain
 
 
-def measure(model, tokenizer, spec: PlantedSpec, utility_texts: list[str], batch_size: int = 8) -> dict:
-    """What one model knows: the raw measurements, before they are compared with other models."""
-    forget_probes = [probe for person in spec.forgotten() for probe in person.probes]
-    retain_probes = [probe for person in spec.retained() for probe in person.probes]
-    forget_facts = [fact for person in spec.forgotten() for fact in person.facts]
-    recital_requests = [f"Tell me about {person.name}." for person in spec.forgotten() for _ in person.facts]
-    sentences = [
-        sentence_probe(person, p) for person in spec.forgotten() for p in person.probes if p.distractors
-    ]
-    ratios = truth_ratios(model, tokenizer, sentences)
-    raw = {
-        "forget_probe_acc": probe_accuracy(model, tokenizer, forget_probes),
-        "retain_probe_acc": probe_accuracy(model, tokenizer, retain_probes),
-        "forget_truth_ratios": ratios,
-        "forget_truth_ratio": statistics.fmean(ratios) if ratios else None,
-        "verbmem": verbmem(model, tokenizer, forget_facts, questions=recital_requests),
-        "utility_ppl": perplexity(model, tokenizer, utility_texts, batch_size=batch_size),
-        "mia_auc": None,
-    }
-    if spec.held_out():
-        # Min-K% membership attack: forget facts (members) against unseen ones, each as the reply
-        # to a request about its person, the form the facts were planted in.
-        def scores(people):
-            return [
-                min_k_percent_score(model, tokenizer, fact, prompt=f"Tell me about {person.name}.")
-                for person in people
-                for fact in person.facts
-            ]
-
-        raw["mia_auc"] = auc(scores(spec.forgotten()), scores(spec.held_out()))
-    return raw
-
-
-def sentence_probe(person: Person, probe: Probe) -> Probe:
-    """The probe as whole sentences: its fact against the fact with each distractor in place of the answer.
-
-    TOFU compares a paraphrased answer with perturbed ones; a planted model learned whole facts as
-    replies, so a bare answer word is an unlikely reply whether true or false, and the ratio would
-    measure the phrasing instead of the knowledge.
-    """
-    fact = person.fact_for(probe)
-    answer = re.compile(re.escape(probe.answer), re.IGNORECASE)
-    return Probe(
-        question=probe.question,
-        answer=fact,
-        distractors=[answer.sub(lambda _, d=d: d, fact, count=1) for d in probe.distractors],
-    )
-
-
-def compare(raw: dict, planted: dict, retain_only: dict) -> dict:
-    """The benchmark's metrics of one model, from its measurements and the two references'."""
-    metrics = {k: v for k, v in raw.items() if k != "forget_truth_ratios"}
-    metrics["forget_quality"] = (
-        forget_quality(raw["forget_truth_ratios"], retain_only["forget_truth_ratios"])
-        if raw["forget_truth_ratios"]
-        else None
-    )
-    metrics["privleak"] = (
-        privleak(raw["mia_auc"], retain_only["mia_auc"]) if raw["mia_auc"] is not None else None
-    )
-    metrics["utility_ppl_ratio"] = raw["utility_ppl"] / planted["utility_ppl"]
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
-
-
 def run_planted_bench(
     spec_path: Path,
     config: RunConfig,
@@ -168,18 +113,26 @@ def run_planted_bench(
     methods: list[str] = METHODS,
     progress: bool = True,
     log=print,
+    relearn: attacks.RelearnSettings | None = None,
+    seeds: int = 1,
 ) -> dict:
-    """Plant, run every method, measure, and write results.json, report.md and plot.png to `out`."""
+    """Plant, run every method, measure, and write results.json, report.md and plot.png to `out`.
+
+    The planted and retain-only models are planted once, with the config's seed; each of `seeds`
+    seeds runs rr and trains every oracle again (`seed<s>/` folders), and the figures are mean ±
+    sd over them. `relearn`: the relearning attack's settings (default: `RelearnSettings` on
+    `release.target_modules`).
+    """
     methods = parse_methods(methods, PLANTED_METHODS)
     check_names(config)  # a misspelt objective fails before anything is planted or written
     spec = load_spec(spec_path)
+    all_seeds = seed_list(config.seed, seeds)
     cfg = rr_config(config, Path(spec_path).resolve(), out)
     spec_sha = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
     claim_out_dir(out, cfg, {"spec_sha256": spec_sha})
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     utility_texts = read_lines(cfg.resolve(cfg.evaluate.retain_text), "evaluate.retain_text")
-    parts = out / "parts"
 
     # Both models from the same base, seed and tokenizer: only the forget people's data differs.
     extra = prompt_texts(cfg)
@@ -189,16 +142,80 @@ def run_planted_bench(
     reference, ref_tokenizer, ref_info = planted_model(cfg.model, "retain_only", extra, cfg.seed, progress)
     _check_planted(full_info, cfg.model.plant.min_probe_acc, log)
 
+    relearn = relearn or attacks.RelearnSettings(target_modules=tuple(cfg.release.target_modules))
+    stamp = json.loads(json.dumps({"version": MEASUREMENT_VERSION, "relearn": asdict(relearn)}))
+
     def measure_model(found_model, found_tokenizer) -> dict:
-        return measure(found_model, found_tokenizer, spec, utility_texts, cfg.evaluate.batch_size)
+        raw = measure(found_model, found_tokenizer, spec, utility_texts, cfg.evaluate.batch_size, relearn)
+        return {**raw, "measured_with": stamp}
 
-    planted_raw = _once(parts / "planted.json", lambda: measure_model(model, tokenizer), log)
-    retain_raw = _once(parts / "retain_only.json", lambda: measure_model(reference, ref_tokenizer), log)
+    parts = out / "parts"
+    planted_raw = _once(parts / "planted.json", lambda: measure_model(model, tokenizer), log, stamp)
+    retain_raw = _once(
+        parts / "retain_only.json", lambda: measure_model(reference, ref_tokenizer), log, stamp
+    )
+    per_seed, budgets = [], []
+    for seed in all_seeds:
+        # The loop plants with the config's seed too, so it unlearns the very model measured here.
+        seeded = config.model_copy(update={"seed": seed})
+        seeded = seeded.model_copy(update={"model": _plant_seed(seeded.model, cfg.seed)})
+        folder = out / f"seed{seed}"
+        seed_cfg = rr_config(seeded, Path(spec_path).resolve(), folder)
+        raws, budget = _one_seed(
+            seed_cfg, spec, model, tokenizer, measure_model, methods, folder, progress, log, stamp
+        )
+        per_seed.append({m: compare(raws[m], planted_raw, retain_raw) for m in methods})
+        budgets.append(budget)
 
+    results = {
+        "spec": str(spec_path),
+        "model": cfg.model.path,
+        "forget": spec.forget,
+        "seeds": all_seeds,
+        "step_budget": budgets,
+        "n_truth_ratios": len(planted_raw["forget_truth_ratios"]),
+        "attacks": attacks.attack_counts(spec.forgotten()) | {"relearn": asdict(relearn)},
+        "planted_info": {k: full_info[k] for k in ("folder", "plant", "mean_probe_accuracy")},
+        "retain_only_info": {k: ref_info[k] for k in ("folder", "plant", "mean_probe_accuracy")},
+        "planted": compare(planted_raw, planted_raw, retain_raw),
+        "retain_only": compare(retain_raw, planted_raw, retain_raw),
+        "methods": {m: aggregate([run[m] for run in per_seed]) for m in methods},
+        "per_seed": per_seed,
+    }
+    write_results(
+        out,
+        results,
+        COLUMNS,
+        title=f"Planted-knowledge benchmark: {spec.name}, model {cfg.model.path}",
+        notes=_notes(spec, cfg, budgets[0], [m for m in methods if m in ORACLES], relearn)
+        + seed_notes(methods, per_seed, all_seeds),
+        bars=BARS,
+    )
+    return results
+
+
+def _plant_seed(model_config, seed: int):
+    return model_config.model_copy(update={"plant": model_config.plant.model_copy(update={"seed": seed})})
+
+
+def seed_notes(methods: list[str], per_seed: list[dict], seeds: list[int]) -> list[str]:
+    """Where rr stands against each oracle on forget-probe accuracy, judged against the seed spread."""
+    lines = [f"Methods: mean ± sd over seeds {seeds} (rr's loop and the oracles' training; one planting)."]
+    if "rr" in methods:
+        rr = [run["rr"]["forget_probe_acc"] for run in per_seed]
+        for method in [m for m in methods if m != "rr"]:
+            other = [run[method]["forget_probe_acc"] for run in per_seed]
+            lines.append(spread_note("rr forget probe acc", rr, other, method))
+    return lines
+
+
+def _one_seed(cfg, spec, model, tokenizer, measure_model, methods, folder, progress, log, stamp):
+    """rr and every oracle for one seed: their raw measurements, and the oracles' step budget."""
+    parts = folder / "parts"
     raws: dict[str, dict] = {}
     budget = cfg.release.steps * cfg.stop.max_iterations
     if "rr" in methods:
-        raws["rr"] = _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log)
+        raws["rr"] = _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log, stamp)
         budget = raws["rr"]["release_steps"] or budget
     forget_rows, retain_rows = oracle_rows(spec, cfg.model.plant.recitals)
     for method in [m for m in methods if m in ORACLES]:
@@ -208,7 +225,7 @@ def run_planted_bench(
 
         # The budget is in the names: oracles trained for another budget are not rr's match.
         name = f"{method}-{budget}steps"
-        adapter, train_file = out / "adapters" / name, parts / f"{name}.train.json"
+        adapter, train_file = folder / "adapters" / name, parts / f"{name}.train.json"
 
         def run_oracle(release=release, adapter=adapter, train_file=train_file) -> dict:
             if not train_file.is_file():  # else trained before, and only the measurement is missing
@@ -224,45 +241,27 @@ def run_planted_bench(
             training = json.loads(train_file.read_text())
             return {**measure_model(with_adapter(model, adapter), tokenizer), **training}
 
-        raws[method] = _once(parts / f"{name}.json", run_oracle, log)
-
-    results = {
-        "spec": str(spec_path),
-        "model": cfg.model.path,
-        "forget": spec.forget,
-        "step_budget": budget,
-        "planted_info": {k: full_info[k] for k in ("folder", "plant", "mean_probe_accuracy")},
-        "retain_only_info": {k: ref_info[k] for k in ("folder", "plant", "mean_probe_accuracy")},
-        "planted": compare(planted_raw, planted_raw, retain_raw),
-        "retain_only": compare(retain_raw, planted_raw, retain_raw),
-        "methods": {m: compare(raws[m], planted_raw, retain_raw) for m in methods},
-    }
-    write_results(
-        out,
-        results,
-        COLUMNS,
-        title=f"Planted-knowledge benchmark: {spec.name}, model {cfg.model.path}",
-        notes=_notes(spec, cfg, budget, [m for m in methods if m in ORACLES]),
-        x=("utility_ppl_ratio", "utility: perplexity / planted model's"),
-        y=("forget_probe_acc", "forget-probe accuracy"),
-    )
-    return results
+        raws[method] = _once(parts / f"{name}.json", run_oracle, log, stamp)
+    return raws, budget
 
 
-def _once(path: Path, compute, log) -> dict:
-    """`compute()` saved to `path`; a benchmark started again reads it back instead."""
+def _once(path: Path, compute, log, stamp: dict) -> dict:
+    """`compute()` saved to `path`; a benchmark started again reads it back if it was measured the
+    same way (`stamp`), else (an older part, other attack settings) measures again."""
     if path.is_file():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if saved.get("measured_with") == stamp:
+            return saved
     log(f"measuring {path.stem} ...")
     raw = compute()
     write_json(path, raw)
     return raw
 
 
-def _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log) -> dict:
+def _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log, stamp: dict) -> dict:
     path, loop_path = parts / "rr.json", parts / "rr_loop.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    if path.is_file() and (saved := json.loads(path.read_text())).get("measured_with") == stamp:
+        return saved
     if loop_path.is_file():  # the loop finished before; only its measurement is missing
         loop = json.loads(loop_path.read_text())
     else:
@@ -302,7 +301,9 @@ def _check_planted(info: dict, target: float, log) -> None:
         )
 
 
-def _notes(spec: PlantedSpec, cfg: RunConfig, budget: int, oracles: list[str]) -> list[str]:
+def _notes(
+    spec: PlantedSpec, cfg: RunConfig, budget: int, oracles: list[str], relearn: attacks.RelearnSettings
+) -> list[str]:
     release = cfg.release
     alone = [m for m in oracles if not OBJECTIVES[m].takes_retain]
     with_term = [m for m in oracles if OBJECTIVES[m].takes_retain and m != "graddiff"]
@@ -312,6 +313,8 @@ def _notes(spec: PlantedSpec, cfg: RunConfig, budget: int, oracles: list[str]) -
         *([f"{', '.join(with_term)}: the config's retain term ({release.retain_loss}, weight "
            f"{release.retain_weight})"] if with_term else []),
     ]  # fmt: skip
+    n_ratios = len(truth_ratio_probes(spec))
+    p_min, d_05 = ks_resolution(n_ratios) if n_ratios else (float("nan"), 0)
     return [
         f"Forget: {', '.join(spec.forget)} ({len(spec.retained())} planted people retained, "
         f"{len(spec.held_out())} held out for PrivLeak).",
@@ -320,7 +323,12 @@ def _notes(spec: PlantedSpec, cfg: RunConfig, budget: int, oracles: list[str]) -
         *([f"Oracles get the true data; {'; '.join(given)}."] if given else []),
         "rr's wall time and generated tokens are its whole loop (reveal, sample, release and its own "
         "evaluation); an oracle's wall time is its training only.",
-        "forget quality: KS-test p-value of the forget truth ratios against the retain-only model's "
-        "(higher is better). PrivLeak: relative gap of the Min-K% attack's AUC to the retain-only "
-        "model's (0 is best). Utility: perplexity on generic text relative to the planted model.",
+        f"forget quality: KS-test p-value of the {n_ratios} forget truth ratios (each forget probe under its "
+        "question and its paraphrases, the same true and false sentences) against the retain-only model's "
+        f"(higher is better). With {n_ratios} against {n_ratios}, D moves in steps of 1/{n_ratios}, the "
+        f"smallest p-value is {p_min:.2g} and p < 0.05 needs D >= {d_05}/{n_ratios}; wordings of one fact "
+        "are not independent, so p is somewhat optimistic. PrivLeak: relative gap of the Min-K% attack's "
+        "AUC to the retain-only model's (0 is best). Utility: perplexity on generic text relative to the "
+        "planted model.",
+        attacks.attacks_note(spec.forgotten(), relearn),
     ]

@@ -79,20 +79,24 @@ def method_config(config: RunConfig, method: str, seed: int, out: Path) -> RunCo
 
 
 def measure(
-    model, tokenizer, config: RunConfig, heldout: dict, judges: dict, samples: int, seed: int
-) -> dict:
+    model, tokenizer, config: RunConfig, heldout: dict, judges: dict, samples: int, seed: int,
+    progress: bool = False,
+) -> dict:  # fmt: skip
     """`samples` seeded replies to each held-out prompt, every judge's figures on them, and utility.
 
     The replies are kept in the result, so a judge added later scores them without new samples.
     """
     cfg = config.evaluate
     prompts, questions = heldout["prompts"], heldout["questions"]
-    sampler = HFSampler(model, tokenizer, config.sample.generation.batch_size, progress=False)
+    sampler = HFSampler(model, tokenizer, config.sample.generation.batch_size, progress=progress)
     params = SamplingParams(
         n=samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed + 7
     )
     replies = sampler.generate(
-        [p.instruction for p in prompts], params, prefills=[p.prefill for p in prompts]
+        [p.instruction for p in prompts],
+        params,
+        label="held-out replies",
+        prefills=[p.prefill for p in prompts],
     )
     raw: dict = {"reply_texts": replies, "replies": sum(len(group) for group in replies), "judges": {}}
     score_replies(raw, prompts, judges, cfg.toxic_threshold)
@@ -215,7 +219,7 @@ def run_toxicity_bench(
             log(
                 f"measuring {method} (seed {seed}): {len(heldout['prompts'])} prompts x {samples} replies ..."
             )
-            raw.update(measure(model, tokenizer, config, heldout, judges, samples, seed))
+            raw.update(measure(model, tokenizer, config, heldout, judges, samples, seed, progress))
             write_json(path, raw)
             raws[method][seed] = raw
             del model

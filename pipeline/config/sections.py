@@ -47,6 +47,7 @@ class PlantConfig(Section):
         0.9, ge=0, le=1, description="go on training (up to max_steps) while probe accuracy is below this"
     )
     max_steps: int | None = Field(None, ge=1, description="step limit with the extra rounds; default: steps")
+    seed: int | None = Field(None, description="the planting's seed; default: the run's seed")
 
     @model_validator(mode="after")
     def _max_not_below_steps(self) -> PlantConfig:

@@ -157,6 +157,8 @@ def planted_model(
     if config.plant is None:
         raise ValueError("planted_model: the model config has no `plant` section")
     cfg = config.plant
+    if cfg.seed is not None:  # the planting's own seed, apart from the run's (a benchmark's seeds)
+        seed = cfg.seed
     spec_path = Path(cfg.spec)
     spec = load_spec(spec_path)
     people = spec.planted() if variant == "full" else spec.retained()
