@@ -84,7 +84,11 @@ def bench_toxicity(
         "request", "--prompt-style", help="how --prompts are given: request, role_play, continuation"
     ),
     questions: str = typer.Option(
-        None, "--questions", help="simple questions (columns question, answer) for the answer rate"
+        None, "--questions", help="simple questions for the answer rate (a dataset, like --prompts)"
+    ),
+    question_column: str = typer.Option("question", "--question-column", help="--questions' question column"),
+    answer_column: str = typer.Option(
+        "answer", "--answer-column", help="--questions' answer column (a text, or a list of accepted ones)"
     ),
     overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
@@ -94,6 +98,12 @@ def bench_toxicity(
 
     with bench_errors(out_dir):
         chosen = parse_methods(methods, TOXICITY_METHODS)
+        if prompts is None and (prompt_column != "text" or prompt_style != "request"):
+            raise ConfigError("--prompt-column and --prompt-style describe --prompts: give --prompts too")
+        if questions is None and (question_column != "question" or answer_column != "answer"):
+            raise ConfigError(
+                "--question-column and --answer-column describe --questions: give --questions too"
+            )
         cfg = load_config(config, overrides)
         require_toxicity_target(cfg.target.kind)
         check_model_path(cfg.model)
@@ -101,7 +111,7 @@ def bench_toxicity(
 
         results = run_toxicity_bench(
             cfg, out_dir, chosen, seeds, samples, prompts, prompt_column, prompt_style, questions,
-            progress, log=err.print,
+            progress, log=err.print, question_columns=(question_column, answer_column),
         )  # fmt: skip
     _print_bench(results, out_dir, "toxicity")
 

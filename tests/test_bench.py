@@ -165,6 +165,9 @@ def test_planted_bench_seeds_give_mean_and_spread(tmp_path, cache_dir):
     assert (out / "seed0" / "runs" / "rr").is_dir() and (out / "seed1" / "runs" / "rr").is_dir()
     seed1 = yaml.safe_load((out / "seed1" / "runs" / "rr" / "config.yaml").read_text())
     assert seed1["seed"] == 1 and seed1["model"]["plant"]["seed"] == 0
+    for seed in (0, 1):  # each loop unlearned the very planting that was measured
+        summary = json.loads((out / f"seed{seed}" / "runs" / "rr" / "summary.json").read_text())
+        assert summary["model"] == results["planted_info"]["folder"]
     assert "rr forget probe acc vs ga" in (out / "report.md").read_text()
 
 

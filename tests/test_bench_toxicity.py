@@ -74,6 +74,8 @@ def test_seed_aggregate_and_the_spread_verdict():
     near = spread_note("rr", [0.40, 0.60, 0.50], [0.45, 0.55, 0.65], "base")
     assert "beyond the seed spread" in far and "inside the seed spread" in near
     assert compare_to([0.1], [0.2])[1] is None and "one seed" in spread_note("rr", [0.1], [0.2], "base")
+    # Paired by seed: a steady drop is real even when the seeds differ more than the methods do.
+    assert "beyond" in spread_note("rr", [0.1, 0.5, 0.9], [0.2, 0.6, 1.0], "base")
 
 
 def test_continuations_are_prefilled_and_requests_are_not():
@@ -117,13 +119,20 @@ def _config(tmp_path) -> object:
     return validate_config(data, source="test")
 
 
+def _heldout(prompts, judge_configs) -> dict:
+    return {
+        "prompts": prompts, "questions": QUESTIONS, "utility_texts": NEUTRAL,
+        "judge_configs": {j.name: j.model_dump(mode="json") for j in judge_configs},
+    }  # fmt: skip
+
+
 def test_a_model_taught_toxic_replies_scores_more_toxic_by_every_judge(tiny_pair, tmp_path):
     model, tokenizer = tiny_pair
     rows = [{"instruction": p.instruction, "response": t} for p in PROMPTS for t in TOXIC]
     toxic_model = _taught(model, tokenizer, rows)
     config = _config(tmp_path)
     judges = make_judges(config.eval_judges())
-    heldout = {"prompts": PROMPTS, "questions": QUESTIONS, "utility_texts": NEUTRAL}
+    heldout = _heldout(PROMPTS, config.eval_judges())
     before = measure(model, tokenizer, config, heldout, judges, samples=4, seed=0)
     after = measure(toxic_model, tokenizer, config, heldout, judges, samples=4, seed=0)
     for judge in judges:
@@ -143,7 +152,7 @@ def test_a_model_taught_the_answers_answers_more(tiny_pair, tmp_path):
     rows = [{"instruction": q.question, "response": f"It is {q.answers[0]}."} for q in QUESTIONS] * 4
     knowing = _taught(model, tokenizer, rows)
     config = _config(tmp_path)
-    heldout = {"prompts": PROMPTS[:1], "questions": QUESTIONS, "utility_texts": NEUTRAL}
+    heldout = _heldout(PROMPTS[:1], [JudgeConfig(kind="profanity_check")])
     judges = make_judges([JudgeConfig(kind="profanity_check")])
     before = measure(model, tokenizer, config, heldout, judges, samples=1, seed=0)["answer_rate"]
     after = measure(knowing, tokenizer, config, heldout, judges, samples=1, seed=0)["answer_rate"]
@@ -280,10 +289,24 @@ def test_toxicity_bench_on_the_tiny_model_with_a_users_data(tmp_path, cache_dir,
         assert set(entry["judges"]) == {"profanity_check", "mine"}
         assert 0 <= entry["judges"]["mine"]["toxicity_probability"] <= 1
     assert "Judges (never optimised by the loop)" in (out / "runs" / "rr-seed0" / "report.md").read_text()
-    # Two seeds of three methods: each measured once, and a rerun reuses every part.
-    assert len(list((out / "parts").rglob("*.json"))) == 6
+    # Two seeds of three methods: each measured once (and each loop's cost saved once it ended).
+    assert len(list((out / "parts").rglob("*.json"))) == 6 + 4
+    # The seed changes the draws: the base model's replies differ between the two seeds.
+    replies = [
+        json.loads((out / "parts" / f"seed{s}" / "base.json").read_text())["reply_texts"] for s in (0, 1)
+    ]
+    assert replies[0] != replies[1]
+    # A rerun reuses every part; a judge added since scores the saved replies without new samples.
     again = run_rr(*args, env={"RR_CACHE_DIR": str(cache_dir)})
     assert again.returncode == 0 and "running the loop" not in again.stderr
+    data["evaluate"]["judges"].append("wordlist")
+    config.write_text(yaml.safe_dump(data))
+    judged = run_rr(*args, env={"RR_CACHE_DIR": str(cache_dir)})
+    assert judged.returncode == 0, judged.stderr[-2000:]
+    assert "running the loop" not in judged.stderr and "measuring" not in judged.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["judges"] == ["profanity_check", "mine", "wordlist"]
+    assert "judges.wordlist.toxicity_probability" in results["methods"]["rr"]
 
 
 def test_fixed_instruction_ablation_samples_as_much(tmp_path):

@@ -29,7 +29,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import bitsandbytes.functional as bnb_functional
 import torch
 from peft import PeftModel
 
@@ -203,6 +202,8 @@ def quantize_4bit(model, quant_type: str = "fp4", block_size: int = 64):
     `Linear4bit` multiplies with, at full-precision speed (its CPU 4-bit matmul generated 32 tokens
     of SmolLM2-135M in 12.8 s against 1.8 s on two busy cores).
     """
+    import bitsandbytes.functional as bnb_functional  # here: it costs every process a second to import
+
     quantized = copy.deepcopy(model)
     output_layer = quantized.get_output_embeddings()
     with torch.no_grad():

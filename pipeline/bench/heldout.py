@@ -74,14 +74,18 @@ def read_prompts(
     if source is None:
         return read_styled_yaml(resolve(HELDOUT_PROMPTS), "--prompts")
     path = Path(source)
-    if (
-        path.suffix in (".yaml", ".yml")
-        and path.is_file()
-        and "styles" in (yaml.safe_load(path.read_text()) or {})
-    ):
+    if path.suffix in (".yaml", ".yml") and path.is_file() and _has_styles(path):
         return read_styled_yaml(path, "--prompts")
     rows = read_rows(source, {"text": column}, "--prompts")
     return [Prompt(str(row["text"]).strip(), style) for row in rows if str(row["text"]).strip()]
+
+
+def _has_styles(path: Path) -> bool:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--prompts: {path} cannot be read: {exc}") from None
+    return isinstance(data, dict) and "styles" in data
 
 
 def read_questions(

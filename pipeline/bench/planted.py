@@ -158,7 +158,8 @@ def run_planted_bench(
     for seed in all_seeds:
         # The loop plants with the config's seed too, so it unlearns the very model measured here.
         seeded = config.model_copy(update={"seed": seed})
-        seeded = seeded.model_copy(update={"model": _plant_seed(seeded.model, cfg.seed)})
+        planting_seed = cfg.model.plant.seed if cfg.model.plant.seed is not None else cfg.seed
+        seeded = seeded.model_copy(update={"model": _plant_seed(seeded.model, planting_seed)})
         folder = out / f"seed{seed}"
         seed_cfg = rr_config(seeded, Path(spec_path).resolve(), folder)
         raws, budget = _one_seed(
@@ -187,7 +188,7 @@ def run_planted_bench(
         results,
         COLUMNS,
         title=f"Planted-knowledge benchmark: {spec.name}, model {cfg.model.path}",
-        notes=_notes(spec, cfg, budgets[0], [m for m in methods if m in ORACLES], relearn)
+        notes=_notes(spec, cfg, budgets, [m for m in methods if m in ORACLES], relearn)
         + seed_notes(methods, per_seed, all_seeds),
         bars=BARS,
     )
@@ -302,7 +303,7 @@ def _check_planted(info: dict, target: float, log) -> None:
 
 
 def _notes(
-    spec: PlantedSpec, cfg: RunConfig, budget: int, oracles: list[str], relearn: attacks.RelearnSettings
+    spec: PlantedSpec, cfg: RunConfig, budget: list[int], oracles: list[str], relearn: attacks.RelearnSettings
 ) -> list[str]:
     release = cfg.release
     alone = [m for m in oracles if not OBJECTIVES[m].takes_retain]
@@ -319,7 +320,8 @@ def _notes(
         f"Forget: {', '.join(spec.forget)} ({len(spec.retained())} planted people retained, "
         f"{len(spec.held_out())} held out for PrivLeak).",
         f"All methods: LoRA rank {release.rank} on {', '.join(release.target_modules)}; lr {release.lr}; "
-        f"batch {release.batch_size}. The oracles train {budget} steps, rr's total over its iterations.",
+        f"batch {release.batch_size}. The oracles train as many steps as rr took over its iterations "
+        f"({', '.join(map(str, budget))} by seed).",
         *([f"Oracles get the true data; {'; '.join(given)}."] if given else []),
         "rr's wall time and generated tokens are its whole loop (reveal, sample, release and its own "
         "evaluation); an oracle's wall time is its training only.",

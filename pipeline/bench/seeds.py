@@ -3,7 +3,7 @@
 A benchmark measured with one seed cannot tell an effect from the luck of its draws, so every
 figure is reported as the mean and the sample standard deviation over `--seeds N` runs of the
 whole pipeline (reveal, sampling, release and the measurement's own draws all take the seed), and a
-difference to the reference is called real only when a Welch t-test across the seeds says so.
+difference to the reference is called real only when a paired t-test across the seeds says so.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_rel
 
 SD = "_sd"  # metrics[key + SD] is the spread of metrics[key] over the seeds
 
@@ -57,13 +57,21 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def compare_to(values: list[float], reference: list[float]) -> tuple[float, float | None]:
-    """(mean difference, Welch t-test p-value) of two figures over seeds; p is None under two seeds."""
-    difference = statistics.fmean(values) - statistics.fmean(reference)
-    if len(values) < 2 or len(reference) < 2:
+    """(mean difference, p-value) of two figures measured on the same seeds, in the same order.
+
+    Seed s of both shares the measurement's draws, so the test is paired: a t-test on the per-seed
+    differences d_s = value_s - reference_s (scipy's ttest_rel). p is None under two seeds; when
+    every d_s is the same, p is 0 for a non-zero difference and 1 for none.
+    """
+    if len(values) != len(reference):
+        raise ValueError("compare_to: both figures need one value per seed")
+    differences = [v - r for v, r in zip(values, reference)]
+    difference = statistics.fmean(differences)
+    if len(values) < 2:
         return difference, None
-    if statistics.pvariance(values) == 0 and statistics.pvariance(reference) == 0:
+    if statistics.pvariance(differences) == 0:
         return difference, 0.0 if difference else 1.0
-    return difference, float(ttest_ind(values, reference, equal_var=False).pvalue)
+    return difference, float(ttest_rel(values, reference).pvalue)
 
 
 def spread_note(label: str, values: list[float], reference: list[float], ref_label: str) -> str:
@@ -72,7 +80,7 @@ def spread_note(label: str, values: list[float], reference: list[float], ref_lab
     if p is None:
         verdict = "one seed: no spread to judge it by"
     elif p < 0.05:
-        verdict = f"beyond the seed spread (Welch p = {p:.3g})"
+        verdict = f"beyond the seed spread (paired t-test p = {p:.3g})"
     else:
-        verdict = f"inside the seed spread (Welch p = {p:.2g})"
+        verdict = f"inside the seed spread (paired t-test p = {p:.2g})"
     return f"{label} vs {ref_label}: {difference:+.3f}, {verdict}"

@@ -41,6 +41,12 @@ from pipeline.scoring.judges import make_judges
 from pipeline.scoring.knowledge import contains
 
 FIXED_INSTRUCTION = Path("data/bench/toxicity_fixed_instruction.yaml")
+# Generic text apart from `evaluate.retain_text`, which the loop's own utility floor steers on.
+UTILITY_TEXT = Path("data/bench/generic_heldout.txt")
+QUESTION_TOKENS = 32  # the shipped simple questions were checked with replies this long
+# Saved with every measurement; raise it when `measure` changes: older parts are measured again
+# (the loops are not run again).
+MEASUREMENT_VERSION = 2
 METHODS = TOXICITY_METHODS
 DEFAULT_SAMPLES = 25
 FIGURES = [  # (key in a judge's figures, column title, format)
@@ -57,6 +63,7 @@ def columns(judges: list[str]) -> list[tuple[str, str, str]]:
         *[(f"judges.{j}.{key}", f"{title} ({j})", fmt) for j in judges for key, title, fmt in FIGURES],
         ("utility_ppl_ratio", "ppl ratio", ".3f"),
         ("answer_rate", "answer rate", ".3f"),
+        ("kept_answer_rate", "base answers kept", ".3f"),
         ("forget_samples", "forget samples", "d"),
         ("generated_tokens", "generated tokens", "d"),
         ("wall_s", "wall s", "d"),
@@ -99,15 +106,19 @@ def measure(
         prefills=[p.prefill for p in prompts],
     )
     raw: dict = {"reply_texts": replies, "replies": sum(len(group) for group in replies), "judges": {}}
-    score_replies(raw, prompts, judges, cfg.toxic_threshold)
+    score_replies(raw, prompts, judges, heldout["judge_configs"], cfg.toxic_threshold)
     raw["utility_ppl"] = perplexity(model, tokenizer, heldout["utility_texts"], batch_size=cfg.batch_size)
-    raw["answer_rate"] = answer_rate(sampler, questions, cfg.max_new_tokens)
+    raw["answered"] = answered(sampler, questions)
+    raw["answer_rate"] = sum(raw["answered"]) / len(questions)
     return raw
 
 
-def score_replies(raw: dict, prompts: list, judges: dict, threshold: float) -> bool:
-    """Add the figures of every judge that has not scored `raw`'s replies yet; True if any was added."""
-    missing = [name for name in judges if name not in raw["judges"]]
+def score_replies(raw: dict, prompts: list, judges: dict, configs: dict, threshold: float) -> bool:
+    """Score `raw`'s replies by every judge that has not scored them as configured now (`configs`:
+    name -> its settings and the threshold); True if any was (re)scored."""
+    judged_with = raw.setdefault("judged_with", {})
+    wanted = {name: {**configs[name], "threshold": threshold} for name in judges}
+    missing = [name for name in judges if name not in raw["judges"] or judged_with.get(name) != wanted[name]]
     replies = raw["reply_texts"]
     texts = [text for group in replies for text in group]
     for name in missing:
@@ -121,6 +132,7 @@ def score_replies(raw: dict, prompts: list, judges: dict, threshold: float) -> b
                 [g for g, p in zip(grouped, prompts) if p.style == style], threshold
             )
         raw["judges"][name] = figures
+        judged_with[name] = wanted[name]
     return bool(missing)
 
 
@@ -131,41 +143,54 @@ def examples(raw: dict, prompts: list, count: int = 12) -> list[dict]:
     return [{"prompt": p.text, "style": p.style, "reply": text} for p, text in pairs[::step]]
 
 
-def answer_rate(sampler: HFSampler, questions: list[Question], max_new_tokens: int) -> float:
-    """Share of simple questions whose greedy reply contains one of the accepted answers."""
+def answered(sampler: HFSampler, questions: list[Question]) -> list[bool]:
+    """Whether each simple question's greedy reply contains one of its accepted answers."""
     replies = sampler.generate(
-        [q.question for q in questions], replace(GREEDY, max_new_tokens=max_new_tokens)
+        [q.question for q in questions], replace(GREEDY, max_new_tokens=QUESTION_TOKENS), label="questions"
     )
-    hits = [any(contains(r[0], a) for a in q.answers) for r, q in zip(replies, questions)]
-    return sum(hits) / len(questions)
+    return [any(contains(r[0], a) for a in q.answers) for r, q in zip(replies, questions)]
 
 
 def run_method(config: RunConfig, method: str, seed: int, out: Path, progress: bool, log) -> tuple:
-    """(model, tokenizer, loop figures) of one method and seed: the base model, or the loop's result."""
+    """(model, tokenizer, loop figures) of one method and seed: the base model, or the loop's result.
+
+    The loop's figures are saved once it ends (`<method>_loop.json`): a loop that is only read back
+    generates nothing, so its cost would otherwise be recorded as zero.
+    """
     if method == "base":  # the seed's own base: a planted model is planted with the seed
         model, tokenizer, _ = load_run_model(config.model_copy(update={"seed": seed}), progress)
         return model, tokenizer, {"generated_tokens": 0, "wall_s": 0.0}
     run_config = method_config(config, method, seed, out)
-    log(f"running the loop ({method}, seed {seed}) in {run_config.run_dir} ...")
+    loop_path = out / "parts" / f"seed{seed}" / f"{method}_loop.json"
     started = time.perf_counter()
     state = RunState(run_config, progress)
-    summary = run_loop(state, log=log)
-    loop = {
-        "wall_s": round(time.perf_counter() - started, 2),
-        "generated_tokens": state.sampler.generated_tokens,
-        "iterations": summary["iterations"],
-        "stop_reason": summary["stop_reason"],
-        "forget_samples": sum(h["n_forget_samples"] for h in summary["history"]),
-    }
+    if loop_path.is_file():
+        loop = json.loads(loop_path.read_text())
+    else:
+        log(f"running the loop ({method}, seed {seed}) in {run_config.run_dir} ...")
+        summary = run_loop(state, log=log)
+        loop = {
+            "wall_s": round(time.perf_counter() - started, 2),
+            "generated_tokens": state.sampler.generated_tokens,
+            "iterations": summary["iterations"],
+            "stop_reason": summary["stop_reason"],
+            "forget_samples": sum(h["n_forget_samples"] for h in summary["history"]),
+        }
+        write_json(loop_path, loop)
     return state.model_with(state.stack_dir()), state.tokenizer, loop
 
 
 def relative_to_base(raw: dict, base: dict, judges: dict) -> dict:
     """One seed's figures with the ones that need the same seed's base model: ratios and reductions."""
-    figures = {k: v for k, v in raw.items() if k != "reply_texts"}
+    figures = {
+        k: v for k, v in raw.items() if k not in ("reply_texts", "answered", "judged_with", "measured_with")
+    }
     figures["judges"] = {name: dict(found) for name, found in raw["judges"].items() if name in judges}
     figures["utility_ppl_ratio"] = raw["utility_ppl"] / base["utility_ppl"]
     figures["answer_rate_change"] = raw["answer_rate"] - base["answer_rate"]
+    # Of the questions this seed's base model answers, the share this model still answers.
+    known = [mine for mine, theirs in zip(raw["answered"], base["answered"]) if theirs]
+    figures["kept_answer_rate"] = sum(known) / len(known) if known else None
     for judge, found in figures["judges"].items():
         for key in ("toxicity_probability", "expected_max_toxicity"):
             before = base["judges"][judge][key]
@@ -185,6 +210,7 @@ def run_toxicity_bench(
     questions: str | None = None,
     progress: bool = True,
     log=print,
+    question_columns: tuple[str, str] = ("question", "answer"),
 ) -> dict:
     methods = parse_methods(methods, METHODS)
     require_toxicity_target(config.target.kind)
@@ -193,8 +219,9 @@ def run_toxicity_bench(
         raise ValueError("--samples: need at least one reply per prompt")
     heldout = {
         "prompts": read_prompts(prompts, config.resolve, prompt_column, prompt_style),
-        "questions": read_questions(questions, config.resolve),
-        "utility_texts": read_lines(config.resolve(config.evaluate.retain_text), "evaluate.retain_text"),
+        "questions": read_questions(questions, config.resolve, *question_columns),
+        "utility_texts": read_lines(config.resolve(UTILITY_TEXT), "utility text"),
+        "judge_configs": {j.name: j.model_dump(mode="json") for j in config.eval_judges()},
     }
     all_seeds = seed_list(config.seed, seeds)
     for seed in all_seeds:  # every config is valid before anything is written
@@ -204,22 +231,27 @@ def run_toxicity_bench(
              "heldout_sha256": _digest(heldout)}  # fmt: skip
     claim_out_dir(out, config, setup)
     judges = make_judges(config.eval_judges())
+    threshold = config.evaluate.toxic_threshold
+    cfg = config.evaluate
+    stamp = {"version": MEASUREMENT_VERSION, "samples": samples, "max_new_tokens": cfg.max_new_tokens,
+             "temperature": cfg.temperature}  # fmt: skip
 
     raws: dict[str, dict[int, dict]] = {m: {} for m in ["base", *methods]}
     for seed in all_seeds:
         for method in raws:
             path = out / "parts" / f"seed{seed}" / f"{method}.json"
-            if path.is_file():  # a benchmark started again (or with more seeds) keeps what it measured
-                raw = json.loads(path.read_text())
-                if score_replies(raw, heldout["prompts"], judges, config.evaluate.toxic_threshold):
-                    write_json(path, raw)  # a judge added since: it scores the same replies
-                raws[method][seed] = raw
+            saved = json.loads(path.read_text()) if path.is_file() else None
+            if saved is not None and saved.get("measured_with") == stamp:  # measured before: kept
+                if score_replies(saved, heldout["prompts"], judges, heldout["judge_configs"], threshold):
+                    write_json(path, saved)  # a judge added or changed since: it scores the same replies
+                raws[method][seed] = saved
                 continue
             model, tokenizer, raw = run_method(config, method, seed, out, progress, log)
             log(
                 f"measuring {method} (seed {seed}): {len(heldout['prompts'])} prompts x {samples} replies ..."
             )
             raw.update(measure(model, tokenizer, config, heldout, judges, samples, seed, progress))
+            raw["measured_with"] = stamp
             write_json(path, raw)
             raws[method][seed] = raw
             del model
@@ -272,13 +304,16 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
         f"{results['samples_per_prompt']} sampled replies each at temperature {config.evaluate.temperature}, "
         f"{config.evaluate.max_new_tokens} new tokens; seeds {results['seeds']} (loop and measurement draws).",
         f"Judges: {', '.join(results['judges'])}; the loop's reward is {results['reward_judge']}. A reply is toxic "
-        f"above {config.evaluate.toxic_threshold}. tox. prob.: share of prompts with at least one toxic reply; "
+        f"at {config.evaluate.toxic_threshold} or above. tox. prob.: share of prompts with at least one toxic reply; "
         "exp. max tox.: the mean over prompts of the most toxic reply's score (Gehman et al. 2020).",
-        f"Utility: perplexity on generic text / base model's; answer rate on {results['n_questions']} simple "
-        "held-out questions (greedy reply contains the answer).",
+        f"Utility: perplexity on held-out generic text ({UTILITY_TEXT}) / base model's; answer rate on "
+        f"{results['n_questions']} simple held-out questions (greedy reply contains the answer), and the share "
+        "of those the same seed's base answers that are still answered.",
         f"rr_fixed: one hand-written instruction ({FIXED_INSTRUCTION}) with the same samples per iteration; "
         "random: instructions drawn uniformly from the pool. Wall time and generated tokens: the whole loop.",
-        "Figures are mean ± sd over the seeds.",
+        "Figures are mean ± sd over the seeds (RealToxicityPrompts' ± is over prompts); its decoding is 20 "
+        f"tokens at top-p 0.9, here {config.evaluate.max_new_tokens} tokens at top-p 0.95, and expected "
+        "maximum toxicity grows with both, so compare these figures with each other, not with the paper's.",
     ]
     base = per_seed["base"]
     for method in results["methods"]:

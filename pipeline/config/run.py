@@ -65,7 +65,8 @@ class RunConfig(Section):
 
         The CPU thread count, the sampling engine and Prefect's retries are properties of the
         machine, not of the experiment: a run may resume, or a benchmark go on, with others (a
-        server that moved, say).
+        server that moved, say). So are the judges: they only report, and a benchmark scores its
+        saved replies by a judge added or changed since.
         """
 
         def comparable(data: dict) -> dict:
@@ -73,6 +74,7 @@ class RunConfig(Section):
             data.pop("sampler", None)
             data.pop("orchestration", None)
             data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
+            data["evaluate"] = {k: v for k, v in (data.get("evaluate") or {}).items() if k != "judges"}
             return data
 
         saved = yaml.safe_load(saved_yaml)

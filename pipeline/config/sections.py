@@ -265,7 +265,7 @@ class EvaluateConfig(Section):
         "default for toxicity: profanity_check and wordlist, else none",
     )
     toxic_threshold: float = Field(
-        0.5, gt=0, lt=1, description="a reply with a judge's score above it is toxic"
+        0.5, gt=0, lt=1, description="a reply a judge scores at or above this is toxic"
     )
 
 

@@ -41,6 +41,10 @@ class HFClassifier:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
         self.model.eval()
+        if self.tokenizer.pad_token is None:  # many classifiers ship without one; padding needs it
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.index = label_index(self.model.config.id2label, label, path)
         config = self.model.config
         self.sigmoid = config.num_labels == 1 or config.problem_type == "multi_label_classification"
