@@ -301,3 +301,24 @@ def test_labelled_logits_are_the_full_logits_on_the_labelled_window(state):
     assert torch.equal(labels, full_labels[:, start:]) and torch.equal(cut_labels, labels)
     torch.testing.assert_close(window, full[:, start:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cut, full[:, start:])
+
+
+def test_random_policy_reveals_with_the_same_budget_and_no_bandit(tmp_path, cache_dir):
+    overrides = ["reveal.rounds=2", "sample.samples_per_instruction=4", "reveal.policy=random"]
+
+    def pulls_of(out):
+        run = RunState(load_config("configs/tiny.yaml", overrides, out=out), progress=False)
+        prepare_run_dir(run)
+        top = reveal(run, 1)
+        return run, top, read_jsonl(run.files.iteration(1).instructions)
+
+    run, top, pulls = pulls_of(tmp_path / "a")
+    cfg = run.config
+    assert len(pulls) == cfg.reveal.rounds * cfg.reveal.arms_per_round  # the bandit's budget
+    assert not run.files.iteration(1).bandit.exists()  # nothing learned, nothing saved
+    for r in range(cfg.reveal.rounds):  # a round's arms are distinct, as the bandit's are
+        arms = [p["arm"] for p in pulls if p["round"] == r]
+        assert len(set(arms)) == len(arms)
+    assert len(top) == cfg.sample.top_instructions and set(top) <= set(run.arms)
+    _, top_again, pulls_again = pulls_of(tmp_path / "b")  # the same seed draws the same arms
+    assert [p["arm"] for p in pulls_again] == [p["arm"] for p in pulls] and top_again == top

@@ -40,7 +40,8 @@ class HFClassifier:
         check_classifier(path, label)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
-        self.model.eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:  # many classifiers ship without one; padding needs it
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         if self.model.config.pad_token_id is None:
@@ -58,7 +59,7 @@ class HFClassifier:
             enc = self.tokenizer(
                 chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
             )
-            logits = self.model(**enc).logits.float()
+            logits = self.model(**enc.to(self.device)).logits.float()
             probs = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
             scores += probs[:, self.index].tolist()
         return scores
