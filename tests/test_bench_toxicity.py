@@ -318,3 +318,23 @@ def test_fixed_instruction_ablation_samples_as_much(tmp_path):
     assert per_iteration(fixed) == per_iteration(rr)
     assert rr.reveal_prompts_path() == config.reveal_prompts_path()
     assert fixed.release == rr.release and fixed.stop == rr.stop
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--prompt-column", "prompt.text"], "give --prompts too"),
+        (["--answer-column", "gold"], "give --questions too"),
+        (["--prompts", "nowhere.jsonl"], "--prompts:"),
+        (["--prompts", "data/eval/toxicity.yaml", "--prompt-style", "shouting"], "--prompt-style"),
+        (["--set", "evaluate.judges=[detoxify]"], "'detoxify' is not a judge"),
+    ],
+)
+def test_toxicity_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, expected):
+    out = tmp_path / "out"
+    result = run_rr(
+        "bench", "toxicity", "--config", "configs/demo.yaml", "--out", out, *args, "--no-progress"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
