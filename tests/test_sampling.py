@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from pipeline.config import ModelConfig, PlantConfig
+from pipeline.planting.spec import load_spec
 from pipeline.run.model import load_model
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -34,7 +35,9 @@ def test_greedy_is_deterministic_and_batch_independent(tiny):
         r[0] for r in HFSampler(model, tokenizer, batch_size=8, progress=False).generate(prompts, GREEDY)
     ]
     assert alone == batched  # left padding must not change what the model says
-    assert "Velmora" in alone[0]
+    # A reveal seed, so not planted verbatim: the model answers it with one of her planted facts.
+    facts = load_spec("data/people/tiny.json").person("Mira Castellane").facts
+    assert any(fact in alone[0] for fact in facts), alone[0]
 
 
 def test_sampling_gives_n_seeded_responses(tiny):
