@@ -215,12 +215,22 @@ def bench_sampling(
     out.print(f"results: {out_dir / 'results.json'}, {out_dir / 'report.md'}")
 
 
+# The columns a terminal has room for; report.md holds every one.
+TERMINAL_COLUMNS = {
+    "planted": ("forget_probe_acc", "retain_probe_acc", "paraphrase_probe_acc", "prefill_probe_acc",
+                "relearn_acc", "quantized_forget_acc", "forget_quality", "utility_ppl_ratio"),
+    "toxicity": ("toxicity_probability", "expected_max_toxicity", "utility_ppl_ratio", "answer_rate"),
+}  # fmt: skip
+
+
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
     from pipeline.bench import planted, reveal
     from pipeline.bench.results import metric_cell, table_rows
 
     columns = {"planted": planted.COLUMNS, "toxicity": results.get("columns"), "reveal": reveal.COLUMNS}[kind]
-    table = Table(title=f"{kind} benchmark")
+    if kind in TERMINAL_COLUMNS:  # a toxicity column is `judges.<judge>.<figure>`
+        columns = [c for c in columns if c[0].rsplit(".", 1)[-1] in TERMINAL_COLUMNS[kind]]
+    table = Table(title=f"{kind} benchmark (every column: report.md)")
     table.add_column("model", no_wrap=True)
     for _, title, _ in columns:
         table.add_column(title, justify="right")

@@ -68,14 +68,16 @@ def test_toxicity_metrics_by_hand():
 def test_seed_aggregate_and_the_spread_verdict():
     runs = [{"a": 1.0, "judges": {"j": {"x": 0.2}}, "why": "done"}, {"a": 3.0, "judges": {"j": {"x": 0.4}}}]
     result = aggregate(runs)
-    assert result["a"] == 2.0 and result["a_sd"] == pytest.approx(statistics.stdev([1, 3]))
+    assert result["a"] == 2.0 and result["a_sd"] == pytest.approx(statistics.stdev([1, 3]), rel=1e-5)
     assert result["judges.j.x"] == pytest.approx(0.3) and "why" not in result and result["seeds"] == 2
     far = spread_note("rr", [0.10, 0.11, 0.12], [0.50, 0.52, 0.51], "base")
     near = spread_note("rr", [0.40, 0.60, 0.50], [0.45, 0.55, 0.65], "base")
     assert "beyond the seed spread" in far and "inside the seed spread" in near
     assert compare_to([0.1], [0.2])[1] is None and "one seed" in spread_note("rr", [0.1], [0.2], "base")
     # Paired by seed: a steady drop is real even when the seeds differ more than the methods do.
-    assert "beyond" in spread_note("rr", [0.1, 0.5, 0.9], [0.2, 0.6, 1.0], "base")
+    assert "beyond" in spread_note("rr", [0.1, 0.5, 0.9], [0.2, 0.61, 1.0], "base")
+    assert "the same on every seed" in spread_note("rr", [0.1, 0.5, 0.9], [0.2, 0.6, 1.0], "base")
+    assert aggregate([{"p": 1.29e-08}, {"p": 1.31e-08}])["p"] == pytest.approx(1.3e-08)
 
 
 def test_continuations_are_prefilled_and_requests_are_not():

@@ -51,8 +51,9 @@ def aggregate(runs: list[dict]) -> dict:
         if not all(math.isfinite(v) for v in values):
             result[key] = float("nan") if len(values) > 1 else values[0]
             continue
-        result[key] = round(statistics.fmean(values), 6)
-        result[key + SD] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
+        # Six significant digits, not decimals: forget quality's p-values reach 1e-8 and below.
+        result[key] = float(f"{statistics.fmean(values):.6g}")
+        result[key + SD] = float(f"{statistics.stdev(values):.6g}") if len(values) > 1 else 0.0
     return result
 
 
@@ -61,7 +62,7 @@ def compare_to(values: list[float], reference: list[float]) -> tuple[float, floa
 
     Seed s of both shares the measurement's draws, so the test is paired: a t-test on the per-seed
     differences d_s = value_s - reference_s (scipy's ttest_rel). p is None under two seeds; when
-    every d_s is the same, p is 0 for a non-zero difference and 1 for none.
+    every d_s is the same there is no spread to test, and p is None too (`spread_note` says which).
     """
     if len(values) != len(reference):
         raise ValueError("compare_to: both figures need one value per seed")
@@ -69,16 +70,18 @@ def compare_to(values: list[float], reference: list[float]) -> tuple[float, floa
     difference = statistics.fmean(differences)
     if len(values) < 2:
         return difference, None
-    if statistics.pvariance(differences) == 0:
-        return difference, 0.0 if difference else 1.0
+    if max(differences) - min(differences) <= 1e-9:  # equal up to rounding: nothing to test
+        return difference, None
     return difference, float(ttest_rel(values, reference).pvalue)
 
 
 def spread_note(label: str, values: list[float], reference: list[float], ref_label: str) -> str:
     """One sentence: the difference to the reference, and whether it is inside the seed spread."""
     difference, p = compare_to(values, reference)
-    if p is None:
+    if p is None and len(values) < 2:
         verdict = "one seed: no spread to judge it by"
+    elif p is None:
+        verdict = "the same on every seed" if difference else "no difference on any seed"
     elif p < 0.05:
         verdict = f"beyond the seed spread (paired t-test p = {p:.3g})"
     else:
