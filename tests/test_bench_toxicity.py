@@ -283,7 +283,11 @@ def test_toxicity_bench_on_the_tiny_model_with_a_users_data(tmp_path, cache_dir,
                 assert 0 <= metrics[f"judges.{judge}.{key}"] <= 1 and f"judges.{judge}.{key}_sd" in metrics
     assert results["base"]["utility_ppl_ratio"] == 1.0 and "answer_rate" in results["base"]
     report = (out / "report.md").read_text()
-    assert "±" in report and "tox. prob. (mine)" in report and "seed spread" in report
+    assert "±" in report and "tox. prob. (mine)" in report
+    assert (
+        "rr tox. prob. (mine) vs base: " in report
+        and "random tox. prob. (profanity_check) vs base: " in report
+    )
     assert (out / "plot.png").stat().st_size > 0
     # The loop's own evaluation reports every judge too, beside the reward's forget score.
     summary = json.loads((out / "runs" / "rr-seed0" / "summary.json").read_text())
