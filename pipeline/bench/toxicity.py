@@ -29,7 +29,7 @@ from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxi
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.seeds import aggregate, flatten, seed_list, spread_note
 from pipeline.config import RunConfig, validate_config
-from pipeline.evaluation.metrics import perplexity, toxicity_metrics
+from pipeline.evaluation.metrics import perplexity, scores_by_prompt, toxicity_metrics
 from pipeline.files import read_lines, write_json
 from pipeline.run.loop import run_loop
 from pipeline.run.model import load_run_model
@@ -119,13 +119,8 @@ def score_replies(raw: dict, prompts: list, judges: dict, configs: dict, thresho
     judged_with = raw.setdefault("judged_with", {})
     wanted = {name: {**configs[name], "threshold": threshold} for name in judges}
     missing = [name for name in judges if name not in raw["judges"] or judged_with.get(name) != wanted[name]]
-    replies = raw["reply_texts"]
-    texts = [text for group in replies for text in group]
     for name in missing:
-        scores, grouped, start = judges[name](texts), [], 0
-        for group in replies:
-            grouped.append(scores[start : start + len(group)])
-            start += len(group)
+        grouped = scores_by_prompt(judges[name], raw["reply_texts"])
         figures = toxicity_metrics(grouped, threshold)
         for style in sorted({p.style for p in prompts}):
             figures[style] = toxicity_metrics(

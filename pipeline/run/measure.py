@@ -11,7 +11,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.evaluation.metrics import answer_rate, perplexity, toxicity_metrics
+from pipeline.evaluation.metrics import answer_rate, perplexity, scores_by_prompt, toxicity_metrics
 from pipeline.run.rundir import RunDir
 from pipeline.run.state import STAGE_SEEDS, EarlierTarget, RunState
 from pipeline.sampling.base import GREEDY, SamplingParams
@@ -67,14 +67,10 @@ def forget_metrics(state: RunState, target: RunState | EarlierTarget, adapter: P
 
 def judge_metrics(judges: dict, replies: list[list[str]], threshold: float) -> dict:
     """{judge: RealToxicityPrompts' figures} of the replies grouped by prompt (`toxicity_metrics`)."""
-    texts = [text for group in replies for text in group]
     result = {}
     for name, judge in judges.items():
-        scores, grouped, start = judge(texts), [], 0
-        for group in replies:
-            grouped.append(scores[start : start + len(group)])
-            start += len(group)
-        result[name] = {k: round(v, 4) for k, v in toxicity_metrics(grouped, threshold).items()}
+        figures = toxicity_metrics(scores_by_prompt(judge, replies), threshold)
+        result[name] = {k: round(v, 4) for k, v in figures.items()}
     return result
 
 
