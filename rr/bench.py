@@ -72,6 +72,11 @@ def bench_toxicity(
     methods: str = typer.Option("base,rr,rr_fixed,random", "--methods", help="comma-separated methods"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="runs of the whole pipeline; figures are mean ± sd"),
     samples: int = typer.Option(25, "--samples", min=1, help="sampled replies per prompt (K)"),
+    max_new_tokens: int = typer.Option(
+        20, "--max-new-tokens", min=1, help="tokens per reply (20 as RealToxicityPrompts)"
+    ),
+    top_p: float = typer.Option(0.9, "--top-p", help="nucleus sampling's p (0.9 as RealToxicityPrompts)"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="replies generated at once: speed only"),
     prompts: str = typer.Option(
         None,
         "--prompts",
@@ -104,13 +109,17 @@ def bench_toxicity(
             raise ConfigError(
                 "--question-column and --answer-column describe --questions: give --questions too"
             )
+        from pipeline.bench.toxicity import Decoding, run_toxicity_bench
+
+        try:
+            decoding = Decoding(samples, max_new_tokens, top_p, batch_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         cfg = load_config(config, overrides)
         require_toxicity_target(cfg.target.kind)
         check_model_path(cfg.model)
-        from pipeline.bench.toxicity import run_toxicity_bench
-
         results = run_toxicity_bench(
-            cfg, out_dir, chosen, seeds, samples, prompts, prompt_column, prompt_style, questions,
+            cfg, out_dir, chosen, seeds, decoding, prompts, prompt_column, prompt_style, questions,
             progress, log=err.print, question_columns=(question_column, answer_column),
         )  # fmt: skip
     _print_bench(results, out_dir, "toxicity")

@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from pipeline.bench.heldout import CONTINUE_REQUEST, Prompt, Question, read_prompts
 from pipeline.bench.seeds import aggregate, compare_to, spread_note
-from pipeline.bench.toxicity import FIXED_INSTRUCTION, measure, method_config
+from pipeline.bench.toxicity import FIXED_INSTRUCTION, Decoding, measure, method_config
 from pipeline.config import ConfigError, JudgeConfig, load_config, validate_config
 from pipeline.evaluation.metrics import toxicity_metrics
 from pipeline.planting.tiny import build_model, build_tokenizer
@@ -117,7 +117,7 @@ def _taught(model, tokenizer, rows):
 def _config(tmp_path) -> object:
     data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     data["target"] = {"kind": "toxicity"}
-    data["evaluate"].update(max_new_tokens=16, temperature=1.0)
+    data["evaluate"].update(temperature=1.0)
     return validate_config(data, source="test")
 
 
@@ -135,8 +135,9 @@ def test_a_model_taught_toxic_replies_scores_more_toxic_by_every_judge(tiny_pair
     config = _config(tmp_path)
     judges = make_judges(config.eval_judges())
     heldout = _heldout(PROMPTS, config.eval_judges())
-    before = measure(model, tokenizer, config, heldout, judges, samples=4, seed=0)
-    after = measure(toxic_model, tokenizer, config, heldout, judges, samples=4, seed=0)
+    decoding = Decoding(samples=4, max_new_tokens=16)
+    before = measure(model, tokenizer, config, heldout, judges, decoding, seed=0)
+    after = measure(toxic_model, tokenizer, config, heldout, judges, decoding, seed=0)
     for judge in judges:
         b, a = before["judges"][judge], after["judges"][judge]
         assert a["toxicity_probability"] > b["toxicity_probability"], (judge, b, a)
@@ -156,8 +157,9 @@ def test_a_model_taught_the_answers_answers_more(tiny_pair, tmp_path):
     config = _config(tmp_path)
     heldout = _heldout(PROMPTS[:1], [JudgeConfig(kind="profanity_check")])
     judges = make_judges([JudgeConfig(kind="profanity_check")])
-    before = measure(model, tokenizer, config, heldout, judges, samples=1, seed=0)["answer_rate"]
-    after = measure(knowing, tokenizer, config, heldout, judges, samples=1, seed=0)["answer_rate"]
+    decoding = Decoding(samples=1, max_new_tokens=16)
+    before = measure(model, tokenizer, config, heldout, judges, decoding, seed=0)["answer_rate"]
+    after = measure(knowing, tokenizer, config, heldout, judges, decoding, seed=0)["answer_rate"]
     assert before == 0.0 and after == 1.0
 
 
@@ -334,6 +336,7 @@ def test_fixed_instruction_ablation_samples_as_much(tmp_path):
         (["--prompts", "nowhere.jsonl"], "--prompts:"),
         (["--prompts", "data/eval/toxicity.yaml", "--prompt-style", "shouting"], "--prompt-style"),
         (["--set", "evaluate.judges=[detoxify]"], "'detoxify' is not a judge"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
     ],
 )
 def test_toxicity_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, expected):

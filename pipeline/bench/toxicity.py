@@ -8,7 +8,7 @@
               (`reveal.policy: random`), the same budget
 
 Each model answers every held-out prompt (`pipeline.bench.heldout`) K times (`--samples`,
-default 25 as in RealToxicityPrompts); every judge of the config (`evaluate.judges`: by default
+default 25 new replies of up to 20 tokens, as in RealToxicityPrompts); every judge of the config (`evaluate.judges`: by default
 the reward's classifier and a word list) scores every reply, and each judge's toxicity probability,
 expected maximum toxicity, toxic share and mean toxicity are reported (Gehman et al. 2020).
 Utility: perplexity on generic text relative to the base model, and the answer rate on simple
@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.bench.heldout import Question, read_prompts, read_questions
@@ -48,7 +48,27 @@ QUESTION_TOKENS = 32  # the shipped simple questions were checked with replies t
 # (the loops are not run again).
 MEASUREMENT_VERSION = 2
 METHODS = TOXICITY_METHODS
-DEFAULT_SAMPLES = 25
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the benchmark samples its replies: K replies of up to `max_new_tokens` at `top_p`, by
+    default as RealToxicityPrompts (Gehman et al. 2020: 25 generations of 20 tokens, nucleus 0.9).
+    The temperature is the config's `evaluate.temperature`; `batch_size` changes the speed only."""
+
+    samples: int = 25
+    max_new_tokens: int = 20
+    top_p: float = 0.9
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"toxicity benchmark: top_p must be in (0, 1], got {self.top_p}")
+        for name in ("samples", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"toxicity benchmark: {name} must be at least 1, got {getattr(self, name)}")
+
+
 FIGURES = [  # (key in a judge's figures, column title, format)
     ("toxicity_probability", "tox. prob.", ".3f"),
     ("expected_max_toxicity", "exp. max tox.", ".3f"),
@@ -86,19 +106,20 @@ def method_config(config: RunConfig, method: str, seed: int, out: Path) -> RunCo
 
 
 def measure(
-    model, tokenizer, config: RunConfig, heldout: dict, judges: dict, samples: int, seed: int,
+    model, tokenizer, config: RunConfig, heldout: dict, judges: dict, decoding: Decoding, seed: int,
     progress: bool = False,
 ) -> dict:  # fmt: skip
-    """`samples` seeded replies to each held-out prompt, every judge's figures on them, and utility.
+    """`decoding.samples` seeded replies to each held-out prompt, every judge's figures on them, and utility.
 
     The replies are kept in the result, so a judge added later scores them without new samples.
     """
     cfg = config.evaluate
     prompts, questions = heldout["prompts"], heldout["questions"]
-    sampler = HFSampler(model, tokenizer, config.sample.generation.batch_size, progress=progress)
+    sampler = HFSampler(model, tokenizer, decoding.batch_size, progress=progress)
     params = SamplingParams(
-        n=samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed + 7
-    )
+        n=decoding.samples, max_new_tokens=decoding.max_new_tokens, temperature=cfg.temperature,
+        top_p=decoding.top_p, seed=seed + 7,
+    )  # fmt: skip
     replies = sampler.generate(
         [p.instruction for p in prompts],
         params,
@@ -198,7 +219,7 @@ def run_toxicity_bench(
     out: Path,
     methods: list[str] = METHODS,
     seeds: int = 1,
-    samples: int = DEFAULT_SAMPLES,
+    decoding: Decoding = Decoding(),
     prompts: str | None = None,
     prompt_column: str = "text",
     prompt_style: str = "request",
@@ -210,8 +231,6 @@ def run_toxicity_bench(
     methods = parse_methods(methods, METHODS)
     require_toxicity_target(config.target.kind)
     check_names(config)
-    if samples < 1:
-        raise ValueError("--samples: need at least one reply per prompt")
     heldout = {
         "prompts": read_prompts(prompts, config.resolve, prompt_column, prompt_style),
         "questions": read_questions(questions, config.resolve, *question_columns),
@@ -222,13 +241,14 @@ def run_toxicity_bench(
     for seed in all_seeds:  # every config is valid before anything is written
         [method_config(config, m, seed, out) for m in methods if m != "base"]
     setup = {"prompts": prompts or "shipped", "prompt_column": prompt_column, "prompt_style": prompt_style,
-             "questions": questions or "shipped", "samples": samples,
+             "questions": questions or "shipped", "samples": decoding.samples,
              "heldout_sha256": _digest(heldout)}  # fmt: skip
     claim_out_dir(out, config, setup)
     judges = make_judges(config.eval_judges())
     threshold = config.evaluate.toxic_threshold
     cfg = config.evaluate
-    stamp = {"version": MEASUREMENT_VERSION, "samples": samples, "max_new_tokens": cfg.max_new_tokens,
+    stamp = {"version": MEASUREMENT_VERSION, "samples": decoding.samples,
+             "max_new_tokens": decoding.max_new_tokens, "top_p": decoding.top_p,
              "temperature": cfg.temperature}  # fmt: skip
 
     raws: dict[str, dict[int, dict]] = {m: {} for m in ["base", *methods]}
@@ -243,9 +263,9 @@ def run_toxicity_bench(
                 continue
             model, tokenizer, raw = run_method(config, method, seed, out, progress, log)
             log(
-                f"measuring {method} (seed {seed}): {len(heldout['prompts'])} prompts x {samples} replies ..."
+                f"measuring {method} (seed {seed}): {len(heldout['prompts'])} prompts x {decoding.samples} replies ..."
             )
-            raw.update(measure(model, tokenizer, config, heldout, judges, samples, seed, progress))
+            raw.update(measure(model, tokenizer, config, heldout, judges, decoding, seed, progress))
             raw["measured_with"] = stamp
             write_json(path, raw)
             raws[method][seed] = raw
@@ -263,7 +283,9 @@ def run_toxicity_bench(
             s: sum(p.style == s for p in heldout["prompts"]) for s in {p.style for p in heldout["prompts"]}
         },
         "n_questions": len(heldout["questions"]),
-        "samples_per_prompt": samples,
+        "samples_per_prompt": decoding.samples,
+        "max_new_tokens": decoding.max_new_tokens,
+        "top_p": decoding.top_p,
         "seeds": all_seeds,
         "judges": names,
         "reward_judge": config.target.judge.name,
@@ -297,7 +319,7 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
     lines = [
         f"{results['n_prompts']} held-out prompts ({styles}; source: {results['prompts']}), "
         f"{results['samples_per_prompt']} sampled replies each at temperature {config.evaluate.temperature}, "
-        f"{config.evaluate.max_new_tokens} new tokens; seeds {results['seeds']} (loop and measurement draws).",
+        f"up to {results['max_new_tokens']} new tokens; seeds {results['seeds']} (loop and measurement draws).",
         f"Judges: {', '.join(results['judges'])}; the loop's reward is {results['reward_judge']}. A reply is toxic "
         f"at {config.evaluate.toxic_threshold} or above. tox. prob.: share of prompts with at least one toxic reply; "
         "exp. max tox.: the mean over prompts of the most toxic reply's score (Gehman et al. 2020).",
@@ -306,9 +328,10 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
         "of those the same seed's base answers that are still answered.",
         f"rr_fixed: one hand-written instruction ({FIXED_INSTRUCTION}) with the same samples per iteration; "
         "random: instructions drawn uniformly from the pool. Wall time and generated tokens: the whole loop.",
-        "Figures are mean ± sd over the seeds (RealToxicityPrompts' ± is over prompts); its decoding is 20 "
-        f"tokens at top-p 0.9, here {config.evaluate.max_new_tokens} tokens at top-p 0.95, and expected "
-        "maximum toxicity grows with both, so compare these figures with each other, not with the paper's.",
+        "Figures are mean ± sd over the seeds (RealToxicityPrompts' ± is over prompts); its decoding is 25 "
+        f"replies of 20 tokens at top-p 0.9, here {results['samples_per_prompt']} of {results['max_new_tokens']} "
+        f"at top-p {results['top_p']}, and expected maximum toxicity grows "
+        "with all three, so compare these figures with each other, not with the paper's.",
     ]
     base = per_seed["base"]
     for method in results["methods"]:
