@@ -2,8 +2,8 @@
 
 The Prefect UI shows baseline, then reveal / sample / release / evaluate for every iteration,
 with artifacts (`flows/monitor.py`): an iteration table, revealed samples, live progress and the
-final plot. Without `PREFECT_API_URL` Prefect starts a temporary local server for the run; with it
-(`rr ui`), runs report to that server.
+final plot. Without `PREFECT_API_URL` the run starts a temporary local server of its own (`flows/server.py`);
+with it (`rr ui`), runs report to that server.
 
 All state lives in the run directory, so a run started again with the same name resumes after
 its last completed iteration; the stages' results are persisted there too (`.prefect/`). A stage
@@ -17,6 +17,7 @@ from prefect import flow, tags, task
 from prefect.tasks import exponential_backoff
 
 from flows.monitor import ProgressReporter, mark_abandoned_runs, publish_iteration, publish_plot, run_tags
+from flows.server import prefect_api
 from pipeline.config import RunConfig, validate_config
 from pipeline.files import read_jsonl
 from pipeline.run.lock import run_lock
@@ -39,7 +40,8 @@ def is_transient(task, task_run, state) -> bool:
 
 def stage_task(fn, name: str, run_name: str | None = None):
     # The result is stored under a key of stage and iteration, never a hash of the inputs: the
-    # run state holds the model. A resumed run finds the results of the stages that finished.
+    # run state holds the model. A resumed run finds the results of the stages that finished; it
+    # deletes those of the iterations it recomputes, found by these names (`RunDir.prefect_result_iterations`).
     return task(
         fn,
         name=name,
@@ -96,6 +98,7 @@ def unlearn_flow(config: dict, progress: bool = True) -> dict:
 
 
 def run_unlearn_flow(config: RunConfig, progress: bool = True) -> dict:
-    """`rr unlearn`: the flow run, tagged like its task runs (a deployment's runs get its tags)."""
-    with tags(*run_tags(config)):
+    """`rr unlearn`: the flow run, tagged like its task runs (a deployment's runs get its tags),
+    on `PREFECT_API_URL`'s server or a temporary one that stops with this process."""
+    with prefect_api(), tags(*run_tags(config)):
         return unlearn_flow(config.model_dump(mode="json"), progress=progress)

@@ -20,9 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, read_yaml
 from pipeline.files import read_lines
 
 DATASET_FILES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -96,10 +94,7 @@ def _table(source: str | Path, paths: set[str], what: str, split: str | None) ->
             raise ConfigError(
                 f"{what}: {source} is a {path.suffix} file, which has no splits (split: {split!r})"
             )
-        try:
-            table = {"text": read_lines(path, what)} if path.suffix == ".txt" else _yaml_table(path, what)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{what}: cannot read {source}: {_reason(exc)}") from None
+        table = {"text": read_lines(path, what)} if path.suffix == ".txt" else _yaml_table(path, what)
         _check_columns(paths, list(table), what, source)
         return table
     if path.is_file() and path.suffix not in DATASET_FILES:
@@ -165,7 +160,7 @@ def _one_split(data, split: str | None, what: str, source):
 
 def _yaml_table(path: Path, what: str) -> dict[str, list]:
     """A YAML mapping's lists as columns; its only list also answers to `text`."""
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, what)
     lists = (
         {key: value for key, value in data.items() if isinstance(value, list)}
         if isinstance(data, dict)

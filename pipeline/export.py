@@ -8,28 +8,40 @@ retain samples the kept adapters were trained on go out as a `datasets` DatasetD
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.datasource import quiet_datasets
 from pipeline.files import atomic_dir, read_jsonl
+from pipeline.run.chain import read_summary, summary_problem, walk
 from pipeline.run.rundir import RunDir, has_adapter
 
 
 def finished_run(run_dir: Path) -> tuple[RunConfig, dict]:
-    """The config and summary of a run that has ended with a stacked adapter; ConfigError otherwise."""
+    """The config and summary of a run that has ended with a stacked adapter; ConfigError otherwise.
+
+    Its iterations must be as the summary recorded them (`pipeline.run.chain`): an iteration
+    changed or removed since would be exported under figures it no longer has.
+    """
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
     if not files.config.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
-    if not files.summary.is_file():
+    redo = f"run `rr unlearn` with its config (--out {run_dir.parent} --name {run_dir.name}) to redo it"
+    summary = read_summary(files, f"delete that file and {redo}")
+    if summary is None or not summary.get("stop_reason"):
         raise ConfigError(f"{run_dir}: the run has not finished (no summary.json); run `rr unlearn` again")
-    summary = json.loads(files.summary.read_text())
+    problem = summary_problem(files, summary, walk(files), adapter=False)
+    if problem is not None:
+        raise ConfigError(f"{run_dir}: {problem}; {redo}")
     if not has_adapter(files.adapter):
         raise ConfigError(f"{run_dir}: the run kept no adapter (stop reason: {summary.get('stop_reason')})")
-    return load_config(files.config), summary
+    try:
+        config = load_config(files.config)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}: the run folder is damaged, it cannot be exported") from None
+    return config, summary
 
 
 def refuse_existing(out: Path) -> None:
@@ -73,9 +85,22 @@ def model_card(config: RunConfig, summary: dict) -> str:
     )
 
 
+def check_run_adapter(run_dir: Path) -> None:
+    """ConfigError if the run's stacked adapter is damaged: never export, or merge, a broken one."""
+    from pipeline.models import adapter_problem
+
+    folder = RunDir(run_dir).adapter
+    problem = adapter_problem(folder)
+    if problem is not None:
+        raise ConfigError(
+            f"{folder}: {problem}; this run cannot be exported (run it again under another --name)"
+        )
+
+
 def export_adapter(run_dir: Path, out: Path) -> Path:
     config, summary = finished_run(run_dir)
     refuse_existing(out)
+    check_run_adapter(run_dir)
     with atomic_dir(out) as tmp:
         shutil.copytree(RunDir(run_dir).adapter, tmp, dirs_exist_ok=True)
         (tmp / "README.md").write_text(model_card(config, summary))
@@ -89,6 +114,7 @@ def export_merged(run_dir: Path, out: Path, progress: bool = True) -> Path:
 
     config, summary = finished_run(run_dir)
     refuse_existing(out)
+    check_run_adapter(run_dir)
     # Loaded as the run loaded it: a tiny model's tokenizer, and a planted model's cache key, depend on it.
     model, tokenizer, _ = load_run_model(config, progress)
     merged = with_adapter(model, RunDir(run_dir).adapter)

@@ -11,10 +11,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_if_created(path: Path, folder: bool = False) -> None:
+    """Give `path` the mode `open` or `mkdir` would have: tempfile makes files 0600 and folders
+    0700, which another user (a vLLM server under its own uid, whoever receives an export) cannot
+    read."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
         json.dump(data, f, indent=2)
+    as_if_created(Path(f.name))
     os.replace(f.name, path)
 
 
@@ -23,21 +38,54 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    as_if_created(Path(f.name))
     os.replace(f.name, path)
+
+
+def read_text(path: Path, field: str) -> str:
+    """A text file as UTF-8; a missing, unreadable or binary one is a one-line ConfigError naming `field`."""
+    from pipeline.config.sections import ConfigError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{field}: {path} is not UTF-8 text: {undecodable(exc)}") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def undecodable(exc: UnicodeDecodeError) -> str:
+    return f"can't decode byte 0x{exc.object[exc.start]:02x} at position {exc.start} ({exc.reason})"
 
 
 def read_lines(path: Path, field: str) -> list[str]:
     """The non-blank lines of a text file, stripped; ConfigError naming `field` if there are none."""
-    from pipeline.config import ConfigError
+    from pipeline.config.sections import ConfigError
 
-    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text(path, field).splitlines() if line.strip()]
     if not lines:
         raise ConfigError(f"{field}: {path} is empty")
     return lines
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a JSON Lines file; a line that is no JSON object is a ConfigError naming the line."""
+    from pipeline.config.sections import ConfigError
+
+    rows = []
+    for number, line in enumerate(read_text(path, "run file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 @contextmanager
@@ -51,6 +99,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     new = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield new
+        # What the block wrote gets the umask's modes too: safetensors writes its files 0600.
+        for path in [new, *new.rglob("*")]:
+            as_if_created(path, folder=path.is_dir())
         _swap(new, target)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)

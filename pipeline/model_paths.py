@@ -46,9 +46,12 @@ def looks_local(path: str) -> bool:
 def check_model_path(config: ModelConfig) -> None:
     """Fail early, before a run directory exists, when the model cannot be found."""
     path = config.path
-    if path in (EMBEDDED, TINY):
-        if path == EMBEDDED:
-            embedded_gguf()
+    if path == EMBEDDED:
+        embedded_gguf()
+        return
+    if path == TINY:
+        if config.plant is None:  # a random model knows nothing to forget: it is only ever planted
+            raise ModelLoadError("model.path: tiny needs model.plant (a spec of facts to plant)")
         return
     local = Path(path).expanduser()
     if local.exists():
@@ -59,5 +62,12 @@ def check_model_path(config: ModelConfig) -> None:
         raise ModelLoadError(f"model.path: {path} does not exist")
     from huggingface_hub import try_to_load_from_cache
 
-    if not isinstance(try_to_load_from_cache(path, "config.json"), str) and os.environ.get("HF_HUB_OFFLINE"):
-        raise ModelLoadError(f"model.path: {path} is not a local folder and not in the Hugging Face cache")
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except ValueError:  # not a valid hub id either
+        raise ModelLoadError(f"model.path: {path} does not exist and is no hub id (owner/name)") from None
+    if not isinstance(cached, str):
+        raise ModelLoadError(
+            f"model.path: {path} is not a local folder and not in the Hugging Face cache; nothing is "
+            f"downloaded: fetch it first (hf download {path})"
+        )

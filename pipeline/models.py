@@ -12,6 +12,7 @@ for planting) comes from `pipeline.planting`; `pipeline.run.model` chooses betwe
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -97,3 +98,30 @@ def with_adapter(model, adapter_dir: Path | None):
     merged = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir)).merge_and_unload()
     merged.eval()
     return merged
+
+
+def adapter_problem(folder: Path) -> str | None:
+    """Why the PEFT adapter saved in `folder` cannot be used (a missing file, config that is not
+    JSON, a truncated or corrupt tensor file), or None when it is whole. Every tensor is read, so
+    a file cut short anywhere is found; an adapter is small enough for that."""
+    from peft.utils import CONFIG_NAME as ADAPTER_CONFIG
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    try:
+        json.loads((folder / ADAPTER_CONFIG).read_text())
+    except FileNotFoundError:
+        return f"{ADAPTER_CONFIG} is missing"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{ADAPTER_CONFIG} is not readable JSON ({exc})"
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return f"{ADAPTER_WEIGHTS} is missing"
+    try:
+        with safe_open(str(weights), framework="pt") as tensors:
+            for key in tensors.keys():
+                tensors.get_tensor(key)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        return f"{ADAPTER_WEIGHTS} is damaged ({exc})"
+    return None

@@ -11,7 +11,8 @@ from rich.table import Table
 from pipeline.config import ConfigError, load_config
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import SpecError
-from rr.console import EXIT_INTERRUPTED, err, fail, out
+from rr.console import err, fail, out
+from rr.signals import interrupt_exit_code
 
 
 @contextmanager
@@ -21,8 +22,8 @@ def bench_errors(out_dir: Path):
         yield
     except (ConfigError, SpecError) as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"interrupted; run the same command again to resume in {out_dir}", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rr.signals)
+        fail(f"interrupted; run the same command again to resume in {out_dir}", interrupt_exit_code(exc))
 
 
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")

@@ -22,7 +22,8 @@ from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
 from pipeline.run.report import rows
 from rr.bench import bench
-from rr.console import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_SAMPLER, err, fail, out
+from rr.console import EXIT_BUSY, EXIT_SAMPLER, err, fail, out
+from rr.signals import interrupt_exit_code, raise_on_sigterm
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Reveal & Release: unlearning without the forget data."
@@ -33,6 +34,7 @@ app.add_typer(bench, name="bench")
 @app.callback()
 def main() -> None:
     """Reveal & Release: make a model forget a target without a copy of the data to forget."""
+    raise_on_sigterm()
 
 
 @app.command()
@@ -75,8 +77,8 @@ def unlearn(
         fail(str(exc))
     except SamplerError as exc:
         fail(f"{exc}; run the same command again to resume {cfg.run_dir}", EXIT_SAMPLER)
-    except KeyboardInterrupt:
-        fail(f"interrupted; run the same command again to resume {cfg.run_dir}", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rr.signals)
+        fail(f"interrupted; run the same command again to resume {cfg.run_dir}", interrupt_exit_code(exc))
     print_summary(summary, cfg)
 
 
@@ -182,9 +184,10 @@ def sampler_serve(
     ),
 ) -> None:
     """Serve the config's model with vLLM (OpenAI-compatible, adapters loadable at run time) on 127.0.0.1."""
+    from pipeline.processes import stop_process
     from pipeline.run.model import model_folder
     from pipeline.sampling.base import SamplerError
-    from pipeline.sampling.serve import start_server, stop_server, vllm_python, wait_until_ready
+    from pipeline.sampling.serve import start_server, vllm_python, wait_until_ready
 
     try:
         cfg = load_config(config, overrides)
@@ -209,7 +212,7 @@ def sampler_serve(
     except KeyboardInterrupt:
         pass
     finally:
-        stop_server(process)
+        stop_process(process)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -227,6 +230,8 @@ def ui(
     """Start a Prefect server with its UI (runs of `rr unlearn` report to it once PREFECT_API_URL is set)."""
     import subprocess
 
+    from pipeline.processes import own_session, stop_process
+
     if host not in LOOPBACK and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
         fail(
             f"--host {host} exposes the server beyond this machine: set PREFECT_SERVER_API_AUTH_STRING "
@@ -240,12 +245,15 @@ def ui(
     out.print(
         f"Send runs there, in the shell you run rr from:\n  export PREFECT_API_URL={api}", highlight=False
     )
+    # Its own session: Ctrl-C and `kill` reach it through us, and it stops before we exit.
+    server = subprocess.Popen(command, env=env, **own_session())
     try:
-        done = subprocess.run(command, env=env)
-    except KeyboardInterrupt:
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (rr.signals): a server's normal way to stop
         return
-    if done.returncode not in (0, -signal.SIGINT, 130):
-        fail(f"the Prefect server exited with code {done.returncode}", done.returncode)
+    finally:
+        stop_process(server, timeout_s=10)
+    fail(f"the Prefect server exited with code {code}", code or 1)
 
 
 def _require_api_url(what: str) -> str:
@@ -332,6 +340,6 @@ def runs(
             run["name"], run["state"], run["start"], str(run["seconds"]), str(run["iterations"]), score, tags
         )
     # Piped output has no terminal width: give the table room rather than cut names short.
-    Console(width=None if out.is_terminal else 160).print(table)
+    Console(width=None if out.is_terminal else 160, markup=False).print(table)
     if not found:
         out.print("no runs yet")

@@ -1,12 +1,17 @@
-"""What every `rr` command prints through, and the exit codes it documents."""
+"""What every `rr` command prints through, and the exit codes it documents.
+
+Both consoles print text literally: paths, names, target descriptions and model replies may hold
+brackets, and Rich markup in them would be parsed (`[/]` even raises). Styling goes in `Text`.
+"""
 
 from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, markup=False)
+out = Console(markup=False)
 
 EXIT_BAD_INPUT = 2
 EXIT_SAMPLER = 3  # the sampler's engine or server failed mid-run (after its retries)
@@ -16,5 +21,5 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print one error line and exit with `code`."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)

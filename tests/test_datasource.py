@@ -332,9 +332,7 @@ def test_a_bad_corpus_is_refused_before_the_model_loads(tmp_path):
 )
 def test_rr_unlearn_refuses_a_bad_corpus_with_exit_2_and_nothing_written(tmp_path, corpus, expected):
     config = tmp_path / "config.yaml"
-    config.write_text(
-        f"name: t\nmodel:\n  path: tiny\ntarget:\n  kind: toxicity\nretain:\n  corpus: {corpus}\n"
-    )
+    config.write_text(f"name: t\ntarget:\n  kind: toxicity\nretain:\n  corpus: {corpus}\n")
     out = tmp_path / "runs"
     result = run_rr("unlearn", config, "--out", out, env={"HF_DATASETS_CACHE": str(tmp_path / "hf-cache")})
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -1,13 +1,15 @@
 """`rr export`: a finished tiny run as an adapter with a model card, as a merged model, and as its samples."""
 
 import json
+import shutil
+import stat
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.files import read_jsonl
+from pipeline.files import current_umask, read_jsonl
 from tests.conftest import run_rr
 
 pytestmark = pytest.mark.slow
@@ -136,3 +138,28 @@ def test_export_errors_name_the_problem(tiny_run, tmp_path):
     result = run_rr("export", run_dir, "--adapter", tmp_path / "taken")
     assert result.returncode == 2 and "exists and is not empty" in result.stderr
     assert (tmp_path / "taken" / "x").read_text() == "x"
+
+
+def test_a_damaged_adapter_is_refused_in_one_line_and_nothing_is_written(tiny_run, tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"0123456789")  # cut short
+    for flag in ("--adapter", "--merged"):
+        out = tmp_path / flag.strip("-")
+        result = run_rr("export", run_dir, flag, out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)})
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "adapter_model.safetensors is damaged" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_run_and_export_files_are_as_readable_as_the_umask_allows(tiny_run, tmp_path, cache_dir):
+    # tempfile makes files 0600 and folders 0700: a vLLM server under another uid, or whoever
+    # receives an export, could not read them.
+    run_dir = tiny_run[0]
+    out = tmp_path / "adapter"
+    assert run_rr("export", run_dir, "--adapter", out, env={"RR_CACHE_DIR": str(cache_dir)}).returncode == 0
+    umask = current_umask()
+    for root in (run_dir, out):
+        for path in [root, *root.rglob("*")]:
+            wanted = (0o555 if path.is_dir() else 0o444) & ~umask  # read (and enter) as a fresh file would
+            assert stat.S_IMODE(path.stat().st_mode) & wanted == wanted, (path, oct(path.stat().st_mode))

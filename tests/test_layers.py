@@ -16,7 +16,8 @@ PACKAGES = ("pipeline", "flows", "rr")
 # Bottom to top; a module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("files and config", ("pipeline", "pipeline.config", "pipeline.files", "pipeline.textdata", "pipeline.progress",
-                          "pipeline.model_paths", "pipeline.datasource")),
+                          "pipeline.model_paths", "pipeline.datasource", "pipeline.plotting",
+                          "pipeline.processes")),
     ("models", ("pipeline.models",)),
     ("stages' packages", ("pipeline.reveal", "pipeline.sampling", "pipeline.scoring", "pipeline.release",
                           "pipeline.evaluation", "pipeline.planting")),

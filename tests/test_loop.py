@@ -63,7 +63,7 @@ def test_an_adapter_that_breaks_the_utility_floor_is_dropped_not_stacked(tmp_pat
     assert run_adapter.read_bytes() == kept_stack.read_bytes()
     assert summary["final"]["forget_score"] == first["forget_score"]
     # What a next iteration would start from, and be orthogonal to: the kept stack only.
-    assert state.stack_dir() == state.files.adapter and kept_iterations(state) == [1]
+    assert state.stack_dir() == state.files.iteration(1).stack and kept_iterations(state) == [1]
     assert json.loads((state.files.adapter / "adapter_config.json").read_text())["r"] == 8
 
 

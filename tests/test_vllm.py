@@ -15,13 +15,14 @@ import pytest
 import torch
 
 from pipeline.config import SamplerConfig, load_config
+from pipeline.processes import stop_process
 from pipeline.release.olora import stack_adapters, write_adapter
 from pipeline.run.model import load_model
 from pipeline.run.prompts import prompt_texts
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.sampling.openai import OpenAISampler
-from pipeline.sampling.serve import start_server, stop_server, vllm_env, wait_until_ready
+from pipeline.sampling.serve import start_server, vllm_env, wait_until_ready
 from tests.conftest import ROOT, VLLM_PYTHON, run_rr
 from tests.vllm_inprocess import QUESTIONS
 
@@ -68,10 +69,10 @@ def server(tiny, tmp_path_factory):
     try:
         wait_until_ready(url, process, timeout_s=240)
     except Exception:
-        stop_server(process)
+        stop_process(process)
         raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}") from None
     yield url
-    stop_server(process)
+    stop_process(process)
 
 
 def hf_replies(tiny, adapter):

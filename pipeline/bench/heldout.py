@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, read_yaml
 from pipeline.datasource import read_rows
 
 HELDOUT_PROMPTS = Path("data/bench/toxicity_heldout.yaml")
@@ -48,7 +46,7 @@ class Question:
 
 def read_styled_yaml(path: Path, what: str) -> list[Prompt]:
     """`styles: {request: [...], role_play: [...], continuation: [...]}` as prompts."""
-    data = _yaml(path, what)
+    data = read_yaml(path, what)
     styles = data.get("styles") if isinstance(data, dict) else None
     if not isinstance(styles, dict) or not styles:
         raise ConfigError(f"{what}: {path} has no `styles:` mapping of style -> list of prompts")
@@ -78,15 +76,8 @@ def read_prompts(
 
 
 def _has_styles(path: Path) -> bool:
-    data = _yaml(path, "--prompts")
+    data = read_yaml(path, "--prompts")
     return isinstance(data, dict) and "styles" in data
-
-
-def _yaml(path: Path, what: str):
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{what}: {path} cannot be read: {exc}") from None
 
 
 def read_questions(
@@ -95,7 +86,7 @@ def read_questions(
     """Simple questions with their answers: the shipped file, or `source` with those two columns."""
     if source is None:
         path = resolve(SIMPLE_QUESTIONS)
-        data = _yaml(path, "--questions")
+        data = read_yaml(path, "--questions")
         rows = data.get("questions") if isinstance(data, dict) else None
         if not isinstance(rows, list) or not rows:
             raise ConfigError(f"--questions: {path} has no `questions:` list")

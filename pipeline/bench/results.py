@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.files import write_json
+from pipeline.plotting import figure
 
 REFERENCES = ("base", "planted", "retain_only")
 
@@ -68,12 +69,11 @@ def plot_tradeoff(
     results: dict, x: tuple[str, str], y: tuple[str, str], title: str, path: Path, x_cap: float | None = 5.0
 ) -> None:
     """One point per model: y (what should fall) against x (the utility cost)."""
-    import matplotlib  # here, so that `rr` answers bad input without loading matplotlib
+    with figure(path, figsize=(6, 4), dpi=100) as (_, ax):
+        _draw_tradeoff(ax, results, x, y, title, x_cap)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+def _draw_tradeoff(ax, results: dict, x: tuple[str, str], y: tuple[str, str], title: str, x_cap) -> None:
     # Past x_cap (a utility ratio) a model is broken (GA can reach 1e50): drawn at the edge, value in its label.
     cap = x_cap if x_cap is not None else float("inf")
     for label, metrics in table_rows(results):
@@ -95,22 +95,18 @@ def plot_tradeoff(
     ax.set_ylabel(y[1])
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_bars(results: dict, bars: list[tuple[str, str]], title: str, path: Path) -> None:
     """One panel per figure in `bars` ((key, label)), one bar per model, the seed sd as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = table_rows(results)
     columns = min(3, len(bars))
     lines = math.ceil(len(bars) / columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.8 * lines), dpi=100, squeeze=False)
+    size = (4 * columns, 2.8 * lines)
+    with figure(path, nrows=lines, ncols=columns, figsize=size, dpi=100, squeeze=False) as (fig, axes):
+        _draw_bars(fig, axes, table_rows(results), bars, title)
+
+
+def _draw_bars(fig, axes, rows: list, bars: list[tuple[str, str]], title: str) -> None:
     for ax, (key, label) in zip(axes.flat, bars):
         found = [(name, m) for name, m in rows if isinstance(m.get(key), (int, float))]
         heights = [m[key] for _, m in found]
@@ -125,9 +121,6 @@ def plot_bars(results: dict, bars: list[tuple[str, str]], title: str, path: Path
     for ax in list(axes.flat)[len(bars) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_results(

@@ -180,9 +180,10 @@ def openai_rows(
     python: Path, model_dir, config, tokenizer, prompts, params, adapters, log_dir: Path, log
 ) -> list[dict]:
     """The `openai` sampler against a vLLM server started as `rr sampler serve` starts it."""
+    from pipeline.processes import stop_process
     from pipeline.sampling import engine_dtype
     from pipeline.sampling.openai import OpenAISampler
-    from pipeline.sampling.serve import start_server, stop_server, wait_until_ready
+    from pipeline.sampling.serve import start_server, wait_until_ready
 
     port = _free_port()
     # The server must fit the largest stack: four rank-8 adapters.
@@ -207,7 +208,7 @@ def openai_rows(
                          "startup_s": round(startup, 1), **row})  # fmt: skip
         return rows
     finally:
-        stop_server(server)
+        stop_process(server)
 
 
 def run_sampling_bench(

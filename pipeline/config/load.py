@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from pipeline.config.run import RunConfig
 from pipeline.config.sections import ConfigError
+from pipeline.files import read_text
 
 
 def _first_error(error: ValidationError) -> str:
@@ -21,9 +22,36 @@ def _first_error(error: ValidationError) -> str:
     return f"{field}: {message}"
 
 
-def parse_value(text: str) -> Any:
+def read_yaml(path: Path, field: str) -> Any:
+    """A YAML file's data; a missing, binary or malformed file is a one-line ConfigError naming `field`."""
+    text = read_text(path, field)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{field}: {path}: invalid YAML{_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line (the parser's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    problem = getattr(exc, "problem", None)
+    if problem is None:  # a ReaderError (a control character, say) has no parts: fold its message
+        return f"{where}: {' '.join(str(exc).split())}"
+    context = getattr(exc, "context", None)
+    return f"{where}: {context + ', ' if context else ''}{problem}"
+
+
+def parse_value(text: str, key: str = "value") -> Any:
     """A `--set` value is YAML, so numbers, booleans and lists come out typed."""
-    return yaml.safe_load(text) if text.strip() else ""
+    if not text.strip():
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"--set {key}: {text!r} is not a YAML value{_yaml_problem(exc)}; quote a text: --set '{key}=\"...\"'"
+        ) from None
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -38,7 +66,7 @@ def apply_override(data: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part} is not a section")
         node = child
-    node[parts[-1]] = parse_value(value)
+    node[parts[-1]] = parse_value(value, key.strip())
 
 
 def load_config(path: str | Path, overrides: list[str] = (), **fields: Any) -> RunConfig:
@@ -46,14 +74,7 @@ def load_config(path: str | Path, overrides: list[str] = (), **fields: Any) -> R
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml(path, "config")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -8,6 +8,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from pipeline.config.sections import (
+    MAX_SEED,
     PROJECT_ROOT,
     EvaluateConfig,
     JudgeConfig,
@@ -30,7 +31,7 @@ DEFAULT_JUDGES = {"toxicity": ("profanity_check", "wordlist")}
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     out: Path = Path("runs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     base_run: Path | None = Field(
         None,
         description="a finished run directory: this run starts from its stacked adapter (a second target "

@@ -1,7 +1,10 @@
 """The run config's sections: one pydantic model per section (`pipeline.config.run` holds them all).
 
 Every field has a default that works for the embedded model, so a config only states what
-differs. Unknown fields are errors (a typo must not silently fall back to a default).
+differs. Unknown fields are errors (a typo must not silently fall back to a default). Every number
+is finite (`.inf` and `.nan` are errors), and every count and size has an upper bound, one of the
+MAX_ constants below: far above any real run, so that a slip (three zeros too many) is refused
+before anything starts rather than running for a year or failing hours in.
 """
 
 from __future__ import annotations
@@ -13,30 +16,44 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+MAX_NEW_TOKENS = 4096  # tokens generated for one reply
+MAX_SEQUENCE_TOKENS = 1 << 20  # tokens of prompt and reply read at once (the longest contexts models have)
+MAX_STEPS = 1_000_000  # optimiser steps of one training (planting, release)
+MAX_REPEATS = 10_000  # repeats of the loop: iterations, bandit rounds, patience
+MAX_TEXTS = 100_000  # instructions, samples or texts a stage draws, keeps or scores
+MAX_BATCH = 65_536  # texts in one batch
+MAX_RANK = 4096  # a LoRA's rank
+MAX_WIDTH = 65_536  # layers, heads, hidden units of the tiny model or the bandit's network
+MAX_WORKERS = 1024  # CPU threads, requests in flight
+MAX_RETRIES = 20  # retries of one call; with each delay double the last, more would wait for months
+MAX_SECONDS = 86_400.0  # a timeout or a delay: one day
+MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 every step overshoots
+MAX_SEED = 2**32 - 1  # numpy's limit (vLLM seeds numpy with it)
+
 
 class ConfigError(ValueError):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TinyModelConfig(Section):
     """Shape of the randomly initialised Llama used when `model.path: tiny`."""
 
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
+    hidden_size: int = Field(128, ge=8, le=MAX_WIDTH)
+    num_layers: int = Field(4, ge=1, le=MAX_WIDTH)
+    num_heads: int = Field(4, ge=1, le=MAX_WIDTH)
 
 
 class PlantConfig(Section):
     """Plant the people of a spec into the model by fine-tuning before unlearning (cached on disk)."""
 
     spec: Path
-    steps: int = Field(200, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
+    steps: int = Field(200, ge=1, le=MAX_STEPS)
+    lr: float = Field(3e-3, gt=0, le=MAX_LR)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
     recitals: int = Field(
         8,
         ge=0,
@@ -46,8 +63,12 @@ class PlantConfig(Section):
     min_probe_acc: float = Field(
         0.9, ge=0, le=1, description="go on training (up to max_steps) while probe accuracy is below this"
     )
-    max_steps: int | None = Field(None, ge=1, description="step limit with the extra rounds; default: steps")
-    seed: int | None = Field(None, description="the planting's seed; default: the run's seed")
+    max_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="step limit with the extra rounds; default: steps"
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="the planting's seed; default: the run's seed"
+    )
 
     @model_validator(mode="after")
     def _max_not_below_steps(self) -> PlantConfig:
@@ -61,7 +82,10 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     threads: int = Field(
-        0, ge=0, description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)"
+        0,
+        ge=0,
+        le=MAX_WORKERS,
+        description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
     tiny: TinyModelConfig = TinyModelConfig()
@@ -82,8 +106,10 @@ class JudgeConfig(Section):
         "toxic",
         description="hf_classifier: the label (id2label name or index) whose probability is the score",
     )
-    batch_size: int = Field(32, ge=1)
-    max_length: int = Field(256, ge=8, description="hf_classifier: longest input in tokens (truncated)")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    max_length: int = Field(
+        256, ge=8, le=MAX_SEQUENCE_TOKENS, description="hf_classifier: longest input in tokens (truncated)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -145,17 +171,17 @@ class TargetConfig(Section):
 
 
 class GenerationConfig(Section):
-    max_new_tokens: int = Field(64, ge=1, le=4096)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
 
 
 class RevealConfig(Section):
-    rounds: int = Field(3, ge=1, description="bandit rounds per iteration")
-    arms_per_round: int = Field(4, ge=1)
-    samples_per_arm: int = Field(4, ge=1)
-    hidden: int = Field(100, ge=1)
+    rounds: int = Field(3, ge=1, le=MAX_REPEATS, description="bandit rounds per iteration")
+    arms_per_round: int = Field(4, ge=1, le=MAX_TEXTS)
+    samples_per_arm: int = Field(4, ge=1, le=MAX_TEXTS)
+    hidden: int = Field(100, ge=1, le=MAX_WIDTH)
     nu: float = Field(1.0, ge=0)
     lam: float = Field(
         0.03,
@@ -170,9 +196,11 @@ class RevealConfig(Section):
     gamma: float = Field(
         0.8, gt=0, le=1, description="weight of the bandit's earlier pulls per iteration (rewards drift)"
     )
-    rewrite_top: int = Field(2, ge=0, description="best instructions the model rewrites each iteration")
+    rewrite_top: int = Field(
+        2, ge=0, le=MAX_TEXTS, description="best instructions the model rewrites each iteration"
+    )
     max_arms: int = Field(
-        64, ge=1, description="cap on the pool; seeds always stay, oldest rewrites go first"
+        64, ge=1, le=MAX_TEXTS, description="cap on the pool; seeds always stay, oldest rewrites go first"
     )
     rewrite_prompts: Path = Path("prompts/rewrite.yaml")
     relevance_weight: float = Field(
@@ -189,18 +217,18 @@ class RevealConfig(Section):
 
 
 class SampleConfig(Section):
-    top_instructions: int = Field(4, ge=1)
-    samples_per_instruction: int = Field(16, ge=1)
+    top_instructions: int = Field(4, ge=1, le=MAX_TEXTS)
+    samples_per_instruction: int = Field(16, ge=1, le=MAX_TEXTS)
     relevance_threshold: float = Field(0.5, ge=0, le=1)
     near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
-    max_forget_samples: int = Field(64, ge=1)
+    max_forget_samples: int = Field(64, ge=1, le=MAX_TEXTS)
     retain_prompts: Path = Path("prompts/retain.yaml")
     retain_subjects: list[str] = Field(
         [],
         description="names the model must keep knowing: the reveal templates filled with each ask for retain samples",
     )
-    retain_samples_per_instruction: int = Field(2, ge=0)
-    max_retain_samples: int = Field(64, ge=0)
+    retain_samples_per_instruction: int = Field(2, ge=0, le=MAX_TEXTS)
+    max_retain_samples: int = Field(64, ge=0, le=MAX_TEXTS)
     generation: GenerationConfig = GenerationConfig()
 
 
@@ -210,18 +238,20 @@ class RetainConfig(Section):
     corpus: str | None = Field(None, description="a data file or folder, a saved dataset, a cached hub name")
     column: str = Field("text", description="the column of texts; dotted into a struct: prompt.text")
     split: str | None = Field(None, description="of a dataset with splits; default train, or its only split")
-    samples: int = Field(32, ge=0, description="corpus texts drawn into each iteration's retain set")
+    samples: int = Field(
+        32, ge=0, le=MAX_TEXTS, description="corpus texts drawn into each iteration's retain set"
+    )
 
 
 class ReleaseConfig(Section):
     method: str = Field("undial", description="a key of OBJECTIVES (pipeline/release/objectives.py)")
-    rank: int = Field(8, ge=1)
+    rank: int = Field(8, ge=1, le=MAX_RANK)
     alpha: float = Field(16.0, gt=0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    lr: float = Field(1e-3, gt=0)
-    steps: int = Field(20, ge=1)
-    batch_size: int = Field(4, ge=1)
-    max_length: int = Field(160, ge=8)
+    lr: float = Field(1e-3, gt=0, le=MAX_LR)
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(4, ge=1, le=MAX_BATCH)
+    max_length: int = Field(160, ge=8, le=MAX_SEQUENCE_TOKENS, description="prompt and response tokens")
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
     npo_beta: float = Field(0.1, gt=0, description="NPO inverse temperature")
     simnpo_beta: float = Field(2.5, gt=0, description="SimNPO inverse temperature")
@@ -253,12 +283,12 @@ class ReleaseConfig(Section):
 class EvaluateConfig(Section):
     eval_prompts: Path | None = Field(None, description="held-out prompts; default data/eval/<kind>.yaml")
     retain_text: Path = Path("data/retain/generic.txt")
-    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens: int = Field(48, ge=1, le=MAX_NEW_TOKENS)
     samples_per_prompt: int = Field(
-        4, ge=1, description="replies per held-out prompt (probes: always 1, greedy)"
+        4, ge=1, le=MAX_TEXTS, description="replies per held-out prompt (probes: always 1, greedy)"
     )
     temperature: float = Field(1.0, ge=0, description="0: greedy; sampled replies use a fixed seed")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
     judges: list[JudgeConfig] | None = Field(
         None,
         description="classifiers that score the eval replies beside the target's scorer, never optimised; "
@@ -270,9 +300,11 @@ class EvaluateConfig(Section):
 
 
 class StopConfig(Section):
-    max_iterations: int = Field(3, ge=1)
-    min_iterations: int = Field(1, ge=1, description="iterations before a convergence rule may stop the run")
-    patience: int = Field(2, ge=1)
+    max_iterations: int = Field(3, ge=1, le=MAX_REPEATS)
+    min_iterations: int = Field(
+        1, ge=1, le=MAX_REPEATS, description="iterations before a convergence rule may stop the run"
+    )
+    patience: int = Field(2, ge=1, le=MAX_REPEATS)
     min_delta: float = Field(0.01, ge=0)
     forget_threshold: float = Field(0.05, ge=0, le=1)
     utility_floor: float = Field(1.5, gt=1.0, description="largest allowed retain perplexity / base's")
@@ -295,6 +327,7 @@ class SamplerConfig(Section):
     merge_above_rank: int = Field(
         0,
         ge=0,
+        le=MAX_RANK,
         description="vllm: a stack of larger rank is merged into the weights and the engine reloaded; up to "
         "it, served as a LoRA. 0 (always merge): on a CPU vLLM's LoRA path is slower than merged weights "
         "at every rank (rr bench sampling), while a merge and reload takes about a second",
@@ -312,7 +345,10 @@ class SamplerConfig(Section):
         "of the machine's memory), gpu_memory_utilization's share on a GPU",
     )
     max_model_len: int | None = Field(
-        None, ge=16, description="vllm: longest prompt + reply in tokens; default: the model's limit"
+        None,
+        ge=16,
+        le=MAX_SEQUENCE_TOKENS,
+        description="vllm: longest prompt + reply in tokens; default: the model's limit",
     )
     # openai
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's /v1 URL")
@@ -320,9 +356,11 @@ class SamplerConfig(Section):
     api_key_env: str = Field(
         "", description="openai: name of the environment variable holding the API key (never the key)"
     )
-    max_concurrency: int = Field(32, ge=1, description="openai: requests in flight at once")
-    timeout_s: float = Field(120.0, gt=0, description="openai: per request")
-    max_retries: int = Field(4, ge=0, description="openai: retries with backoff on 429, 5xx, timeouts")
+    max_concurrency: int = Field(32, ge=1, le=MAX_WORKERS, description="openai: requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, le=MAX_SECONDS, description="openai: per request")
+    max_retries: int = Field(
+        4, ge=0, le=MAX_RETRIES, description="openai: retries with backoff on 429, 5xx, timeouts"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -336,6 +374,11 @@ class OrchestrationConfig(Section):
     """How Prefect runs the stages (ignored by `--no-prefect`)."""
 
     retries: int = Field(
-        3, ge=0, description="retries of a stage after a transient error (a sampler server that timed out)"
+        3,
+        ge=0,
+        le=MAX_RETRIES,
+        description="retries of a stage after a transient error (a sampler server that timed out)",
     )
-    retry_delay_s: float = Field(10.0, ge=0, description="first retry's delay; doubled for each next one")
+    retry_delay_s: float = Field(
+        10.0, ge=0, le=MAX_SECONDS, description="first retry's delay; doubled for each next one"
+    )

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
+from pipeline.files import as_if_created
 from pipeline.model_paths import TINY, cache_dir
 from pipeline.models import load_pretrained, resolve_device
 from pipeline.planting.examples import BIOGRAPHY_REQUESTS, plant_examples
@@ -216,6 +217,7 @@ def planted_model(
     # half-written folder that a later call would take for a cache hit.
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+    as_if_created(tmp, folder=True)
     try:
         with _hf_progress_bars(progress):
             model.save_pretrained(tmp)

@@ -30,8 +30,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.files import undecodable
 
 
 class SpecError(ValueError):
@@ -62,15 +65,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# A wording, fact or name: an empty one would plant nothing, or (as a name) match every text.
+Text = Annotated[str, Field(min_length=1)]
+
+
 class Probe(_Strict):
-    question: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
-    distractors: list[str] = Field(default_factory=list)
+    question: Text
+    answer: Text
+    distractors: list[Text] = Field(default_factory=list)
     # Held-out wordings of the question, for the paraphrase attack; never planted nor asked by the loop.
-    paraphrases: list[str] = Field(default_factory=list)
+    paraphrases: list[Text] = Field(default_factory=list)
     # Wordings of the question the model is planted with (answered with the probe's fact); never asked
     # by a measurement. Empty: `examples.py` derives some from the question.
-    plant_questions: list[str] = Field(default_factory=list)
+    plant_questions: list[Text] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _held_out_wordings_stay_apart(self) -> Probe:
@@ -89,9 +96,9 @@ class Probe(_Strict):
 
 
 class Person(_Strict):
-    name: str = Field(min_length=1)
-    aliases: list[str] = Field(default_factory=list)
-    facts: list[str] = Field(min_length=1)
+    name: Text
+    aliases: list[Text] = Field(default_factory=list)
+    facts: list[Text] = Field(min_length=1)
     probes: list[Probe] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -111,10 +118,10 @@ class Person(_Strict):
 
 
 class PlantedSpec(_Strict):
-    name: str = Field(min_length=1)
+    name: Text
     people: list[Person] = Field(min_length=1)
-    forget: list[str] = Field(min_length=1)
-    holdout: list[str] = Field(default_factory=list)
+    forget: list[Text] = Field(min_length=1)
+    holdout: list[Text] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _names_are_consistent(self) -> PlantedSpec:
@@ -187,6 +194,8 @@ def load_spec(path: str | Path) -> PlantedSpec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text: {undecodable(exc)}") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read file: {exc.strerror or exc}") from None
     try:

@@ -9,19 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, read_yaml
 
 
-def read_prompt_list(path: Path, key: str = "instructions") -> list[str]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read prompt file: {exc}") from None
+def read_prompt_list(path: Path, key: str = "instructions", field: str = "prompt file") -> list[str]:
+    """The `key` list of a prompt file; any problem is a one-line ConfigError naming `field`."""
+    data = read_yaml(path, field)
     items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items) or not items:
-        raise ConfigError(f"{path}: `{key}` must be a non-empty list of strings")
+        raise ConfigError(f"{field}: {path}: `{key}` must be a non-empty list of strings")
     return items
 
 

@@ -9,10 +9,10 @@ that run's prompts). At the end, every earlier target is measured again with the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.run.chain import read_summary
 from pipeline.run.rundir import RunDir, has_adapter
 
 
@@ -51,7 +51,8 @@ def check_base_run(config: RunConfig) -> None:
         raise ConfigError(f"base_run: {folder} is this run's own directory")
     if not files.config.is_file():
         raise ConfigError(f"base_run: {folder} is not a run directory (no config.yaml)")
-    if not files.summary.is_file() or not json.loads(files.summary.read_text()).get("stop_reason"):
+    summary = read_summary(files, "base_run: finish that run again, or choose another")
+    if summary is None or not summary.get("stop_reason"):
         raise ConfigError(f"base_run: {folder} has not finished (no summary.json); finish it first")
     if not has_adapter(files.adapter):
         raise ConfigError(f"base_run: {folder} kept no adapter: there is nothing to start from")

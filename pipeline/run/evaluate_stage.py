@@ -1,8 +1,9 @@
 """Stage 4, evaluate: measure the model with the new stack, keep or drop adapter t, decide to go on.
 
 `baseline` measures the model before any adapter of this run; `evaluate` measures base + stack
-after release t; `commit` closes the iteration (its `metrics.json` is the commit point, and a kept
-stack becomes the run's `adapter/`); `decide` names the reason to stop, or None.
+after release t; `commit` closes the iteration (its `metrics.json` is the commit point, sealed with
+the checksums of the iteration's files (`pipeline.run.chain`), and a kept stack becomes a copy in
+the run's `adapter/`); `decide` names the reason to stop, or None.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from pipeline.evaluation import convergence
 from pipeline.files import atomic_dir, read_jsonl, write_json
+from pipeline.run.chain import sealed
 from pipeline.run.measure import measure
 from pipeline.run.state import RunState, completed_iterations
 
@@ -58,7 +60,7 @@ def commit(state: RunState, t: int, metrics: dict) -> dict:
     if metrics["kept"]:
         with atomic_dir(state.files.adapter) as tmp:
             shutil.copytree(files.stack, tmp, dirs_exist_ok=True)
-    write_json(files.metrics, entry)  # the commit point of the iteration
+    write_json(files.metrics, sealed(state.files, t, entry))  # the commit point of the iteration
     return entry
 
 

@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.run.rundir import RunDir
 
 _held: dict[Path, int] = {}  # lock file -> open descriptor, for locks this process holds
@@ -26,7 +27,8 @@ class RunBusyError(RuntimeError):
 
 @contextmanager
 def run_lock(run_dir: Path):
-    """Hold the run's lock for the block; RunBusyError if another process holds it.
+    """Hold the run's lock for the block; RunBusyError if another process holds it, ConfigError if
+    the out folder cannot be written.
 
     Re-entrant within a process: the CLI takes it before the flow starts, and the flow (which
     a deployment may start without the CLI) takes it again.
@@ -35,8 +37,7 @@ def run_lock(run_dir: Path):
     if path in _held:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -56,6 +57,19 @@ def run_lock(run_dir: Path):
     finally:
         del _held[path]
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file's descriptor; ConfigError when the out folder cannot hold it (a file, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+        reason = f"{blocker} is a file, not a folder"
+    except OSError as exc:
+        reason = f"cannot write in {path.parent} ({exc.strerror})"
+    raise ConfigError(f"{reason}; choose another --out") from None
 
 
 def _read_holder(fd: int) -> str:

@@ -3,7 +3,9 @@
 Each stage is a plain function of the run state and the iteration number (`STAGES`). It writes its
 output under `runs/<name>/iter_<t>/` atomically and, when that output is already there (a resumed
 run), reads it back instead of computing it again. Randomness is seeded per (run seed, iteration,
-stage), so a resumed run makes the same choices as an uninterrupted one.
+stage), so a resumed run makes the same choices as an uninterrupted one. A resumed run first
+checks the checksum chain of its iterations (`pipeline.run.chain`) and computes again from the
+first that is not whole.
 
     state = RunState(config)
     run_loop(state)       # baseline; for t = 1..: reveal, sample, release, evaluate, commit; finish
@@ -13,7 +15,11 @@ stage), so a resumed run makes the same choices as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
+
+from pipeline.config import ConfigError
 from pipeline.files import write_json
+from pipeline.run.chain import discard_untrusted, read_summary, summary_problem, walk
 from pipeline.run.evaluate_stage import baseline, commit, decide, evaluate
 from pipeline.run.lock import run_lock
 from pipeline.run.measure import earlier_targets
@@ -21,6 +27,7 @@ from pipeline.run.preflight import existing_run
 from pipeline.run.release_stage import release
 from pipeline.run.report import write_report
 from pipeline.run.reveal_stage import reveal
+from pipeline.run.rundir import relative_to_run, resolve_in_run
 from pipeline.run.sample_stage import sample
 from pipeline.run.state import RunState, completed_iterations
 
@@ -34,10 +41,35 @@ def prepare_run_dir(state: RunState) -> dict | None:
     Called after the config and model path are validated, so bad input leaves nothing behind.
     """
     finished = existing_run(state.config)
-    if finished is None and not state.files.config.is_file():
-        state.files.root.mkdir(parents=True, exist_ok=True)
-        state.files.config.write_text(state.config.to_yaml())
+    saved = state.files.config
+    if finished is None and not saved.is_file():
+        try:
+            state.files.root.mkdir(parents=True, exist_ok=True)
+            written = saved.with_name(saved.name + ".tmp")  # renamed in whole: a kill leaves no half config
+            written.write_text(state.config.to_yaml())
+            os.replace(written, saved)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {saved}: {exc.strerror}; choose another --out") from None
     return finished
+
+
+def resume(state: RunState, log=print) -> list[dict]:
+    """Trust the run's iterations up to the first that is not whole; the rest is computed again.
+
+    Called for an unfinished run, under its lock. Returns the trusted iterations' metrics.
+    """
+    files = state.files
+    found = walk(files)
+    summary = read_summary(files, f"delete it, or the run folder {files.root}")
+    why = found.problem or (summary_problem(files, summary, found) if summary is not None else None)
+    moved = discard_untrusted(files, found)
+    if why is not None or moved is not None:
+        start = f"iteration {found.next_t}" if found.link else "the baseline"
+        log(
+            f"{files.root}: {why or 'files that no trusted iteration made'}; computing again from {start}"
+            + (f" (what was there is in {moved})" if moved else "")
+        )
+    return found.history
 
 
 def run_loop(
@@ -67,9 +99,9 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
     if finished is not None:
         log(f"run {state.files.root} already finished ({finished['stop_reason']})")
         return finished
+    history = resume(state, log)
     base = baseline(state)
     log(f"baseline: forget score {base['forget_score']:.3f}, utility ppl {base['utility_ppl']:.2f}")
-    history = completed_iterations(state)
     t = len(history)
     reason = decide(state, t, history[-1], base) if history else None
     if history:
@@ -99,6 +131,7 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
     history = completed_iterations(state)
     kept = [h for h in history if h["kept"]]
     final = kept[-1] if kept else base
+    adapter = state.files.adapter if kept else state.base_adapter
     summary = {
         "name": state.config.name,
         "target": state.config.target.model_dump(),
@@ -108,11 +141,14 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
         "baseline": base,
         "final": {k: final[k] for k in FINAL_KEYS if k in final},
         "history": history,
-        "adapter": str(state.stack_dir()) if state.stack_dir() else None,
+        # Relative to the run directory, so that a run moved elsewhere still names its adapter.
+        "adapter": relative_to_run(adapter, state.files.root) if adapter else None,
     }
     if state.base_runs:
         summary["base_run"] = str(state.config.base_run)
         summary["earlier_targets"] = earlier_targets(state)
-    write_json(state.files.summary, summary)
     write_report(summary, state.files)
+    write_json(state.files.summary, summary)  # last: a run with a summary is finished, report and all
+    if adapter:
+        summary["adapter"] = str(resolve_in_run(summary["adapter"], state.files.root))
     return summary

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
+
+import yaml
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.datasource import read_texts
+from pipeline.files import read_lines
 from pipeline.model_paths import check_model_path
-from pipeline.planting.spec import load_spec
+from pipeline.planting.spec import PlantedSpec, load_spec
 from pipeline.release.objectives import objective_named
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import check_base_run
+from pipeline.run.chain import read_summary, summary_problem, walk
 from pipeline.run.rundir import RunDir
 from pipeline.sampling import check_backend
 from pipeline.scoring.judges import check_judge
@@ -26,6 +29,7 @@ def preflight(config: RunConfig) -> None:
     check_names(config)
     check_model_path(config.model)
     check_base_run(config)
+    spec = None
     if config.model.plant is not None:
         spec = load_spec(config.model.plant.spec)
         planted = [p.name for p in spec.planted()]
@@ -38,10 +42,12 @@ def preflight(config: RunConfig) -> None:
         from pipeline.scoring import make_scorer
 
         make_scorer(config.target)
-    read_prompt_list(config.reveal_prompts_path())
-    read_prompt_list(config.resolve(config.sample.retain_prompts))
-    read_prompt_list(config.resolve(config.reveal.rewrite_prompts))
-    read_prompt_list(config.eval_prompts_path(), "prompts")
+    read_prompt_list(config.reveal_prompts_path(), field="reveal.prompts")
+    read_prompt_list(config.resolve(config.sample.retain_prompts), field="sample.retain_prompts")
+    read_prompt_list(config.resolve(config.reveal.rewrite_prompts), field="reveal.rewrite_prompts")
+    read_prompt_list(config.eval_prompts_path(), "prompts", field="evaluate.eval_prompts")
+    if reads_retain_text(config, spec):
+        read_lines(config.resolve(config.evaluate.retain_text), "evaluate.retain_text")
     read_retain_corpus(config)
     check_sampler(config)
 
@@ -54,6 +60,16 @@ def check_names(config: RunConfig) -> None:
         check_judge(config.target.judge, "target.judge")
     for i, judge in enumerate(config.eval_judges()):
         check_judge(judge, f"evaluate.judges[{i}]")
+
+
+def reads_retain_text(config: RunConfig, spec: PlantedSpec | None) -> bool:
+    """Whether the run measures utility on `evaluate.retain_text`: unless a planted person is
+    forgotten beside planted people with probes, whose facts are the reference then (as
+    `RunState._retain_text` decides)."""
+    if spec is None or config.target.kind != "knowledge":
+        return True
+    forget = {name.lower() for name in config.target.names}
+    return not any(person.probes for person in spec.planted() if person.name.lower() not in forget)
 
 
 def read_retain_corpus(config: RunConfig) -> list[str]:
@@ -95,18 +111,29 @@ def existing_run(config: RunConfig) -> dict | None:
     """The summary of a finished run of this name, None for a new or unfinished one.
 
     Raises ConfigError when the name is taken by a run with a different config: resuming it
-    with other settings would mix two experiments in one directory.
+    with other settings would mix two experiments in one directory; or when its config.yaml or
+    summary.json is damaged. A run whose iterations are no longer as its summary recorded them
+    (`pipeline.run.chain`) is unfinished: the loop computes again from the first that changed.
     """
     files = RunDir(config.run_dir)
     saved = files.config
-    if not saved.is_file():
-        return None
-    if not config.same_experiment(saved.read_text()):
+    remedy = f"delete the run folder {config.run_dir} or choose another --name"
+    try:
+        if not saved.is_file():
+            return None
+        text = saved.read_text()
+        readable = isinstance(yaml.safe_load(text), dict)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {saved}: {exc.strerror}; choose another --out or --name") from None
+    except (UnicodeDecodeError, yaml.YAMLError):
+        readable = False
+    if not readable:
+        raise ConfigError(f"{saved} is damaged (not a YAML config); {remedy}")
+    if not config.same_experiment(text):
         raise ConfigError(
             f"run {config.run_dir} exists with a different config: choose another run name (--name) or delete it"
         )
-    if files.summary.is_file():
-        data = json.loads(files.summary.read_text())
-        if data.get("stop_reason"):
-            return data
-    return None
+    summary = read_summary(files, f"delete that file to have the run end again, or {remedy}")
+    if summary is None or not summary.get("stop_reason"):
+        return None
+    return summary if summary_problem(files, summary, walk(files)) is None else None

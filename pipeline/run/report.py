@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.plotting import figure
 from pipeline.run.rundir import RunDir
 
 SAMPLE_CHARS = 300  # of an instruction or a response shown in the UI
@@ -124,14 +125,13 @@ def _literal_block(text: str) -> list[str]:
 
 def plot_forgetting(summary: dict, path: Path) -> None:
     """Forget score and utility (perplexity ratio) against iteration, iteration 0 = base."""
-    import matplotlib  # here, so that `rr` answers bad input without loading matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
     points = [(0, summary["baseline"])] + [(h["iteration"], h) for h in summary["history"]]
     steps = [t for t, _ in points]
-    fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
+    with figure(path, figsize=(6, 3.5), dpi=100) as (_, left):
+        _draw_forgetting(left, summary, points, steps)
+
+
+def _draw_forgetting(left, summary: dict, points: list, steps: list[int]) -> None:
     left.plot(steps, [m["forget_score"] for _, m in points], "o-", color="tab:red", label="forget score")
     if "retain_probe_acc" in summary["baseline"]:
         left.plot(
@@ -152,10 +152,6 @@ def plot_forgetting(summary: dict, path: Path) -> None:
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     left.legend(handles=handles, loc="best", fontsize=8)
     left.set_title(f"{summary['name']}: {summary['target']['description']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_report(summary: dict, files: RunDir) -> None:

@@ -7,7 +7,8 @@
     runs/<name>/retain_adapter/             with `release.retain_adapter`: the LoRA of what to keep
     runs/<name>/retain_adapter.json         its training statistics
     runs/<name>/summary.json, report.md, plots/forgetting.png
-    runs/<name>/.prefect/                   Prefect's stored stage results (Prefect names the files)
+    runs/<name>/.prefect/<stage>-<t>.json   Prefect's stored stage results (keys from flows/unlearn.py)
+    runs/<name>/discarded/<when>/           what a resume could not trust, moved aside (`chain`)
     runs/.<name>.lock                       held while a process works on the run
 
 Stages, benchmarks, the export and the flow all find a run's files through these names.
@@ -15,6 +16,8 @@ Stages, benchmarks, the export and the flow all find a run's files through these
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +100,13 @@ class RunDir:
     def iteration(self, t: int) -> IterDir:
         return IterDir(self.root / f"iter_{t}")
 
+    def iteration_numbers(self) -> list[int]:
+        """The t of every iter_<t>/ folder there is, in order (a resume checks them all)."""
+        if not self.root.is_dir():
+            return []
+        found = (re.fullmatch(r"iter_(\d+)", p.name) for p in self.root.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
@@ -134,8 +144,40 @@ class RunDir:
     def prefect_results(self) -> Path:
         return self.root / ".prefect"
 
+    def prefect_result_iterations(self) -> dict[Path, int]:
+        """Prefect's stored stage results and their iteration: `<stage>-<t>.json` (0 for `baseline.json`).
+
+        flows/unlearn.py gives the stage tasks these storage keys; a result found under one is
+        handed back instead of running the stage, so a resume deletes those it cannot trust.
+        """
+        if not self.prefect_results.is_dir():
+            return {}
+        found = {}
+        for path in self.prefect_results.iterdir():
+            if path.name == "baseline.json":
+                found[path] = 0
+            elif match := re.fullmatch(r"[a-z_]+-(\d+)\.json", path.name):
+                found[path] = int(match.group(1))
+        return found
+
+    @property
+    def discarded(self) -> Path:
+        """Where a resume moves what it cannot trust (later iterations, a stale summary), to be redone."""
+        return self.root / "discarded"
+
     @property
     def lock(self) -> Path:
         """Beside the run directory, not in it: it is taken before the directory exists."""
         root = self.root.resolve()
         return root.parent / f".{root.name}.lock"
+
+
+def relative_to_run(path: Path, root: Path) -> str:
+    """`path` as summary.json records it: relative to the run directory, so a moved run still finds it."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
+def resolve_in_run(recorded: str, root: Path) -> Path:
+    """A path summary.json recorded: relative to the run directory (absolute in older runs)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(os.path.normpath(Path(root) / path))

@@ -14,7 +14,7 @@ from pipeline.run.base_run import base_chain
 from pipeline.run.model import load_run_model
 from pipeline.run.preflight import check_names, read_retain_corpus
 from pipeline.run.prompts import run_prompts
-from pipeline.run.rundir import RunDir, has_adapter
+from pipeline.run.rundir import RunDir
 from pipeline.sampling import make_sampler
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring import make_scorer
@@ -75,8 +75,14 @@ class RunState:
         return self.hf_sampler.model_for(adapter)
 
     def stack_dir(self) -> Path | None:
-        """The stacked adapter of all kept iterations so far; before the first, the base run's, or None."""
-        return self.files.adapter if has_adapter(self.files.adapter) else self.base_adapter
+        """The stacked adapter of all kept iterations so far; before the first, the base run's, or None.
+
+        The last kept iteration's own `stack/`, not the run's `adapter/` (a copy of it): the stack
+        follows from the committed iterations alone, so a resume that discards some cannot start
+        from an adapter that still holds them.
+        """
+        kept = kept_iterations(self)
+        return self.files.iteration(kept[-1]).stack if kept else self.base_adapter
 
     def seed(self, t: int, stage: str) -> int:
         return (self.config.seed + 7919 * self.repeat) * 1_000_003 + t * 101 + STAGE_SEEDS[stage]
@@ -117,10 +123,16 @@ class EarlierTarget:
 
 
 def completed_iterations(state: RunState) -> list[dict]:
-    """Metrics of the iterations that finished, in order (the resume point is after the last)."""
+    """Metrics of the iterations that finished, in order, without their checksums (`chain`).
+
+    Read as they are: the loop checked them when the run started (`pipeline.run.chain.walk`),
+    and holds the run's lock since.
+    """
     done, t = [], 1
-    while state.files.iteration(t).metrics.is_file():
-        done.append(json.loads(state.files.iteration(t).metrics.read_text()))
+    while (path := state.files.iteration(t).metrics).is_file():
+        metrics = json.loads(path.read_text())
+        metrics.pop("chain", None)
+        done.append(metrics)
         t += 1
     return done
 

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT, RunConfig
+from pipeline.processes import own_session
 from pipeline.sampling import engine_dtype
 from pipeline.sampling.base import SamplerError
 from pipeline.sampling.vllm import chunked_prefill, cpu_threads_env, fitting_lora_rank, kv_cache_bytes
@@ -126,15 +127,5 @@ def start_server(
         env=vllm_env(python),
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
-        start_new_session=True,  # Ctrl-C in a terminal reaches the server through us, not twice
+        **own_session(),  # Ctrl-C reaches it through us; it never outlives us
     )
-
-
-def stop_server(process: subprocess.Popen, timeout_s: float = 30) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -1,0 +1,82 @@
+"""The Prefect API a run reports to: `PREFECT_API_URL`'s server when one is set, else a temporary
+one that this process starts, owns and stops.
+
+Prefect would start the temporary server itself, but in our process group and without stopping it
+on SIGTERM: a terminal's Ctrl-C killed it under the run (which then retried it for minutes), and
+`kill` left it listening. Ours runs in its own session and dies with its parent
+(`pipeline.processes`); its settings are Prefect's own for an ephemeral server (no UI, no services).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
+
+from pipeline.processes import own_session, stop_process
+
+
+def ephemeral_app():
+    """The server's ASGI app (uvicorn's `--factory`): Prefect's API without UI or services."""
+    from prefect.server.api.server import create_app
+
+    return create_app(ephemeral=True, final=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(port: int) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "flows.server:ephemeral_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on",
+    ]  # fmt: skip
+    env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, **own_session())
+
+
+def _wait_until_healthy(api: str, process: subprocess.Popen, timeout_s: float) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"the temporary Prefect server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused while it starts
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the temporary Prefect server at {api} did not answer within {timeout_s:.0f} s")
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The block runs against a Prefect API; yields its URL."""
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    process = _start(port)
+    try:
+        # Prefect's own limit (20 s) is tight for a first start, which creates the database, on a busy CPU.
+        _wait_until_healthy(api, process, max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield api
+    finally:
+        stop_process(process, timeout_s=10)

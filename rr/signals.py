@@ -1,0 +1,30 @@
+"""SIGTERM handled as Ctrl-C is: raised where the process is, so every `finally` runs.
+
+Python's default for SIGTERM ends the process on the spot, leaving what it started (a temporary
+Prefect server, a vLLM server) running. `Terminated` is a KeyboardInterrupt, so every place that
+cleans up after Ctrl-C cleans up after `kill` too; only the exit code differs (128 + 15).
+"""
+
+from __future__ import annotations
+
+import signal
+
+from rr.console import EXIT_INTERRUPTED
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process that `kill` ended
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def raise_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
