@@ -77,6 +77,19 @@ def prefect_api() -> Iterator[str]:
         # Prefect's own limit (20 s) is tight for a first start, which creates the database, on a busy CPU.
         _wait_until_healthy(api, process, max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
         with temporary_settings(updates={PREFECT_API_URL: api}):
-            yield api
+            try:
+                yield api
+            finally:
+                _send_what_is_queued()
     finally:
         stop_process(process, timeout_s=10)
+
+
+def _send_what_is_queued() -> None:
+    """Prefect sends logs and events from background workers, which would otherwise drain at exit,
+    after the server is gone: retrying it for a minute and printing 'Error logging to API'."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)

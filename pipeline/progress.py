@@ -62,11 +62,13 @@ def progress_bar(description: str, total: int, enabled: bool = True, info: str =
         yield _Silent(description, total)
         return
     columns = [
-        TextColumn("[bold]{task.description}"),
+        TextColumn(
+            "{task.description}", style="bold", markup=False
+        ),  # labels may hold names, printed as given
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         yield _Bar(description, total, progress, progress.add_task(description, total=total, info=info))

@@ -23,7 +23,7 @@ from pipeline.run.lock import RunBusyError, run_lock
 from pipeline.run.report import rows
 from rr.bench import bench
 from rr.console import EXIT_BUSY, EXIT_SAMPLER, err, fail, out
-from rr.signals import interrupt_exit_code, raise_on_sigterm
+from rr.signals import interrupt_exit_code, raise_on_signals
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Reveal & Release: unlearning without the forget data."
@@ -34,7 +34,7 @@ app.add_typer(bench, name="bench")
 @app.callback()
 def main() -> None:
     """Reveal & Release: make a model forget a target without a copy of the data to forget."""
-    raise_on_sigterm()
+    raise_on_signals()
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 
+from pipeline.interrupts import request_stop
 from rr.console import EXIT_INTERRUPTED
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process that `kill` ended
@@ -19,11 +20,20 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame) -> None:
+    request_stop(Terminated)
     raise Terminated()
 
 
-def raise_on_sigterm() -> None:
+def _raise_interrupted(signum, frame) -> None:
+    request_stop(KeyboardInterrupt)
+    raise KeyboardInterrupt()
+
+
+def raise_on_signals() -> None:
+    """SIGTERM raises Terminated, SIGINT KeyboardInterrupt; both are also recorded, so the loop stops
+    at the next stage even if something on the way swallowed the exception (pipeline.interrupts)."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, _raise_interrupted)
 
 
 def interrupt_exit_code(exc: KeyboardInterrupt) -> int:

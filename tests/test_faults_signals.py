@@ -3,7 +3,7 @@
 `rr unlearn` with its temporary Prefect server: a terminal's Ctrl-C (SIGINT to the whole process
 group) in iteration 2 exits 130, `kill` (SIGTERM) in iteration 3 exits 143, each with one line
 saying how to resume, no traceback and no process left behind; the same command then finishes
-the run. `rr ui` stops its server on SIGTERM. A process "left behind" is any process that carries
+the run, its report and plot written although the target's description is broken mathtext. `rr ui` stops its server on SIGTERM. A process "left behind" is any process that carries
 the test's marker in its environment, which every child of `rr` inherits.
 """
 
@@ -79,7 +79,17 @@ def _ended(process: subprocess.Popen) -> tuple[int, str, str]:
 def test_ctrl_c_to_the_group_and_sigterm_leave_nothing_running_and_the_run_resumes(tmp_path, cache_dir):
     mark = uuid.uuid4().hex
     env = _env(tmp_path, cache_dir, mark)
-    command = ["unlearn", "configs/tiny.yaml", "--out", str(tmp_path / "runs"), "--no-progress"]
+    # A description that matplotlib's mathtext cannot parse: the report and its plot are still written.
+    described = r"target.description=Mira's $\frac{$ facts"
+    command = [
+        "unlearn",
+        "configs/tiny.yaml",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-progress",
+        "--set",
+        described,
+    ]
     run_dir = tmp_path / "runs" / "tiny"
 
     first = _start(command, env)
@@ -105,6 +115,10 @@ def test_ctrl_c_to_the_group_and_sigterm_leave_nothing_running_and_the_run_resum
     code, stdout, stderr = _ended(third)
     assert code == 0, stderr[-3000:]
     assert "after iteration 2" in stdout and (run_dir / "summary.json").is_file()
+    assert (
+        r"$\frac{$" in (run_dir / "report.md").read_text()
+        and (run_dir / "plots" / "forgetting.png").is_file()
+    )
     assert _none_left(mark) == []
 
 

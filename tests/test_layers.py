@@ -17,7 +17,7 @@ PACKAGES = ("pipeline", "flows", "rr")
 LAYERS = [
     ("files and config", ("pipeline", "pipeline.config", "pipeline.files", "pipeline.textdata", "pipeline.progress",
                           "pipeline.model_paths", "pipeline.datasource", "pipeline.plotting",
-                          "pipeline.processes")),
+                          "pipeline.processes", "pipeline.interrupts")),
     ("models", ("pipeline.models",)),
     ("stages' packages", ("pipeline.reveal", "pipeline.sampling", "pipeline.scoring", "pipeline.release",
                           "pipeline.evaluation", "pipeline.planting")),

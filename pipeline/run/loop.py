@@ -19,6 +19,7 @@ import os
 
 from pipeline.config import ConfigError
 from pipeline.files import write_json
+from pipeline.interrupts import raise_if_requested
 from pipeline.run.chain import discard_untrusted, read_summary, summary_problem, walk
 from pipeline.run.evaluate_stage import baseline, commit, decide, evaluate
 from pipeline.run.lock import run_lock
@@ -101,6 +102,7 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
         return finished
     history = resume(state, log)
     base = baseline(state)
+    raise_if_requested()
     log(f"baseline: forget score {base['forget_score']:.3f}, utility ppl {base['utility_ppl']:.2f}")
     t = len(history)
     reason = decide(state, t, history[-1], base) if history else None
@@ -108,9 +110,13 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
         log(f"resuming {state.files.root} after iteration {t}")
     while reason is None:
         t += 1
+        raise_if_requested()  # between stages: a Ctrl-C that something swallowed still stops the run
         instructions = reveal(state, t)
+        raise_if_requested()
         sample(state, t, instructions)
+        raise_if_requested()
         release(state, t)
+        raise_if_requested()
         entry = commit(state, t, evaluate(state, t, base))
         reason = decide(state, t, entry, base)
         if on_iteration is not None:
