@@ -89,6 +89,8 @@ def test_ctrl_c_to_the_group_and_sigterm_leave_nothing_running_and_the_run_resum
         "--no-progress",
         "--set",
         described,
+        "--set",
+        "stop.min_iterations=3",  # three iterations whatever the scores: the test stops it in the third
     ]
     run_dir = tmp_path / "runs" / "tiny"
 
