@@ -24,21 +24,11 @@ import pytest
 from pipeline.run.chain import discard_untrusted, read_summary, sha256_of, walk
 from pipeline.run.rundir import RunDir
 from tests.conftest import ROOT, run_rr
+from tests.test_loop import QUICK as LOOP_QUICK
 
 NAME = "faults"
 # Small and quick, as tests/test_loop.py shrinks its runs; two iterations, both always run.
-QUICK = [
-    "reveal.rounds=1",
-    "reveal.arms_per_round=2",
-    "reveal.samples_per_arm=2",
-    "reveal.rewrite_top=0",
-    "sample.top_instructions=2",
-    "sample.samples_per_instruction=4",
-    "release.steps=4",
-    "evaluate.max_new_tokens=24",
-    "stop.max_iterations=2",
-    "stop.min_iterations=2",
-]
+QUICK = [*LOOP_QUICK, "stop.max_iterations=2", "stop.min_iterations=2"]
 
 
 def unlearn_args(out: Path, prefect: bool = False) -> list[str]:
