@@ -13,8 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,7 +22,7 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from pipeline.processes import own_session, stop_process
+from pipeline.processes import own_session, stop_process, wait_until_answering
 
 
 def ephemeral_app():
@@ -49,21 +47,6 @@ def _start(port: int) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, **own_session())
 
 
-def _wait_until_healthy(api: str, process: subprocess.Popen, timeout_s: float) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"the temporary Prefect server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:  # refused while it starts
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the temporary Prefect server at {api} did not answer within {timeout_s:.0f} s")
-
-
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """The block runs against a Prefect API; yields its URL."""
@@ -75,7 +58,8 @@ def prefect_api() -> Iterator[str]:
     process = _start(port)
     try:
         # Prefect's own limit (20 s) is tight for a first start, which creates the database, on a busy CPU.
-        _wait_until_healthy(api, process, max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        limit = max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        wait_until_answering(f"{api}/health", process, limit, "the temporary Prefect server", poll_s=0.1)
         with temporary_settings(updates={PREFECT_API_URL: api}):
             try:
                 yield api

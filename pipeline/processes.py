@@ -13,6 +13,8 @@ import ctypes
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -39,3 +41,25 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class NotReady(RuntimeError):
+    """A server exited, or stayed silent, before it answered."""
+
+
+def wait_until_answering(
+    url: str, process: subprocess.Popen, timeout_s: float, what: str, poll_s: float = 0.5
+) -> float:
+    """Seconds until `url` answers 200; NotReady if `process` exits first or `timeout_s` passes."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if process.poll() is not None:
+            raise NotReady(f"{what} exited with code {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:  # refused while it starts; URLError and timeouts are OSErrors
+            pass
+        time.sleep(poll_s)
+    raise NotReady(f"{what} at {url} was not ready after {timeout_s:.0f} s")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT, RunConfig
-from pipeline.processes import own_session
+from pipeline.processes import NotReady, own_session, wait_until_answering
 from pipeline.sampling import engine_dtype
 from pipeline.sampling.base import SamplerError
 from pipeline.sampling.vllm import chunked_prefill, cpu_threads_env, fitting_lora_rank, kv_cache_bytes
@@ -98,18 +96,10 @@ def server_command(
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> float:
     """Seconds until `url`/models answers; a server that exits or stays silent is an error."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout_s:
-        if process.poll() is not None:
-            raise SamplerError(f"the vLLM server exited with code {process.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-                if response.status == 200:
-                    return time.perf_counter() - started
-        except OSError:  # refused while it starts; URLError and timeouts are OSErrors
-            pass
-        time.sleep(0.5)
-    raise SamplerError(f"the vLLM server at {url} was not ready after {timeout_s:.0f} s")
+    try:
+        return wait_until_answering(f"{url}/models", process, timeout_s, "the vLLM server")
+    except NotReady as exc:
+        raise SamplerError(str(exc)) from None
 
 
 def start_server(
