@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from pipeline.planting.tiny import build_model, build_tokenizer
+from pipeline.reveal.features import embed_texts
 from pipeline.reveal.reward import diversity, pull_reward, vendi_score
 
 
@@ -46,3 +48,14 @@ def test_reward_is_the_weighted_harmonic_mean():
     assert pull_reward(0.0, 0.4, 0.0) == pytest.approx(0.4)  # weight 0: diversity alone
     with pytest.raises(ValueError, match="relevance_weight"):
         pull_reward(0.5, 0.5, 1.5)
+
+
+def test_a_pull_whose_responses_are_all_empty_counts_as_one_item():
+    """A model that answers nothing (EOS first) gives a batch with no tokens: zero rows, not a crash."""
+    tokenizer = build_tokenizer(["some words to build a vocabulary from"], vocab_size=300)
+    model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0).eval()
+    rows = embed_texts(model, tokenizer, ["", ""])
+    assert rows.shape == (2, 32) and not rows.any()
+    assert diversity(rows) == pytest.approx(1 / 2)
+    mixed = embed_texts(model, tokenizer, ["", "some words"])
+    assert not mixed[0].any() and mixed[1].norm() == pytest.approx(1.0)

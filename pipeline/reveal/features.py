@@ -14,6 +14,7 @@ import torch.nn.functional as F
 def embed_texts(
     model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 128
 ) -> torch.Tensor:
+    """One L2-normalised row per text; an empty text (a model that answered nothing) is a zero row."""
     rows = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(
@@ -24,6 +25,9 @@ def embed_texts(
             max_length=max_length,
             add_special_tokens=False,
         )
+        if enc["input_ids"].shape[1] == 0:  # every text empty (a model that answered nothing)
+            rows.append(torch.zeros(enc["input_ids"].shape[0], model.config.hidden_size))
+            continue
         enc = {k: v.to(model.device) for k, v in enc.items()}
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
