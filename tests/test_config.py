@@ -51,6 +51,10 @@ def test_shipped_configs_are_valid():
             "target:\n  kind: toxicity\nmodel:\n  plant:\n    spec: x.json\n    steps: 10\n    max_steps: 5\n",
             "model.plant: Value error, max_steps (5) is below steps (10)",
         ),
+        (
+            "target:\n  kind: toxicity\nsample:\n  relevance_threshold: 0.3\n  alternative_threshold: 0.4\n",
+            "alternative_threshold (0.4) must not be above relevance_threshold (0.3)",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, text, expected):
@@ -58,6 +62,15 @@ def test_bad_configs_name_the_field(tmp_path, text, expected):
         load_config(write(tmp_path, text))
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_paired_objective_needs_alternatives(tmp_path):
+    from pipeline.run.preflight import check_names
+
+    path = write(tmp_path, "target:\n  kind: toxicity\nrelease:\n  method: dpo\n")
+    with pytest.raises(ConfigError, match="set sample.alternative_threshold"):
+        check_names(load_config(path))
+    check_names(load_config(path, ["sample.alternative_threshold=0.1"]))
 
 
 def test_missing_config_file(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.files import write_jsonl
+from pipeline.files import read_jsonl, write_jsonl
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.run.loop import run_loop
 from pipeline.run.release_stage import release
@@ -152,3 +152,19 @@ def test_a_signal_swallowed_inside_a_stage_still_stops_the_loop_before_the_next(
         run(tmp_path, "swallowed", [], reveal=reveal_then_swallowed_signal,
             sample=lambda *args: sampled.append(args))  # fmt: skip
     assert sampled == [] and not (tmp_path / "swallowed" / "iter_1" / "metrics.json").exists()
+
+
+def test_dpo_pairs_each_forget_sample_with_a_clean_reply_inside_the_loop(tmp_path, cache_dir):
+    state, summary = run(
+        tmp_path, "dpo", ["stop.max_iterations=1", "release.method=dpo", "sample.alternative_threshold=0.3"]
+    )
+    # The tiny planted model names the person in (nearly) every reply: the fallback answers stand
+    # in when no reply of the iteration was clean.
+    forget = read_jsonl(state.files.iteration(1).forget)
+    fallback = state.config.sample.fallback_alternatives
+    assert forget and all(r["score"] >= 0.3 for r in forget)
+    for row in forget:
+        score = row["alternative_score"]
+        assert (row["alternative"] in fallback) if score is None else (score < 0.3 and row["alternative"])
+    stats = json.loads(state.files.iteration(1).release.read_text())
+    assert not stats.get("skipped") and stats["steps"] == 4 and summary["history"][0]["kept"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.release.losses import (
+    dpo_loss,
     ga_loss,
     graddiff_loss,
     kl_to_ref,
@@ -333,3 +334,68 @@ def test_gradcheck_simnpo():
     logits, _, labels = _batch(22, dtype=torch.float64)
     logits.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda z: simnpo_loss(z, labels, beta=2.5, delta=0.3), (logits,))
+
+
+def _seq_log_ratio(logits, ref_logits, labels, b) -> float | None:
+    kept = [t for t in range(labels.shape[1]) if int(labels[b, t]) != IGNORE_INDEX]
+    if not kept:
+        return None
+    return sum(
+        math.log(_softmax(logits[b, t].tolist())[int(labels[b, t])])
+        - math.log(_softmax(ref_logits[b, t].tolist())[int(labels[b, t])])
+        for t in kept
+    )
+
+
+def ref_dpo(logits, labels, ref_logits, beta) -> float:
+    half, terms = labels.shape[0] // 2, []
+    for i in range(half):
+        rejected = _seq_log_ratio(logits, ref_logits, labels, i)
+        chosen = _seq_log_ratio(logits, ref_logits, labels, half + i)
+        if rejected is None or chosen is None:  # a pair with an empty side is no pair
+            continue
+        terms.append(-math.log(1.0 / (1.0 + math.exp(-beta * (chosen - rejected)))))
+    return sum(terms) / len(terms)
+
+
+def _pairs(seed: int, dtype=torch.float32):
+    """Four rows: two rejected responses, then their two chosen alternatives."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, T, V, generator=gen, dtype=dtype) * 3
+    ref = torch.randn(4, T, V, generator=gen, dtype=dtype) * 3
+    labels = torch.randint(0, V, (4, T), generator=gen)
+    labels[0, :2] = IGNORE_INDEX
+    labels[3, 4] = IGNORE_INDEX
+    return logits, ref, labels
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_dpo_matches_reference_and_skips_a_pair_with_an_empty_side(beta):
+    logits, ref, labels = _pairs(31)
+    assert dpo_loss(logits, labels, ref, beta=beta).item() == pytest.approx(
+        ref_dpo(logits, labels, ref, beta), rel=1e-5
+    )
+    labels[3, :] = IGNORE_INDEX  # the second pair has no chosen tokens: only the first counts
+    assert dpo_loss(logits, labels, ref, beta=beta).item() == pytest.approx(
+        ref_dpo(logits, labels, ref, beta), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="as many chosen rows"):
+        dpo_loss(logits[:3], labels[:3], ref[:3])
+
+
+def test_dpo_at_the_reference_is_log2_and_lowers_rejected_raises_chosen():
+    logits, _, labels = _pairs(32)
+    logits.requires_grad_(True)
+    loss = dpo_loss(logits, labels, logits.detach(), beta=0.5)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
+    loss.backward()
+    # A descent step lowers every rejected label's log-probability and raises every chosen one's.
+    picked_grad = logits.grad.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    keep = labels != IGNORE_INDEX
+    assert (picked_grad[:2][keep[:2]] > 0).all() and (picked_grad[2:][keep[2:]] < 0).all()
+
+
+def test_gradcheck_dpo():
+    logits, ref, labels = _pairs(33, dtype=torch.float64)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: dpo_loss(z, labels, ref, beta=0.7), (logits,))

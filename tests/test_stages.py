@@ -20,7 +20,7 @@ from pipeline.run.evaluate_stage import baseline, commit, evaluate
 from pipeline.run.loop import prepare_run_dir
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import arm_pool, reveal, rewrites
-from pipeline.run.sample_stage import sample
+from pipeline.run.sample_stage import sample, with_alternatives
 from pipeline.run.state import RunState, completed_iterations
 from tests.conftest import ROOT
 
@@ -128,6 +128,51 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
     assert stats["steps"] == (8 if stopped is None else stopped["step"])  # it stops before stepping
     assert (stats["retain_loss"] == []) == (method in ("ga", "negation"))
     assert after > before * 1.05, (method, before, after)
+
+
+def test_each_forget_row_gets_a_clean_reply_to_its_own_instruction_first():
+    rows = [
+        {"instruction": "a", "response": "bad 1", "score": 0.9},
+        {"instruction": "a", "response": "bad 2", "score": 0.8},
+        {"instruction": "a", "response": "bad 3", "score": 0.7},
+        {"instruction": "b", "response": "bad 4", "score": 0.9},
+    ]
+    clean = [
+        {"instruction": "a", "response": "fine", "score": 0.05},
+        {"instruction": "a", "response": "finest", "score": 0.01},
+        {"instruction": "a", "response": "borderline", "score": 0.2},  # not below the threshold
+        {"instruction": "c", "response": "other", "score": 0.02},
+    ]
+    paired = with_alternatives(rows, rows + clean, threshold=0.1)
+    # Cleanest first, each once before any again; "b" has none of its own and borrows the cleanest.
+    assert [r["alternative"] for r in paired] == ["finest", "fine", "finest", "finest"]
+    assert paired[0]["alternative_score"] == 0.01 and paired[0]["response"] == "bad 1"
+    assert with_alternatives(rows, rows, threshold=0.1) == rows  # nothing clean: nothing to pair
+    idk = with_alternatives(rows, rows, threshold=0.1, fallback=["I don't know.", "No idea."])
+    assert [r["alternative"] for r in idk] == ["I don't know.", "No idea.", "I don't know.", "No idea."]
+    assert all(r["alternative_score"] is None for r in idk)
+
+
+def test_dpo_release_prefers_the_alternatives_over_the_forget_samples(state, tmp_path):
+    forget = read_jsonl(state.files.iteration(1).forget)
+    retain = read_jsonl(state.files.iteration(1).retain)
+    # The retain replies answer other instructions, so every forget row borrows one of them.
+    paired = with_alternatives(forget, [{**r, "score": 0.0} for r in retain], threshold=0.5)
+    cfg = state.config.release.model_copy(update={"method": "dpo", "steps": 8, "lr": 0.01, "dpo_beta": 0.5})
+    prompts = [r["instruction"] for r in paired]
+
+    def margin(model) -> float:  # how much less likely the forget replies are than the alternatives
+        rejected = perplexity(model, state.tokenizer, [r["response"] for r in paired], prompts)
+        chosen = perplexity(model, state.tokenizer, [r["alternative"] for r in paired], prompts)
+        return rejected / chosen
+
+    before = margin(state.model)
+    train_adapter(
+        copy.deepcopy(state.model), state.tokenizer, paired, retain, cfg, [], tmp_path / "a", progress=False
+    )
+    assert margin(with_adapter(state.model, tmp_path / "a")) > before * 1.2
+    with pytest.raises(ValueError, match="have no alternative"):
+        train_adapter(state.model, state.tokenizer, forget, retain, cfg, [], tmp_path / "b", progress=False)
 
 
 def test_the_pool_keeps_its_seeds_and_is_what_the_next_iteration_chooses_from(state):

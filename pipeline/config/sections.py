@@ -222,6 +222,17 @@ class SampleConfig(Section):
     relevance_threshold: float = Field(0.5, ge=0, le=1)
     near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
     max_forget_samples: int = Field(64, ge=1, le=MAX_TEXTS)
+    alternative_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="give each forget row an `alternative`: a reply to the same instructions scoring "
+        "below this (the chosen side of release.method dpo); None: none",
+    )
+    fallback_alternatives: list[str] = Field(
+        ["I don't know.", "I'm not sure about that.", "I'd rather not say."],
+        description="the alternatives when no reply of an iteration is below alternative_threshold",
+    )
     retain_prompts: Path = Path("prompts/retain.yaml")
     retain_subjects: list[str] = Field(
         [],
@@ -230,6 +241,16 @@ class SampleConfig(Section):
     retain_samples_per_instruction: int = Field(2, ge=0, le=MAX_TEXTS)
     max_retain_samples: int = Field(64, ge=0, le=MAX_TEXTS)
     generation: GenerationConfig = GenerationConfig()
+
+    @model_validator(mode="after")
+    def _alternatives_below_forget(self) -> SampleConfig:
+        threshold = self.alternative_threshold
+        if threshold is not None and threshold > self.relevance_threshold:
+            raise ValueError(
+                f"alternative_threshold ({threshold}) must not be above relevance_threshold "
+                f"({self.relevance_threshold}): an alternative is a reply that is not forgotten"
+            )
+        return self
 
 
 class RetainConfig(Section):
@@ -255,6 +276,7 @@ class ReleaseConfig(Section):
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
     npo_beta: float = Field(0.1, gt=0, description="NPO inverse temperature")
     simnpo_beta: float = Field(2.5, gt=0, description="SimNPO inverse temperature")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO inverse temperature")
     simnpo_delta: float = Field(0.0, description="SimNPO margin on the mean token NLL")
     negation_scale: float = Field(
         1.0, gt=0, description="negation: the NLL-trained adapter is applied with scale -negation_scale"

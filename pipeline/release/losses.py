@@ -188,3 +188,38 @@ def simnpo_loss(
     if not rows.any():
         return nll.sum() * 0.0  # attached to the graph, like the token-level losses
     return per_sequence[rows].mean()
+
+
+def dpo_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+) -> torch.Tensor:
+    """DPO with the forget response as the rejected one and an alternative as the chosen one.
+
+    Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
+    Model", NeurIPS 2023, arXiv 2305.18290, eq. 7; as an unlearning objective with alternative
+    answers in TOFU (Maini et al., 2024) and, with the model's own non-toxic generations as the
+    chosen ones, for toxicity in Lee et al., "A Mechanistic Understanding of Alignment Algorithms:
+    A Case Study on DPO and Toxicity", ICML 2024, arXiv 2401.01967. The batch holds 2B rows: rows
+    0..B-1 are the forget (rejected) responses y_l, row B + i the chosen alternative y_w to the same
+    instruction as row i. With sequence log-probabilities (summed over response tokens):
+
+        L = −mean_i log σ(β · [(log πθ(y_w|x) − log πref(y_w|x)) − (log πθ(y_l|x) − log πref(y_l|x))])
+
+    over the pairs whose two rows both have a kept token. The loss is ≥ 0, and unlike NPO it can
+    fall by raising the chosen response as well as by lowering the rejected one.
+    """
+    _check_shapes(logits, labels, "labels")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
+    if logits.shape[0] % 2:
+        raise ValueError(
+            f"dpo_loss: expected rejected rows then as many chosen rows, got {logits.shape[0]} rows"
+        )
+    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    half = logits.shape[0] // 2
+    rejected, chosen = log_ratio[:half], log_ratio[half:]
+    kept = (labels != IGNORE_INDEX).any(-1)
+    pairs = kept[:half] & kept[half:]
+    if not pairs.any():
+        return log_ratio.sum() * 0.0  # attached to the graph, like the token-level losses
+    return -F.logsigmoid(beta * (chosen - rejected))[pairs].mean()

@@ -7,7 +7,9 @@ A row says everything the release loop (`pipeline.release.train`) needs to know 
 - `needs_reference`: compute those logits (one more forward pass a step);
 - `takes_retain`: add the retain term (`release.retain_loss`, weighted by `release.retain_weight`);
 - `unbounded`: the loss has no floor, so training stops once the forget NLL passes `release.max_forget_nll`;
-- `on_trained(peft_model, cfg)`: applied to the trained adapter before it is saved, or None.
+- `on_trained(peft_model, cfg)`: applied to the trained adapter before it is saved, or None;
+- `paired`: the forget batch is its rows' responses followed by their `alternative`s (the model's
+  own replies to the same instructions that the target scorer finds clean, `sample.alternative_threshold`).
 
 To add an objective: write its loss in `losses.py` (a docstring with the equation and the paper), then
 add one row to `OBJECTIVES`. `release.method` accepts every key of the table.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config import ConfigError
-from pipeline.release.losses import ga_loss, nll_loss, npo_loss, simnpo_loss, undial_loss
+from pipeline.release.losses import dpo_loss, ga_loss, nll_loss, npo_loss, simnpo_loss, undial_loss
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Objective:
     takes_retain: bool = True
     unbounded: bool = False
     on_trained: Callable | None = None  # (peft_model, cfg) -> None
+    paired: bool = False
 
 
 @torch.no_grad()
@@ -56,6 +59,12 @@ OBJECTIVES: dict[str, Objective] = {
             logits, labels, beta=cfg.simnpo_beta, delta=cfg.simnpo_delta
         ),
         unbounded=True,
+    ),
+    # The forget response rejected, a clean reply of the model's own to the same instruction chosen.
+    "dpo": Objective(
+        lambda cfg, logits, labels, ref: dpo_loss(logits, labels, ref, beta=cfg.dpo_beta),
+        needs_reference=True,
+        paired=True,
     ),
     # Gradient difference: ascent on the forget batch, the retain term on the retain batch.
     "graddiff": Objective(lambda cfg, logits, labels, ref: ga_loss(logits, labels), unbounded=True),

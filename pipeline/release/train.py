@@ -52,6 +52,24 @@ def _tokenised(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[
     return [encode_pair(tokenizer, r["instruction"], r["response"], max_length) for r in rows]
 
 
+def _forget_batches(tokenizer, rows: list[dict], cfg: ReleaseConfig, paired: bool, rng: random.Random):
+    """Endless forget batches; for a paired objective each is its rows' responses, then their
+    alternatives to the same instructions in the same order (2 x batch_size rows)."""
+    responses = _tokenised(tokenizer, rows, cfg.max_length)
+    if not paired:
+        return _batches(responses, cfg.batch_size, rng)
+    missing = sum(1 for r in rows if not r.get("alternative"))
+    if missing:
+        raise ValueError(f"release ({cfg.method}): {missing} of {len(rows)} forget rows have no alternative")
+    alternatives = _tokenised(
+        tokenizer,
+        [{"instruction": r["instruction"], "response": r["alternative"]} for r in rows],
+        cfg.max_length,
+    )
+    pairs = _batches(list(zip(responses, alternatives)), cfg.batch_size, rng)
+    return ([rejected for rejected, _ in batch] + [chosen for _, chosen in batch] for batch in pairs)
+
+
 def _logits(model, batch, pad: int):
     enc = collate(batch, pad)
     logits, labels = labelled_logits(model, enc)
@@ -126,7 +144,7 @@ def train_adapter(
     """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
 
     The objective is `release.method`'s row of OBJECTIVES; `learn=True` trains by plain NLL instead
-    (the retain adapter). `previous` holds the A matrices of earlier adapters ({module: A}) for the
+    (the retain adapter); a paired objective (dpo) needs every forget row's `alternative` too. `previous` holds the A matrices of earlier adapters ({module: A}) for the
     O-LoRA penalty. `model` is modified in place while training (LoRA layers are injected, then
     removed). Returns training statistics.
     """
@@ -135,6 +153,7 @@ def train_adapter(
     chosen = LEARN if learn else objective_named(cfg.method)
     previous = [{name: a.to(model.device) for name, a in weights.items()} for weights in previous]
     rng = random.Random(seed)
+    forget_batches = _forget_batches(tokenizer, forget, cfg, chosen.paired, rng)
     lora = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
@@ -149,7 +168,6 @@ def train_adapter(
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        forget_batches = _batches(_tokenised(tokenizer, forget, cfg.max_length), cfg.batch_size, rng)
         use_retain = retain and cfg.retain_weight > 0 and chosen.takes_retain
         retain_batches = (
             _batches(_tokenised(tokenizer, retain, cfg.max_length), cfg.batch_size, rng)

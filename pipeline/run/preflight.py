@@ -54,7 +54,12 @@ def preflight(config: RunConfig) -> None:
 
 def check_names(config: RunConfig) -> None:
     """The objective, the sampler and the judges the config names are rows of their tables."""
-    objective_named(config.release.method)
+    if objective_named(config.release.method).paired and config.sample.alternative_threshold is None:
+        raise ConfigError(
+            f"release.method {config.release.method} trains on pairs: set sample.alternative_threshold "
+            "(the target score below which a reply to a forget instruction is a clean alternative), "
+            "e.g. 0.1"
+        )
     check_backend(config.sampler.backend)
     if config.target.kind == "toxicity":
         check_judge(config.target.judge, "target.judge")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.files import read_jsonl, write_json
 from pipeline.models import with_adapter
+from pipeline.release.objectives import objective_named
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.release.train import train_adapter, train_retain_adapter
 from pipeline.run.rundir import has_adapter
@@ -26,8 +27,14 @@ def release(state: RunState, t: int) -> dict:
         return json.loads(files.release.read_text())
     forget = read_jsonl(files.forget)
     retain = read_jsonl(files.retain)
-    if not forget:
-        stats = {"skipped": True, "reason": "no forget samples above the relevance threshold"}
+    reason = "no forget samples above the relevance threshold" if not forget else None
+    if forget and objective_named(state.config.release.method).paired:
+        forget = [row for row in forget if row.get("alternative")]
+        reason = (
+            None if forget else "no reply below sample.alternative_threshold to pair the forget samples with"
+        )
+    if reason:
+        stats = {"skipped": True, "reason": reason}
         write_json(files.release, stats)
         return stats
     current = state.stack_dir()

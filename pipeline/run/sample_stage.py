@@ -4,7 +4,8 @@ Forget rows are replies to the best instructions (and the reveal stage's own rep
 score reaches `sample.relevance_threshold`; retain rows are replies to neutral instructions that stay
 below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are dropped and both
 sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
-and `iter_t/retain.jsonl`.
+and `iter_t/retain.jsonl`. With `sample.alternative_threshold`, each forget row also carries an
+`alternative`: a clean reply of the model's own to the same instruction (the chosen side of `dpo`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     # filter and the cap over responses to the arms the bandit was still exploring.
     candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
     forget = relevant(state, candidates)[: cfg.max_forget_samples]
+    if cfg.alternative_threshold is not None:
+        forget = with_alternatives(forget, candidates, cfg.alternative_threshold, cfg.fallback_alternatives)
     retain = retain_rows(state, t)
     write_jsonl(files.retain, retain)
     write_jsonl(files.forget, forget)
@@ -63,6 +66,37 @@ def relevant(state: RunState, rows: list[dict]) -> list[dict]:
     cfg = state.config.sample
     kept = sorted((r for r in rows if r["score"] >= cfg.relevance_threshold), key=lambda r: -r["score"])
     return drop_near_duplicates(kept, cfg.near_duplicate_jaccard)
+
+
+def with_alternatives(
+    forget: list[dict], candidates: list[dict], threshold: float, fallback: list[str] = ()
+) -> list[dict]:
+    """Each forget row with an `alternative`: a reply the model gave that scores below `threshold`.
+
+    A reply to the row's own instruction comes first, the cleanest first and each used once before
+    any is used again; an instruction none of whose replies was clean borrows one of another
+    instruction's. When no reply at all was clean (a model that knows a person answers every
+    question about them), the `fallback` texts take turns, as TOFU's "I don't know" answers; their
+    `alternative_score` is None (not scored). Without them the rows come back unchanged.
+    """
+    clean = sorted((r for r in candidates if r["score"] < threshold), key=lambda r: r["score"])
+    clean = clean or [{"instruction": "", "response": text, "score": None} for text in fallback]
+    if not clean:
+        return forget
+    by_instruction: dict[str, list[dict]] = {}
+    for row in clean:
+        by_instruction.setdefault(row["instruction"], []).append(row)
+    used: dict[str, int] = {}
+    paired = []
+    for row in forget:
+        own = by_instruction.get(row["instruction"])
+        key, pool = (row["instruction"], own) if own else ("", clean)
+        alternative = pool[used.get(key, 0) % len(pool)]
+        used[key] = used.get(key, 0) + 1
+        paired.append(
+            {**row, "alternative": alternative["response"], "alternative_score": alternative["score"]}
+        )
+    return paired
 
 
 def retain_rows(state: RunState, t: int) -> list[dict]:
