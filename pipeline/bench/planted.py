@@ -42,6 +42,7 @@ from pipeline.release.train import train_adapter
 from pipeline.run.loop import run_loop
 from pipeline.run.preflight import check_names
 from pipeline.run.prompts import prompt_texts
+from pipeline.run.sample_stage import with_alternatives
 from pipeline.run.state import RunState
 
 METHODS = PLANTED_DEFAULT  # compared unless --methods says otherwise
@@ -219,6 +220,8 @@ def _one_seed(cfg, spec, model, tokenizer, measure_model, methods, folder, progr
         raws["rr"] = _run_rr(cfg, model, tokenizer, measure_model, parts, progress, log, stamp)
         budget = raws["rr"]["release_steps"] or budget
     forget_rows, retain_rows = oracle_rows(spec, cfg.model.plant.recitals)
+    # A paired oracle (dpo) prefers an "I don't know" to each true answer, as TOFU's DPO baseline.
+    paired_rows = with_alternatives(forget_rows, [], 0.0, cfg.sample.fallback_alternatives)
     for method in [m for m in methods if m in ORACLES]:
         release = cfg.release.model_copy(update={"method": method, "steps": budget})
         if method == "graddiff":  # gradient difference is defined with the retain NLL
@@ -227,12 +230,13 @@ def _one_seed(cfg, spec, model, tokenizer, measure_model, methods, folder, progr
         # The budget is in the names: oracles trained for another budget are not rr's match.
         name = f"{method}-{budget}steps"
         adapter, train_file = folder / "adapters" / name, parts / f"{name}.train.json"
+        rows = paired_rows if OBJECTIVES[method].paired else forget_rows
 
-        def run_oracle(release=release, adapter=adapter, train_file=train_file) -> dict:
+        def run_oracle(release=release, adapter=adapter, train_file=train_file, rows=rows) -> dict:
             if not train_file.is_file():  # else trained before, and only the measurement is missing
                 started = time.perf_counter()
                 stats = train_adapter(
-                    model, tokenizer, forget_rows, retain_rows, release, [], adapter,
+                    model, tokenizer, rows, retain_rows, release, [], adapter,
                     seed=cfg.seed, progress=progress,
                 )  # fmt: skip
                 wall = round(time.perf_counter() - started, 2)

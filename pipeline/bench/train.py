@@ -32,20 +32,23 @@ from pipeline.release.train import train_adapter
 from pipeline.run.model import load_run_model
 from pipeline.run.preflight import check_names
 from pipeline.run.prompts import run_prompts
+from pipeline.run.sample_stage import with_alternatives
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.textdata import encode_pairs
 
 
 def training_rows(model, tokenizer, config: RunConfig, n: int) -> list[dict]:
-    """`n` replies of the model to the target's seed instructions: what a release trains on."""
+    """`n` replies of the model to the target's seed instructions: what a release trains on (each
+    with one of `sample.fallback_alternatives` for a paired objective's chosen side)."""
     arms = run_prompts(config)[0]
     gen = config.sample.generation
     params = SamplingParams.from_generation(gen, seed=config.seed)
     prompts = [arms[i % len(arms)] for i in range(n)]
     sampler = HFSampler(model, tokenizer, gen.batch_size, progress=False)
     replies = sampler.generate(prompts, params)
-    return [{"instruction": p, "response": r[0] or "."} for p, r in zip(prompts, replies)]
+    rows = [{"instruction": p, "response": r[0] or "."} for p, r in zip(prompts, replies)]
+    return with_alternatives(rows, [], 0.0, config.sample.fallback_alternatives)
 
 
 class PeakMemory:

@@ -222,17 +222,10 @@ class SampleConfig(Section):
     relevance_threshold: float = Field(0.5, ge=0, le=1)
     near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
     max_forget_samples: int = Field(64, ge=1, le=MAX_TEXTS)
-    alternative_threshold: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="give each forget row an `alternative`: a reply to the same instructions scoring "
-        "below this (the chosen side of release.method dpo); None: none",
-    )
-    fallback_alternatives: list[str] = Field(
-        ["I don't know.", "I'm not sure about that.", "I'd rather not say."],
-        description="the alternatives when no reply of an iteration is below alternative_threshold",
-    )
+    # dpo's chosen side: each forget row's `alternative`, a reply to the same instructions that
+    # scores below alternative_threshold, or a fallback text when an iteration has none (None: off).
+    alternative_threshold: float | None = Field(None, ge=0, le=1)
+    fallback_alternatives: list[str] = ["I don't know.", "I'm not sure about that.", "I'd rather not say."]
     retain_prompts: Path = Path("prompts/retain.yaml")
     retain_subjects: list[str] = Field(
         [],
@@ -244,11 +237,10 @@ class SampleConfig(Section):
 
     @model_validator(mode="after")
     def _alternatives_below_forget(self) -> SampleConfig:
-        threshold = self.alternative_threshold
-        if threshold is not None and threshold > self.relevance_threshold:
+        if (self.alternative_threshold or 0) > self.relevance_threshold:
             raise ValueError(
-                f"alternative_threshold ({threshold}) must not be above relevance_threshold "
-                f"({self.relevance_threshold}): an alternative is a reply that is not forgotten"
+                f"alternative_threshold ({self.alternative_threshold}) must not be above "
+                f"relevance_threshold ({self.relevance_threshold}): an alternative is not forgotten"
             )
         return self
 
