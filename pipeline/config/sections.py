@@ -268,8 +268,8 @@ class ReleaseConfig(Section):
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
     npo_beta: float = Field(0.1, gt=0, description="NPO inverse temperature")
     simnpo_beta: float = Field(2.5, gt=0, description="SimNPO inverse temperature")
-    dpo_beta: float = Field(0.1, gt=0, description="DPO inverse temperature")
     simnpo_delta: float = Field(0.0, description="SimNPO margin on the mean token NLL")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO inverse temperature")
     negation_scale: float = Field(
         1.0, gt=0, description="negation: the NLL-trained adapter is applied with scale -negation_scale"
     )

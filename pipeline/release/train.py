@@ -144,9 +144,10 @@ def train_adapter(
     """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
 
     The objective is `release.method`'s row of OBJECTIVES; `learn=True` trains by plain NLL instead
-    (the retain adapter); a paired objective (dpo) needs every forget row's `alternative` too. `previous` holds the A matrices of earlier adapters ({module: A}) for the
-    O-LoRA penalty. `model` is modified in place while training (LoRA layers are injected, then
-    removed). Returns training statistics.
+    (the retain adapter); a paired objective (dpo) needs every forget row's `alternative` too.
+    `previous` holds the A matrices of earlier adapters ({module: A}) for the O-LoRA penalty.
+    `model` is modified in place while training (LoRA layers are injected, then removed). Returns
+    training statistics.
     """
     if not forget:
         raise ValueError("release: no forget samples to train on")

@@ -27,16 +27,17 @@ def release(state: RunState, t: int) -> dict:
         return json.loads(files.release.read_text())
     forget = read_jsonl(files.forget)
     retain = read_jsonl(files.retain)
-    reason = "no forget samples above the relevance threshold" if not forget else None
-    if forget and objective_named(state.config.release.method).paired:
-        forget = [row for row in forget if row.get("alternative")]
-        reason = (
-            None if forget else "no reply below sample.alternative_threshold to pair the forget samples with"
-        )
-    if reason:
+    paired = objective_named(state.config.release.method).paired
+    trainable = [row for row in forget if row.get("alternative")] if paired else forget
+    if not trainable:
+        if forget:
+            reason = "no reply below sample.alternative_threshold to pair the forget samples with"
+        else:
+            reason = "no forget samples above the relevance threshold"
         stats = {"skipped": True, "reason": reason}
         write_json(files.release, stats)
         return stats
+    forget = trainable
     current = state.stack_dir()
     previous_dirs = [state.files.iteration(s).adapter for s in kept_iterations(state)]
     if state.base_adapter is not None:  # new adapters stay orthogonal to the earlier runs' too

@@ -80,17 +80,17 @@ def with_alternatives(
     `alternative_score` is None (not scored). Without them the rows come back unchanged.
     """
     clean = sorted((r for r in candidates if r["score"] < threshold), key=lambda r: r["score"])
-    clean = clean or [{"instruction": "", "response": text, "score": None} for text in fallback]
+    clean = clean or [{"instruction": None, "response": text, "score": None} for text in fallback]
     if not clean:
         return forget
-    by_instruction: dict[str, list[dict]] = {}
+    by_instruction: dict[str | None, list[dict]] = {}
     for row in clean:
         by_instruction.setdefault(row["instruction"], []).append(row)
-    used: dict[str, int] = {}
+    used: dict[str | None, int] = {}  # alternatives handed out so far, by instruction (None: borrowed)
     paired = []
     for row in forget:
         own = by_instruction.get(row["instruction"])
-        key, pool = (row["instruction"], own) if own else ("", clean)
+        key, pool = (row["instruction"], own) if own else (None, clean)
         alternative = pool[used.get(key, 0) % len(pool)]
         used[key] = used.get(key, 0) + 1
         paired.append(
