@@ -20,7 +20,7 @@ from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
-from pipeline.run.report import rows
+from pipeline.run.report import STAGES, rows, seconds_rows
 from rr.bench import bench
 from rr.console import EXIT_BUSY, EXIT_SAMPLER, err, fail, out
 from rr.signals import interrupt_exit_code, raise_on_signals
@@ -129,9 +129,23 @@ def print_summary(summary: dict, cfg: RunConfig) -> None:
         ]
         table.add_row(*cells)
     out.print(table)
+    out.print(seconds_table(summary))
     out.print(f"stop reason: {summary['stop_reason']}; run directory: {cfg.run_dir}")
     if summary.get("adapter"):
         out.print(f"stacked adapter (PEFT): {summary['adapter']}")
+
+
+def seconds_table(summary: dict) -> Table:
+    load = summary.get("seconds", {}).get("model_load")
+    title = "seconds per stage" + (f" (model load {load:.0f} s, in the total)" if load is not None else "")
+    table = Table(title=title)
+    table.add_column("", no_wrap=True)
+    for column in (*STAGES, "total"):
+        table.add_column(column, justify="right")
+    for label, seconds in seconds_rows(summary):
+        cells = [seconds.get(column) for column in (*STAGES, "total")]
+        table.add_row(label, *("" if c is None else f"{c:.0f}" for c in cells))
+    return table
 
 
 @app.command()

@@ -8,6 +8,7 @@ its Prefect tasks.
 """
 
 import json
+import time
 
 import pytest
 import torch
@@ -168,3 +169,22 @@ def test_dpo_pairs_each_forget_sample_with_a_clean_reply_inside_the_loop(tmp_pat
         assert (row["alternative"] in fallback) if score is None else (score < 0.3 and row["alternative"])
     stats = json.loads(state.files.iteration(1).release.read_text())
     assert not stats.get("skipped") and stats["steps"] == 4 and summary["history"][0]["kept"]
+
+
+def test_each_stage_s_seconds_are_in_the_summary_and_the_report(tmp_path, cache_dir):
+    def slow_release(state, t):  # made slower on purpose: its seconds must show it, and nothing else's
+        time.sleep(0.5)
+        return release(state, t)
+
+    overrides = ["stop.forget_threshold=1.0", "stop.min_iterations=1", "stop.max_iterations=1"]
+    state, summary = run(tmp_path, "seconds", overrides, release=slow_release)
+    (entry,) = summary["history"]
+    assert set(entry["seconds"]) == {"reveal", "sample", "release", "evaluate"}
+    assert entry["seconds"]["release"] >= 0.5 and all(v > 0 for v in entry["seconds"].values())
+    seconds = summary["seconds"]
+    assert seconds["release"] == entry["seconds"]["release"]
+    assert seconds["baseline"] == summary["baseline"]["seconds"] > 0
+    assert seconds["model_load"] == state.model_info["load_seconds"]
+    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"), abs=0.05)
+    report = state.files.report.read_text()
+    assert "Seconds per stage" in report and "| iteration 1 |" in report

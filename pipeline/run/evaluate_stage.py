@@ -24,7 +24,9 @@ def baseline(state: RunState) -> dict:
     path = state.files.baseline
     if path.is_file():
         return json.loads(path.read_text())
+    started = time.perf_counter()
     metrics = measure(state, adapter=state.base_adapter, base_ppl=None)
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(path, metrics)
     return metrics
 
@@ -44,8 +46,9 @@ def evaluate(state: RunState, t: int, base: dict) -> dict:
     return metrics
 
 
-def commit(state: RunState, t: int, metrics: dict) -> dict:
-    """Close iteration t: record its metrics and, if kept, make its stack the run's adapter."""
+def commit(state: RunState, t: int, metrics: dict, seconds: dict | None = None) -> dict:
+    """Close iteration t: record its metrics (and `seconds`, each stage's wall-clock time) and, if
+    kept, make its stack the run's adapter."""
     files = state.files.iteration(t)
     pulls = read_jsonl(files.instructions)
     entry = {
@@ -57,6 +60,8 @@ def commit(state: RunState, t: int, metrics: dict) -> dict:
         "reward_mean": round(statistics.fmean(p["reward"] for p in pulls), 4) if pulls else None,
         "reward_max": round(max(p["reward"] for p in pulls), 4) if pulls else None,
     }
+    if seconds:
+        entry["seconds"] = seconds
     if metrics["kept"]:
         with atomic_dir(state.files.adapter) as tmp:
             shutil.copytree(files.stack, tmp, dirs_exist_ok=True)

@@ -16,6 +16,7 @@ first that is not whole.
 from __future__ import annotations
 
 import os
+import time
 
 from pipeline.config import ConfigError
 from pipeline.files import write_json
@@ -101,7 +102,7 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
         log(f"run {state.files.root} already finished ({finished['stop_reason']})")
         return finished
     history = resume(state, log)
-    base = baseline(state)
+    base = baseline(state)  # its own seconds are in it (`baseline.json`), measured when computed
     raise_if_requested()
     log(f"baseline: forget score {base['forget_score']:.3f}, utility ppl {base['utility_ppl']:.2f}")
     t = len(history)
@@ -111,13 +112,14 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
     while reason is None:
         t += 1
         raise_if_requested()  # between stages: a Ctrl-C that something swallowed still stops the run
-        instructions = reveal(state, t)
+        seconds: dict[str, float] = {}
+        instructions = _timed(seconds, "reveal", reveal, state, t)
         raise_if_requested()
-        sample(state, t, instructions)
+        _timed(seconds, "sample", sample, state, t, instructions)
         raise_if_requested()
-        release(state, t)
+        _timed(seconds, "release", release, state, t)
         raise_if_requested()
-        entry = commit(state, t, evaluate(state, t, base))
+        entry = commit(state, t, _timed(seconds, "evaluate", evaluate, state, t, base), seconds)
         reason = decide(state, t, entry, base)
         if on_iteration is not None:
             on_iteration(state, t, completed_iterations(state))
@@ -127,6 +129,30 @@ def _run_loop(state, baseline, reveal, sample, release, evaluate, on_iteration, 
             + ("" if entry["kept"] else " (adapter dropped)")
         )
     return finish(state, base, reason)
+
+
+def _timed(seconds: dict, name: str, stage, *args):
+    """`stage(*args)`, its wall-clock seconds recorded as `seconds[name]`.
+
+    An iteration is computed whole by one process (a resumed run computes again from the first
+    iteration that is not whole), so these are the seconds the iteration's stages really took.
+    """
+    started = time.perf_counter()
+    result = stage(*args)
+    seconds[name] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def stage_seconds(model_info: dict, base: dict, history: list[dict]) -> dict:
+    """Where a run's time went: model load, baseline, and each stage summed over the iterations.
+
+    Iterations written before stage times were recorded count as none; `total` is the sum.
+    """
+    seconds = {"model_load": model_info.get("load_seconds"), "baseline": base.get("seconds")}
+    for stage in ("reveal", "sample", "release", "evaluate"):
+        seconds[stage] = round(sum(h.get("seconds", {}).get(stage, 0.0) for h in history), 2)
+    seconds["total"] = round(sum(v for v in seconds.values() if v is not None), 2)
+    return seconds
 
 
 FINAL_KEYS = ("forget_score", "utility_ppl", "utility_ppl_ratio", "retain_probe_acc", "judges")
@@ -147,6 +173,7 @@ def finish(state: RunState, base: dict, stop_reason: str) -> dict:
         "baseline": base,
         "final": {k: final[k] for k in FINAL_KEYS if k in final},
         "history": history,
+        "seconds": stage_seconds(state.model_info, base, history),
         # Relative to the run directory, so that a run moved elsewhere still names its adapter.
         "adapter": relative_to_run(adapter, state.files.root) if adapter else None,
     }

@@ -16,6 +16,29 @@ def rows(summary: dict) -> list[tuple[str, dict]]:
     return [("base", summary["baseline"])] + [(f"iteration {h['iteration']}", h) for h in summary["history"]]
 
 
+STAGES = ("reveal", "sample", "release", "evaluate")
+
+
+def seconds_rows(summary: dict) -> list[tuple[str, dict]]:
+    """Wall-clock seconds per stage: the baseline (its measurement counts as evaluate), each
+    iteration, and the run's total (`summary["seconds"]`, model load included)."""
+    found = [("base", {"evaluate": summary["baseline"].get("seconds")})]
+    found += [(f"iteration {h['iteration']}", h.get("seconds", {})) for h in summary["history"]]
+    totals = summary.get("seconds", {})
+    found.append(
+        ("run total", {stage: totals.get(stage) for stage in STAGES} | {"total": totals.get("total")})
+    )
+    return [
+        (label, seconds | ({} if "total" in seconds else {"total": _sum(seconds.values())}))
+        for label, seconds in found
+    ]
+
+
+def _sum(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(sum(present), 2) if present else None
+
+
 def report_markdown(summary: dict) -> str:
     has_retain = "retain_probe_acc" in summary["baseline"]
     head = "| model | forget score | utility ppl | ppl ratio |" + (
@@ -43,6 +66,7 @@ def report_markdown(summary: dict) -> str:
             f"{earlier['forget_score_after_it']:.3f} after it, {earlier['forget_score_now']:.3f} now",
         ]
     lines += judge_lines(summary)
+    lines += seconds_lines(summary)
     lines += ["", "![forgetting](plots/forgetting.png)"]
     return "\n".join(lines) + "\n"
 
@@ -66,6 +90,22 @@ def judge_lines(summary: dict) -> list[str]:
             lines.append(
                 f"| {judge} | {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |"
             )
+    return lines
+
+
+def seconds_lines(summary: dict) -> list[str]:
+    """Where the run's time went, as a markdown table (`seconds_rows`)."""
+    load = summary.get("seconds", {}).get("model_load")
+    lines = [
+        "",
+        "Seconds per stage" + (f" (model load {load:.0f} s, in the total):" if load is not None else ":"),
+        "",
+        "| | " + " | ".join(STAGES) + " | total |",
+        "|---|" + "---:|" * (len(STAGES) + 1),
+    ]
+    for label, seconds in seconds_rows(summary):
+        cells = [seconds.get(stage) for stage in (*STAGES, "total")]
+        lines.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.0f}" for c in cells) + " |")
     return lines
 
 
