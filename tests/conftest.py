@@ -61,3 +61,13 @@ def tiny_run(tmp_path_factory, cache_dir):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out / "tiny", result
+
+
+def without_seconds(data):
+    """`data` less every `seconds` entry: wall-clock times differ between two runs that are otherwise
+    the same to the bit (every stage is seeded)."""
+    if isinstance(data, dict):
+        return {k: without_seconds(v) for k, v in data.items() if k != "seconds"}
+    if isinstance(data, list):
+        return [without_seconds(v) for v in data]
+    return data
