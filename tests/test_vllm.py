@@ -14,12 +14,13 @@ import httpx
 import pytest
 import torch
 
-from pipeline.config import SamplerConfig, load_config
+from pipeline.config import RewriterConfig, SamplerConfig, load_config
 from pipeline.processes import stop_process
 from pipeline.release.olora import stack_adapters, write_adapter
 from pipeline.run.model import load_model
 from pipeline.run.prompts import prompt_texts
 from pipeline.sampling.base import SamplingParams
+from pipeline.sampling.chat import ChatClient
 from pipeline.sampling.hf import HFSampler
 from pipeline.sampling.openai import OpenAISampler
 from pipeline.sampling.serve import start_server, vllm_env, wait_until_ready
@@ -161,6 +162,16 @@ def test_the_loop_runs_with_the_openai_sampler(server, tmp_path, cache_dir):
     summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
     assert summary["iterations"] == 2
     assert summary["final"]["forget_score"] < summary["baseline"]["forget_score"]
+
+
+def test_the_rewriter_s_chat_client_gets_seeded_replies_from_the_server(server):
+    # The server applies its own tokenizer's chat template: the rewriter may be any served model.
+    client = ChatClient(RewriterConfig(base_url=server, temperature=1.0, max_new_tokens=12))
+    requests = [f"Paraphrase this request.\n{question}" for question in QUESTIONS]
+    first = client.reply(requests, seed=4)
+    assert len(first) == len(requests) and all(isinstance(reply, str) for reply in first)
+    assert any(first), "the server sent back no text at all"
+    assert client.reply(requests, seed=4) == first  # per-request seeds fix the draws
 
 
 def _free_port() -> int:

@@ -15,6 +15,7 @@ from pipeline.config.sections import (
     ReleaseConfig,
     RetainConfig,
     RevealConfig,
+    RewriterConfig,
     SampleConfig,
     SamplerConfig,
     Section,
@@ -25,7 +26,7 @@ from pipeline.config.sections import (
 
 __all__ = [
     "DEFAULT_JUDGES", "PROJECT_ROOT", "ConfigError", "EvaluateConfig", "GenerationConfig", "JudgeConfig", "ModelConfig", "OrchestrationConfig",
-    "PlantConfig", "ReleaseConfig", "RetainConfig", "RevealConfig", "RunConfig", "SampleConfig", "SamplerConfig", "Section",
+    "PlantConfig", "ReleaseConfig", "RetainConfig", "RevealConfig", "RewriterConfig", "RunConfig", "SampleConfig", "SamplerConfig", "Section",
     "StopConfig", "TargetConfig", "TinyModelConfig", "apply_override", "load_config", "parse_value",
     "read_yaml", "validate_config",
 ]  # fmt: skip

@@ -177,6 +177,35 @@ class GenerationConfig(Section):
     batch_size: int = Field(16, ge=1, le=MAX_BATCH)
 
 
+class RewriterConfig(Section):
+    """Another model that rewrites the reveal stage's best instructions: any OpenAI-compatible chat
+    server (vLLM's, `rr sampler serve` with another `model.path`, or a hosted API)."""
+
+    base_url: str = Field(..., description="the server's /v1 URL")
+    served_model: str = Field("", description="model name on the server; default: the first it lists")
+    api_key_env: str = Field(
+        "", description="name of the environment variable holding the API key (never the key)"
+    )
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
+    max_concurrency: int = Field(8, ge=1, le=MAX_WORKERS, description="requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, le=MAX_SECONDS, description="per request")
+    max_retries: int = Field(
+        4, ge=0, le=MAX_RETRIES, description="retries with backoff on 429, 5xx, timeouts"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return http_url(value)
+
+
+def http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http(s) URL ending in /v1, got {value!r}")
+    return value.rstrip("/")
+
+
 class RevealConfig(Section):
     rounds: int = Field(3, ge=1, le=MAX_REPEATS, description="bandit rounds per iteration")
     arms_per_round: int = Field(4, ge=1, le=MAX_TEXTS)
@@ -203,6 +232,11 @@ class RevealConfig(Section):
         64, ge=1, le=MAX_TEXTS, description="cap on the pool; seeds always stay, oldest rewrites go first"
     )
     rewrite_prompts: Path = Path("prompts/rewrite.yaml")
+    rewriter: RewriterConfig | None = Field(
+        None,
+        description="another model, served, that writes the rewrites (a small model mostly answers a "
+        "request to rewrite one instead); default: the current model itself",
+    )
     relevance_weight: float = Field(
         0.5,
         ge=0,
@@ -379,9 +413,7 @@ class SamplerConfig(Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http(s) URL ending in /v1, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value)
 
 
 class OrchestrationConfig(Section):

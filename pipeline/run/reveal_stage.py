@@ -4,7 +4,8 @@
 
 Each round the bandit chooses arms (instructions), the sampler draws replies to them, and the reward
 of a pull is relevance (the target scorer) combined with diversity (Vendi score). At the end the
-current model rewrites the best instructions, and the rewrites join the pool of iteration t+1.
+current model (or `reveal.rewriter`, another model) rewrites the best instructions, and the
+rewrites join the pool of iteration t+1.
 Writes `iter_t/instructions.jsonl`, `top_instructions.json`, `pool.json` and `bandit/`.
 """
 
@@ -100,15 +101,22 @@ def arm_pool(state: RunState, t: int) -> list[str]:
 
 
 def rewrites(state: RunState, t: int, instructions: list[str]) -> list[str]:
-    """The current model's rewrites of `instructions`, one per rewrite prompt, cleaned."""
+    """Rewrites of `instructions`, one per rewrite prompt, cleaned: by `reveal.rewriter` if one is
+    configured, else by the current model."""
     cfg = state.config
     if not instructions or cfg.reveal.rewrite_top == 0:
         return []
     templates = read_prompt_list(cfg.resolve(cfg.reveal.rewrite_prompts))
     requests = [tpl.replace("{instruction}", ins) for ins in instructions for tpl in templates]
-    params = SamplingParams.from_generation(cfg.sample.generation, seed=state.seed(t, "rewrite"))
-    replies = state.sampler.generate(requests, params, state.stack_dir(), label="rewriting instructions")
-    cleaned = dedupe([text for texts in replies if (text := clean_rewrite(texts[0]))])
+    if state.rewriter is not None:
+        replies = state.rewriter.reply(requests, seed=state.seed(t, "rewrite"))
+    else:
+        params = SamplingParams.from_generation(cfg.sample.generation, seed=state.seed(t, "rewrite"))
+        generated = state.sampler.generate(
+            requests, params, state.stack_dir(), label="rewriting instructions"
+        )
+        replies = [texts[0] for texts in generated]
+    cleaned = dedupe([text for reply in replies if (text := clean_rewrite(reply))])
     if cfg.target.kind == "knowledge":  # a request that no longer names the target reveals nothing of it
         cleaned = [text for text, score in zip(cleaned, state.scorer(cleaned)) if score >= 0.5]
     return cleaned

@@ -16,12 +16,17 @@ from pipeline.run.preflight import check_names, read_retain_corpus
 from pipeline.run.prompts import run_prompts
 from pipeline.run.rundir import RunDir
 from pipeline.sampling import make_sampler
+from pipeline.sampling.chat import ChatClient
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring import make_scorer
 from pipeline.scoring.judges import make_judges
 
 # Randomness is seeded per (run seed, iteration, stage): a resumed run makes the same choices.
 STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5, "rewrite": 6, "corpus": 7}
+
+
+def _uses_rewriter(config: RunConfig) -> bool:
+    return config.reveal.rewriter is not None and config.reveal.rewrite_top > 0
 
 
 class RunState:
@@ -52,6 +57,8 @@ class RunState:
             if config.sampler.backend == "hf"
             else make_sampler(config, self.model, self.tokenizer, self.model_info["name_or_path"], progress)
         )
+        # Another model that writes the reveal stage's rewrites, if one is configured.
+        self.rewriter = ChatClient(config.reveal.rewriter) if _uses_rewriter(config) else None
         self.scorer = target_scorer(config, self)
         self.judges = make_judges(config.eval_judges())  # reported, never optimised
         self.forget_probes, self.retain_probes = probes(config, self.spec)

@@ -57,21 +57,7 @@ class OpenAISampler:
         return models[0].id
 
     def _call(self, what: str, request):
-        """`request()`, with the client's retries; a failure becomes one line naming the server."""
-        try:
-            return request()
-        except self.openai.APIConnectionError as exc:  # timeouts included
-            raise TransientSamplerError(
-                f"sampler.base_url: no answer from {self.url} ({what}: {exc}); is the server running? "
-                "`rr sampler serve CONFIG` starts one"
-            ) from None
-        except self.openai.APIStatusError as exc:
-            error = (
-                TransientSamplerError if exc.status_code == 429 or exc.status_code >= 500 else SamplerError
-            )
-            raise error(
-                f"sampler: the server at {self.url} refused to {what}: HTTP {exc.status_code} {_detail(exc)}"
-            ) from None
+        return server_call(self.openai, "sampler", self.url, what, request)
 
     # ------------------------------------------------------------------ adapters
 
@@ -156,6 +142,23 @@ class OpenAISampler:
                 bar.advance(params.n, info=f"{rate:.0f} tok/s")
         self.generated_tokens += n_tokens
         return outputs
+
+
+def server_call(openai, field: str, url: str, what: str, request):
+    """`request()`, with the client's retries; a failure becomes one line naming the server and the
+    config section (`field`) that points at it: transient (Prefect retries the stage) or not."""
+    try:
+        return request()
+    except openai.APIConnectionError as exc:  # timeouts included
+        raise TransientSamplerError(
+            f"{field}.base_url: no answer from {url} ({what}: {exc}); is the server running? "
+            "`rr sampler serve CONFIG` starts one"
+        ) from None
+    except openai.APIStatusError as exc:
+        error = TransientSamplerError if exc.status_code == 429 or exc.status_code >= 500 else SamplerError
+        raise error(
+            f"{field}: the server at {url} refused to {what}: HTTP {exc.status_code} {_detail(exc)}"
+        ) from None
 
 
 def _detail(exc) -> str:
