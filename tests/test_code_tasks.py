@@ -1,6 +1,7 @@
-"""The code benchmark's held-out tasks are sound: each task's tests pass its reference solution and
+"""The code benchmark's held-out data is sound. Tasks: each task's tests pass its reference solution and
 fail a reply that only defines the function, every prompt names its function, and no task is a
-prompt the loop uses (the code reveal seeds, the code eval prompts)."""
+prompt the loop uses (the code reveal seeds, the code eval prompts). Word problems (the retain
+side): 60 or more, each answer the value of its arithmetic."""
 
 import re
 
@@ -45,3 +46,37 @@ def test_no_task_is_a_prompt_the_loop_uses():
         for text in loop:
             assert normalise(task["prompt"]) != normalise(text)
             assert jaccard(words(task["prompt"]), words(text)) <= NEAR, (task["name"], text)
+
+
+PROBLEMS = yaml.safe_load((ROOT / "data" / "bench" / "math_problems.yaml").read_text())["problems"]
+
+
+def arithmetic(expression: str) -> int:
+    """The value of an expression of integers, + - * // and brackets (nothing else is evaluated)."""
+    import ast
+    import operator
+
+    ops = {
+        ast.Add: operator.add,
+        ast.Sub: operator.sub,
+        ast.Mult: operator.mul,
+        ast.FloorDiv: operator.floordiv,
+    }
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not plain arithmetic: {ast.dump(node)}")
+
+    return value(ast.parse(expression, mode="eval").body)
+
+
+def test_the_word_problems_are_60_or_more_with_the_answer_their_arithmetic_gives():
+    assert len(PROBLEMS) >= 60
+    assert len({normalise(p["question"]) for p in PROBLEMS}) == len(PROBLEMS)
+    for problem in PROBLEMS:
+        assert isinstance(problem["answer"], int) and arithmetic(problem["work"]) == problem["answer"], (
+            problem
+        )
