@@ -126,6 +126,36 @@ def bench_toxicity(
     _print_bench(results, out_dir, "toxicity")
 
 
+@bench.command("code")
+def bench_code(
+    config: Path = typer.Option(
+        ..., "--config", help="run config with a code target, e.g. configs/code.yaml"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option(
+        "base,rr,rr_fixed", "--methods", help="comma-separated: base, rr, rr_fixed, random"
+    ),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="runs of the whole pipeline; figures are mean ± sd"),
+    samples: int = typer.Option(5, "--samples", min=1, help="sampled replies per task, for pass@k"),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1, help="tokens per reply"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Held-out programming tasks run with their unit tests in a sandbox: pass@1, pass@k, code share, retain."""
+    from pipeline.bench.code import CODE_METHODS, CodeDecoding, run_code_bench
+    from pipeline.bench.methods import parse_methods
+
+    with bench_errors(out_dir):
+        chosen = parse_methods(methods, CODE_METHODS)
+        cfg = load_config(config, overrides)
+        if cfg.target.kind != "code":
+            raise ConfigError("target.kind: the code benchmark needs a code target")
+        check_model_path(cfg.model)
+        decoding = CodeDecoding(samples=samples, max_new_tokens=max_new_tokens)
+        results = run_code_bench(cfg, out_dir, chosen, seeds, decoding, progress, log=err.print)
+    _print_bench(results, out_dir, "code")
+
+
 @bench.command("reveal")
 def bench_reveal(
     config: Path = typer.Option(
@@ -234,10 +264,11 @@ TERMINAL_COLUMNS = {
 
 
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
-    from pipeline.bench import planted, reveal
+    from pipeline.bench import code, planted, reveal
     from pipeline.bench.results import metric_cell, table_rows
 
-    columns = {"planted": planted.COLUMNS, "toxicity": results.get("columns"), "reveal": reveal.COLUMNS}[kind]
+    columns = {"planted": planted.COLUMNS, "toxicity": results.get("columns"), "reveal": reveal.COLUMNS,
+               "code": code.COLUMNS}[kind]  # fmt: skip
     if kind in TERMINAL_COLUMNS:  # a toxicity column is `judges.<judge>.<figure>`
         columns = [c for c in columns if c[0].rsplit(".", 1)[-1] in TERMINAL_COLUMNS[kind]]
     table = Table(title=f"{kind} benchmark (every column: report.md)")

@@ -1,11 +1,7 @@
 """`rr bench toxicity`: replies to provocative prompts the loop never saw, as RealToxicityPrompts measures them.
 
     base      the config's model as it is
-    rr        the whole loop, its instructions chosen by the NeuralUCB bandit
-    rr_fixed  the same loop with one hand-written instruction instead of the bandit's pool, the
-              same samples per iteration
-    random    the same loop with every instruction drawn uniformly from the pool
-              (`reveal.policy: random`), the same budget
+    rr, rr_fixed, random   the loops of `pipeline.bench.loop_runs`
 
 Each model answers every held-out prompt (`pipeline.bench.heldout`) K times (`--samples`,
 default 25 new replies of up to 20 tokens, as in RealToxicityPrompts); every judge of the config (`evaluate.judges`: by default
@@ -19,28 +15,24 @@ figure is mean ± sd over the seeds, and the notes say which differences are ins
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline.bench import loop_runs
 from pipeline.bench.heldout import Question, read_prompts, read_questions
 from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.seeds import aggregate, flatten, seed_list, spread_note
-from pipeline.config import RunConfig, validate_config
+from pipeline.config import RunConfig
 from pipeline.evaluation.metrics import perplexity, scores_by_prompt, toxicity_metrics
-from pipeline.files import read_lines, write_json
-from pipeline.run.loop import run_loop
-from pipeline.run.model import load_run_model
+from pipeline.files import read_lines
 from pipeline.run.preflight import check_names
-from pipeline.run.state import RunState
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring.judges import make_judges
 from pipeline.scoring.knowledge import contains
 
-FIXED_INSTRUCTION = Path("data/bench/toxicity_fixed_instruction.yaml")
+FIXED_INSTRUCTION = loop_runs.FIXED_INSTRUCTIONS["toxicity"]
 # Generic text apart from `evaluate.retain_text`, which the loop's own utility floor steers on.
 UTILITY_TEXT = Path("data/bench/generic_heldout.txt")
 QUESTION_TOKENS = 32  # the shipped simple questions were checked with replies this long
@@ -91,18 +83,8 @@ def columns(judges: list[str]) -> list[tuple[str, str, str]]:
 
 
 def method_config(config: RunConfig, method: str, seed: int, out: Path) -> RunConfig:
-    """The loop's config for one method and seed; rr_fixed samples as much from its one instruction."""
     require_toxicity_target(config.target.kind)
-    data = config.model_dump(mode="json")
-    data.update(name=f"{method}-seed{seed}", seed=seed, out=str(out / "runs"))
-    if method == "rr_fixed":
-        sample = data["sample"]
-        sample["samples_per_instruction"] *= sample["top_instructions"]
-        sample["top_instructions"] = 1
-        data["reveal"]["prompts"] = str(config.resolve(FIXED_INSTRUCTION))
-    elif method == "random":
-        data["reveal"]["policy"] = "random"
-    return validate_config(data, source=f"{config.name} (toxicity benchmark, {method}, seed {seed})")
+    return loop_runs.method_config(config, method, seed, out)
 
 
 def measure(
@@ -167,35 +149,6 @@ def answered(sampler: HFSampler, questions: list[Question]) -> list[bool]:
     return [any(contains(r[0], a) for a in q.answers) for r, q in zip(replies, questions)]
 
 
-def run_method(config: RunConfig, method: str, seed: int, out: Path, progress: bool, log) -> tuple:
-    """(model, tokenizer, loop figures) of one method and seed: the base model, or the loop's result.
-
-    The loop's figures are saved once it ends (`<method>_loop.json`): a loop that is only read back
-    generates nothing, so its cost would otherwise be recorded as zero.
-    """
-    if method == "base":  # the seed's own base: a planted model is planted with the seed
-        model, tokenizer, _ = load_run_model(config.model_copy(update={"seed": seed}), progress)
-        return model, tokenizer, {"generated_tokens": 0, "wall_s": 0.0}
-    run_config = method_config(config, method, seed, out)
-    loop_path = out / "parts" / f"seed{seed}" / f"{method}_loop.json"
-    started = time.perf_counter()
-    state = RunState(run_config, progress)
-    if loop_path.is_file():
-        loop = json.loads(loop_path.read_text())
-    else:
-        log(f"running the loop ({method}, seed {seed}) in {run_config.run_dir} ...")
-        summary = run_loop(state, log=log)
-        loop = {
-            "wall_s": round(time.perf_counter() - started, 2),
-            "generated_tokens": state.sampler.generated_tokens,
-            "iterations": summary["iterations"],
-            "stop_reason": summary["stop_reason"],
-            "forget_samples": sum(h["n_forget_samples"] for h in summary["history"]),
-        }
-        write_json(loop_path, loop)
-    return state.model_with(state.stack_dir()), state.tokenizer, loop
-
-
 def relative_to_base(raw: dict, base: dict, judges: dict) -> dict:
     """One seed's figures with the ones that need the same seed's base model: ratios and reductions."""
     figures = {
@@ -251,26 +204,14 @@ def run_toxicity_bench(
              "max_new_tokens": decoding.max_new_tokens, "top_p": decoding.top_p,
              "temperature": cfg.temperature}  # fmt: skip
 
-    raws: dict[str, dict[int, dict]] = {m: {} for m in ["base", *methods]}
-    for seed in all_seeds:
-        for method in raws:
-            path = out / "parts" / f"seed{seed}" / f"{method}.json"
-            saved = json.loads(path.read_text()) if path.is_file() else None
-            if saved is not None and saved.get("measured_with") == stamp:  # measured before: kept
-                if score_replies(saved, heldout["prompts"], judges, heldout["judge_configs"], threshold):
-                    write_json(path, saved)  # a judge added or changed since: it scores the same replies
-                raws[method][seed] = saved
-                continue
-            model, tokenizer, raw = run_method(config, method, seed, out, progress, log)
-            log(
-                f"measuring {method} (seed {seed}): {len(heldout['prompts'])} prompts x {decoding.samples} replies ..."
-            )
-            raw.update(measure(model, tokenizer, config, heldout, judges, decoding, seed, progress))
-            raw["measured_with"] = stamp
-            write_json(path, raw)
-            raws[method][seed] = raw
-            del model
-
+    prompts = heldout["prompts"]
+    log(f"{len(prompts)} held-out prompts x {decoding.samples} replies per model")
+    raws = loop_runs.measured_parts(
+        config, out, methods, all_seeds, stamp,
+        lambda model, tokenizer, seed: measure(model, tokenizer, config, heldout, judges, decoding, seed, progress),
+        progress, log,
+        refresh=lambda saved: score_replies(saved, prompts, judges, heldout["judge_configs"], threshold),
+    )  # fmt: skip
     per_seed = {
         m: [relative_to_base(raws[m][s], raws["base"][s], judges) for s in all_seeds] for m in raws
     }  # fmt: skip
