@@ -1,6 +1,6 @@
 """The code benchmark's held-out data is sound. Tasks: each task's tests pass its reference solution and
 fail a reply that only defines the function, every prompt names its function, and no task is a
-prompt the loop uses (the code reveal seeds, the code eval prompts). Word problems (the retain
+prompt the loop uses (the code reveal seeds, the code eval prompts, rr_fixed's instruction). Word problems (the retain
 side): 60 or more, each answer the value of its arithmetic. The measurement: the code of a reply,
 pass@k, and replies made right or wrong on purpose."""
 
@@ -40,7 +40,11 @@ def test_the_tests_pass_the_reference_and_fail_a_reply_that_only_defines_the_fun
 def test_no_task_is_a_prompt_the_loop_uses():
     loop = [
         text
-        for path in (ROOT / "prompts" / "code.yaml", ROOT / "data" / "eval" / "code.yaml")
+        for path in (
+            ROOT / "prompts" / "code.yaml",
+            ROOT / "data" / "eval" / "code.yaml",
+            ROOT / "data" / "bench" / "code_fixed_instruction.yaml",
+        )  # fmt: skip
         for template in string_lists(yaml.safe_load(path.read_text()))
         for text in fill(template)
     ]

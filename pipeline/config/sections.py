@@ -1,10 +1,9 @@
 """The run config's sections: one pydantic model per section (`pipeline.config.run` holds them all).
 
 Every field has a default that works for the embedded model, so a config only states what
-differs. Unknown fields are errors (a typo must not silently fall back to a default). Every number
-is finite (`.inf` and `.nan` are errors), and every count and size has an upper bound, one of the
-MAX_ constants below: far above any real run, so that a slip (three zeros too many) is refused
-before anything starts rather than running for a year or failing hours in.
+differs. Unknown fields are errors (a typo must not silently fall back to a default); the bounds
+on every number are `pipeline.config.base`'s MAX_ constants. The sections that reach an engine or
+a server (the sampler, the rewriter) are in `pipeline.config.servers`.
 """
 
 from __future__ import annotations
@@ -12,31 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-MAX_NEW_TOKENS = 4096  # tokens generated for one reply
-MAX_SEQUENCE_TOKENS = 1 << 20  # tokens of prompt and reply read at once (the longest contexts models have)
-MAX_STEPS = 1_000_000  # optimiser steps of one training (planting, release)
-MAX_REPEATS = 10_000  # repeats of the loop: iterations, bandit rounds, patience
-MAX_TEXTS = 100_000  # instructions, samples or texts a stage draws, keeps or scores
-MAX_BATCH = 65_536  # texts in one batch
-MAX_RANK = 4096  # a LoRA's rank
-MAX_WIDTH = 65_536  # layers, heads, hidden units of the tiny model or the bandit's network
-MAX_WORKERS = 1024  # CPU threads, requests in flight
-MAX_RETRIES = 20  # retries of one call; with each delay double the last, more would wait for months
-MAX_SECONDS = 86_400.0  # a timeout or a delay: one day
-MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 every step overshoots
-MAX_SEED = 2**32 - 1  # numpy's limit (vLLM seeds numpy with it)
-
-
-class ConfigError(ValueError):
-    """A problem with the user's input: reported as one line, exit code 2."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+from pipeline.config.base import (  # noqa: F401  (re-exported: callers import them from here)
+    MAX_BATCH,
+    MAX_LR,
+    MAX_NEW_TOKENS,
+    MAX_RANK,
+    MAX_REPEATS,
+    MAX_RETRIES,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_SEQUENCE_TOKENS,
+    MAX_STEPS,
+    MAX_TEXTS,
+    MAX_WIDTH,
+    MAX_WORKERS,
+    PROJECT_ROOT,
+    ConfigError,
+    Section,
+)
+from pipeline.config.servers import RewriterConfig, SamplerConfig  # noqa: F401
 
 
 class TinyModelConfig(Section):
@@ -175,35 +170,6 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1, le=MAX_BATCH)
-
-
-class RewriterConfig(Section):
-    """Another model that rewrites the reveal stage's best instructions: any OpenAI-compatible chat
-    server (vLLM's, `rr sampler serve` with another `model.path`, or a hosted API)."""
-
-    base_url: str = Field(..., description="the server's /v1 URL")
-    served_model: str = Field("", description="model name on the server; default: the first it lists")
-    api_key_env: str = Field(
-        "", description="name of the environment variable holding the API key (never the key)"
-    )
-    temperature: float = Field(0.7, ge=0, le=2)
-    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
-    max_concurrency: int = Field(8, ge=1, le=MAX_WORKERS, description="requests in flight at once")
-    timeout_s: float = Field(120.0, gt=0, le=MAX_SECONDS, description="per request")
-    max_retries: int = Field(
-        4, ge=0, le=MAX_RETRIES, description="retries with backoff on 429, 5xx, timeouts"
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return http_url(value)
-
-
-def http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http(s) URL ending in /v1, got {value!r}")
-    return value.rstrip("/")
 
 
 class RevealConfig(Section):
@@ -356,64 +322,6 @@ class StopConfig(Section):
     min_delta: float = Field(0.01, ge=0)
     forget_threshold: float = Field(0.05, ge=0, le=1)
     utility_floor: float = Field(1.5, gt=1.0, description="largest allowed retain perplexity / base's")
-
-
-class SamplerConfig(Section):
-    """Which engine draws the samples: the model is the run's model in every case."""
-
-    backend: str = Field(
-        "hf",
-        description="a key of SAMPLERS (pipeline/sampling/__init__.py): hf: transformers generate in-process | "
-        "vllm: an in-process vllm.LLM (vllm installed) | openai: an OpenAI-compatible server (e.g. `rr sampler serve`)",
-    )
-    # vllm and rr sampler serve
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None,
-        description="vllm, openai via rr sampler serve: the engine's dtype; default model.dtype. bfloat16 "
-        "samples faster on CPUs with avx512_bf16 and GPUs, but is no longer token for token hf's float32",
-    )
-    merge_above_rank: int = Field(
-        0,
-        ge=0,
-        le=MAX_RANK,
-        description="vllm: a stack of larger rank is merged into the weights and the engine reloaded; up to "
-        "it, served as a LoRA. 0 (always merge): on a CPU vLLM's LoRA path is slower than merged weights "
-        "at every rank (rr bench sampling), while a merge and reload takes about a second",
-    )
-    gpu_memory_utilization: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="vllm: share of the device (on CPU: of NUMA node 0's memory) for the engine",
-    )
-    kv_cache_gib: float | None = Field(
-        None,
-        gt=0,
-        description="vllm: KV cache size; default 2 GiB on a CPU (else vLLM reserves gpu_memory_utilization "
-        "of the machine's memory), gpu_memory_utilization's share on a GPU",
-    )
-    max_model_len: int | None = Field(
-        None,
-        ge=16,
-        le=MAX_SEQUENCE_TOKENS,
-        description="vllm: longest prompt + reply in tokens; default: the model's limit",
-    )
-    # openai
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's /v1 URL")
-    served_model: str = Field("", description="openai: model name on the server; default: the first it lists")
-    api_key_env: str = Field(
-        "", description="openai: name of the environment variable holding the API key (never the key)"
-    )
-    max_concurrency: int = Field(32, ge=1, le=MAX_WORKERS, description="openai: requests in flight at once")
-    timeout_s: float = Field(120.0, gt=0, le=MAX_SECONDS, description="openai: per request")
-    max_retries: int = Field(
-        4, ge=0, le=MAX_RETRIES, description="openai: retries with backoff on 429, 5xx, timeouts"
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return http_url(value)
 
 
 class OrchestrationConfig(Section):
