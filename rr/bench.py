@@ -156,6 +156,33 @@ def bench_code(
     _print_bench(results, out_dir, "code")
 
 
+@bench.command("entity")
+def bench_entity(
+    config: Path = typer.Option(
+        ..., "--config", help="run config with an entity target, e.g. configs/entity.yaml"
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="folder for results.json, report.md, plot.png"),
+    methods: str = typer.Option(
+        "base,rr,rr_fixed", "--methods", help="comma-separated: base, rr, rr_fixed, random"
+    ),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="runs of the whole pipeline; figures are mean ± sd"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config field: --set release.steps=10"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Prompted NER on held-out sentences: precision, recall and F1 per entity type, and retain figures."""
+    from pipeline.bench.entity import ENTITY_METHODS, run_entity_bench
+    from pipeline.bench.methods import parse_methods
+
+    with bench_errors(out_dir):
+        chosen = parse_methods(methods, ENTITY_METHODS)
+        cfg = load_config(config, overrides)
+        if cfg.target.kind != "entity":
+            raise ConfigError("target.kind: the entity benchmark needs an entity target")
+        check_model_path(cfg.model)
+        results = run_entity_bench(cfg, out_dir, chosen, seeds, progress, log=err.print)
+    _print_bench(results, out_dir, "entity")
+
+
 @bench.command("reveal")
 def bench_reveal(
     config: Path = typer.Option(
@@ -264,11 +291,11 @@ TERMINAL_COLUMNS = {
 
 
 def _print_bench(results: dict, out_dir: Path, kind: str) -> None:
-    from pipeline.bench import code, planted, reveal
+    from pipeline.bench import code, entity, planted, reveal
     from pipeline.bench.results import metric_cell, table_rows
 
     columns = {"planted": planted.COLUMNS, "toxicity": results.get("columns"), "reveal": reveal.COLUMNS,
-               "code": code.COLUMNS}[kind]  # fmt: skip
+               "code": code.COLUMNS, "entity": entity.columns()}[kind]  # fmt: skip
     if kind in TERMINAL_COLUMNS:  # a toxicity column is `judges.<judge>.<figure>`
         columns = [c for c in columns if c[0].rsplit(".", 1)[-1] in TERMINAL_COLUMNS[kind]]
     table = Table(title=f"{kind} benchmark (every column: report.md)")

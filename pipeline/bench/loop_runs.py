@@ -26,6 +26,7 @@ from pipeline.run.state import RunState
 FIXED_INSTRUCTIONS = {
     "toxicity": Path("data/bench/toxicity_fixed_instruction.yaml"),
     "code": Path("data/bench/code_fixed_instruction.yaml"),
+    "entity": Path("data/bench/entity_fixed_instruction.yaml"),
 }
 
 
