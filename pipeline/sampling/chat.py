@@ -7,11 +7,10 @@ chat template. It never sees the run's adapters: it only writes instructions.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.sampling.base import SamplerError
-from pipeline.sampling.openai import server_call
+from pipeline.sampling.openai import api_key, server_call
 
 FIELD = "reveal.rewriter"
 
@@ -23,15 +22,11 @@ class ChatClient:
         import openai
 
         self.openai, self.config, self.url = openai, config, config.base_url
-        api_key = "EMPTY"  # vLLM accepts any key unless started with one
-        if config.api_key_env:
-            api_key = os.environ.get(config.api_key_env, "")
-            if not api_key:
-                raise SamplerError(
-                    f"{FIELD}.api_key_env: the environment variable {config.api_key_env} is not set"
-                )
         self.client = openai.OpenAI(
-            base_url=self.url, api_key=api_key, timeout=config.timeout_s, max_retries=config.max_retries
+            base_url=self.url,
+            api_key=api_key(config.api_key_env, FIELD),
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
         )
         # Asked now, so that a server that is down or serves nothing fails the run before it starts.
         models = self._call("list the served models", lambda: self.client.models.list().data)

@@ -35,15 +35,11 @@ class OpenAISampler:
         self.tokenizer, self.progress = tokenizer, progress
         self.url = config.base_url
         self.max_concurrency = config.max_concurrency
-        api_key = "EMPTY"  # vLLM accepts any key unless started with one
-        if config.api_key_env:
-            api_key = os.environ.get(config.api_key_env, "")
-            if not api_key:
-                raise SamplerError(
-                    f"sampler.api_key_env: the environment variable {config.api_key_env} is not set"
-                )
         self.client = openai.OpenAI(
-            base_url=self.url, api_key=api_key, timeout=config.timeout_s, max_retries=config.max_retries
+            base_url=self.url,
+            api_key=api_key(config.api_key_env, "sampler"),
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
         )
         self.base_model = config.served_model or self._first_model()
         self.adapter_name, self.adapter_key_now, self.versions = None, None, 0
@@ -142,6 +138,16 @@ class OpenAISampler:
                 bar.advance(params.n, info=f"{rate:.0f} tok/s")
         self.generated_tokens += n_tokens
         return outputs
+
+
+def api_key(env_name: str, field: str) -> str:
+    """The key in environment variable `env_name` (`field`.api_key_env names it), or vLLM's any-key."""
+    if not env_name:
+        return "EMPTY"  # vLLM accepts any key unless started with one
+    key = os.environ.get(env_name, "")
+    if not key:
+        raise SamplerError(f"{field}.api_key_env: the environment variable {env_name} is not set")
+    return key
 
 
 def server_call(openai, field: str, url: str, what: str, request):
