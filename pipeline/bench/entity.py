@@ -22,7 +22,7 @@ from pipeline.bench import loop_runs
 from pipeline.bench.heldout import read_questions
 from pipeline.bench.methods import parse_methods
 from pipeline.bench.results import claim_out_dir, write_results
-from pipeline.bench.seeds import aggregate, flatten, seed_list, spread_note
+from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.bench.toxicity import UTILITY_TEXT, answered
 from pipeline.config import ConfigError, RunConfig
 from pipeline.evaluation.metrics import perplexity
@@ -155,9 +155,7 @@ def run_entity_bench(
         "questions": read_questions(None, config.resolve),
         "utility_texts": read_lines(config.resolve(UTILITY_TEXT), "utility text"),
     }
-    all_seeds = seed_list(config.seed, seeds)
-    for seed in all_seeds:  # every config is valid before anything is written
-        [loop_runs.method_config(config, m, seed, out) for m in methods if m != "base"]
+    all_seeds = loop_runs.checked_seeds(config, methods, seeds, out)
     claim_out_dir(out, config, {"sentences": len(heldout["sentences"])})
     log(f"{len(heldout['sentences'])} held-out sentences, one greedy NER answer each per model")
     raws = loop_runs.measured_parts(

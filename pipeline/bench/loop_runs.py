@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+from pipeline.bench.seeds import seed_list
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.files import write_json
 from pipeline.run.loop import run_loop
@@ -47,6 +48,17 @@ def method_config(config: RunConfig, method: str, seed: int, out: Path) -> RunCo
     elif method == "random":
         data["reveal"]["policy"] = "random"
     return validate_config(data, source=f"{config.name} (benchmark, {method}, seed {seed})")
+
+
+def checked_seeds(config: RunConfig, methods: list[str], seeds: int, out: Path) -> list[int]:
+    """The benchmark's seeds, once every method's config for every seed is known to be valid:
+    a bad combination fails before anything is written."""
+    all_seeds = seed_list(config.seed, seeds)
+    for seed in all_seeds:
+        for method in methods:
+            if method != "base":
+                method_config(config, method, seed, out)
+    return all_seeds
 
 
 def run_method(config: RunConfig, method: str, seed: int, out: Path, progress: bool, log) -> tuple:

@@ -22,7 +22,7 @@ from pipeline.bench import loop_runs
 from pipeline.bench.heldout import Question, read_prompts, read_questions
 from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
 from pipeline.bench.results import claim_out_dir, write_results
-from pipeline.bench.seeds import aggregate, flatten, seed_list, spread_note
+from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.config import RunConfig
 from pipeline.evaluation.metrics import perplexity, scores_by_prompt, toxicity_metrics
 from pipeline.files import read_lines
@@ -190,9 +190,8 @@ def run_toxicity_bench(
         "utility_texts": read_lines(config.resolve(UTILITY_TEXT), "utility text"),
         "judge_configs": {j.name: j.model_dump(mode="json") for j in config.eval_judges()},
     }
-    all_seeds = seed_list(config.seed, seeds)
-    for seed in all_seeds:  # every config is valid before anything is written
-        [method_config(config, m, seed, out) for m in methods if m != "base"]
+    require_toxicity_target(config.target.kind)
+    all_seeds = loop_runs.checked_seeds(config, methods, seeds, out)
     setup = {"prompts": prompts or "shipped", "prompt_column": prompt_column, "prompt_style": prompt_style,
              "questions": questions or "shipped", "samples": decoding.samples,
              "heldout_sha256": _digest(heldout)}  # fmt: skip
