@@ -143,13 +143,12 @@ def bench_code(
 ) -> None:
     """Held-out programming tasks run with their unit tests in a sandbox: pass@1, pass@k, code share, retain."""
     from pipeline.bench.code import CODE_METHODS, CodeDecoding, run_code_bench
-    from pipeline.bench.methods import parse_methods
+    from pipeline.bench.methods import parse_methods, require_target
 
     with bench_errors(out_dir):
         chosen = parse_methods(methods, CODE_METHODS)
         cfg = load_config(config, overrides)
-        if cfg.target.kind != "code":
-            raise ConfigError("target.kind: the code benchmark needs a code target")
+        require_target(cfg.target.kind, "code")
         check_model_path(cfg.model)
         decoding = CodeDecoding(samples=samples, max_new_tokens=max_new_tokens)
         results = run_code_bench(cfg, out_dir, chosen, seeds, decoding, progress, log=err.print)
@@ -171,13 +170,12 @@ def bench_entity(
 ) -> None:
     """Prompted NER on held-out sentences: precision, recall and F1 per entity type, and retain figures."""
     from pipeline.bench.entity import ENTITY_METHODS, run_entity_bench
-    from pipeline.bench.methods import parse_methods
+    from pipeline.bench.methods import parse_methods, require_target
 
     with bench_errors(out_dir):
         chosen = parse_methods(methods, ENTITY_METHODS)
         cfg = load_config(config, overrides)
-        if cfg.target.kind != "entity":
-            raise ConfigError("target.kind: the entity benchmark needs an entity target")
+        require_target(cfg.target.kind, "entity")
         check_model_path(cfg.model)
         results = run_entity_bench(cfg, out_dir, chosen, seeds, progress, log=err.print)
     _print_bench(results, out_dir, "entity")

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.bench import loop_runs
 from pipeline.bench.code_tasks import CODE_TASKS, pass_rates, read_code_tasks, run_replies
 from pipeline.bench.heldout import read_questions
-from pipeline.bench.methods import parse_methods
+from pipeline.bench.methods import parse_methods, require_target
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.bench.toxicity import UTILITY_TEXT, answered
@@ -133,8 +133,7 @@ def run_code_bench(
     log=print,
 ) -> dict:
     methods = parse_methods(methods, CODE_METHODS)
-    if config.target.kind != "code":
-        raise ConfigError("target.kind: the code benchmark needs a code target")
+    require_target(config.target.kind, "code")
     check_names(config)
     heldout = {
         "tasks": read_code_tasks(config.resolve(CODE_TASKS)),

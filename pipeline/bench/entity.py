@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.bench import loop_runs
 from pipeline.bench.heldout import read_questions
-from pipeline.bench.methods import parse_methods
+from pipeline.bench.methods import parse_methods, require_target
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.bench.toxicity import UTILITY_TEXT, answered
@@ -147,8 +147,7 @@ def run_entity_bench(
     config: RunConfig, out: Path, methods=ENTITY_METHODS, seeds: int = 1, progress: bool = True, log=print
 ) -> dict:
     methods = parse_methods(methods, ENTITY_METHODS)
-    if config.target.kind != "entity":
-        raise ConfigError("target.kind: the entity benchmark needs an entity target")
+    require_target(config.target.kind, "entity")
     check_names(config)
     heldout = {
         "sentences": read_labels(config.resolve(ENTITY_LABELS)),

@@ -22,6 +22,12 @@ def parse_methods(text: str | list[str], known: tuple[str, ...]) -> list[str]:
     return methods
 
 
+def require_target(kind: str, wanted: str) -> None:
+    """ConfigError unless the config's target is of the kind the `wanted` benchmark forgets."""
+    if kind != wanted:
+        article = "an" if wanted[0] in "aeiou" else "a"
+        raise ConfigError(f"target.kind: the {wanted} benchmark needs {article} {wanted} target")
+
+
 def require_toxicity_target(kind: str) -> None:
-    if kind != "toxicity":
-        raise ConfigError("target.kind: the toxicity benchmark needs a toxicity target")
+    require_target(kind, "toxicity")
