@@ -20,14 +20,11 @@ from pathlib import Path
 
 from pipeline.bench import loop_runs
 from pipeline.bench.code_tasks import CODE_TASKS, pass_rates, read_code_tasks, run_replies
-from pipeline.bench.heldout import read_questions
 from pipeline.bench.methods import parse_methods, require_target
 from pipeline.bench.results import claim_out_dir, write_results
+from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
-from pipeline.bench.toxicity import UTILITY_TEXT, answered
 from pipeline.config import ConfigError, RunConfig, read_yaml
-from pipeline.evaluation.metrics import perplexity
-from pipeline.files import read_lines
 from pipeline.run.preflight import check_names
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -101,9 +98,7 @@ def measure(
     raw["pass@1_greedy"] = statistics.fmean(raw["greedy_passed"])
     raw.update(pass_rates(raw["sampled_passed"], decoding.ks))
     raw["code_share"] = statistics.fmean(scorer(raw["greedy_replies"] + [r for g in sampled for r in g]))
-    raw["utility_ppl"] = perplexity(model, tokenizer, heldout["utility_texts"])
-    raw["answered"] = answered(sampler, heldout["questions"])
-    raw["answer_rate"] = sum(raw["answered"]) / len(heldout["questions"])
+    raw.update(measure_retain(model, tokenizer, sampler, heldout))
     problems = heldout["problems"]
     replies = sampler.generate([p["question"] for p in problems], replace(GREEDY, max_new_tokens=MATH_TOKENS),
                                label="word problems")  # fmt: skip
@@ -116,8 +111,7 @@ def relative_to_base(raw: dict, base: dict) -> dict:
     skip = ("greedy_replies", "sampled_replies", "greedy_passed", "sampled_passed", "answered", "math_correct",
             "measured_with")  # fmt: skip
     figures = {k: v for k, v in raw.items() if k not in skip}
-    figures["utility_ppl_ratio"] = raw["utility_ppl"] / base["utility_ppl"]
-    figures["answer_rate_change"] = raw["answer_rate"] - base["answer_rate"]
+    figures.update(retain_vs_base(raw, base))
     for key in ("pass@1_greedy", "pass@1", "code_share"):
         figures[f"{key}_reduction"] = 1 - raw[key] / base[key] if base.get(key) else None
     return figures
@@ -138,8 +132,7 @@ def run_code_bench(
     heldout = {
         "tasks": read_code_tasks(config.resolve(CODE_TASKS)),
         "problems": read_problems(config.resolve(MATH_PROBLEMS)),
-        "questions": read_questions(None, config.resolve),
-        "utility_texts": read_lines(config.resolve(UTILITY_TEXT), "utility text"),
+        **read_retain_sets(config.resolve),
     }
     all_seeds = loop_runs.checked_seeds(config, methods, seeds, out)
     claim_out_dir(out, config, {"samples": decoding.samples, "tasks": len(heldout["tasks"])})

@@ -19,14 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.bench import loop_runs
-from pipeline.bench.heldout import read_questions
 from pipeline.bench.methods import parse_methods, require_target
 from pipeline.bench.results import claim_out_dir, write_results
+from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
-from pipeline.bench.toxicity import UTILITY_TEXT, answered
 from pipeline.config import ConfigError, RunConfig
-from pipeline.evaluation.metrics import perplexity
-from pipeline.files import read_lines, read_text
+from pipeline.files import read_text
 from pipeline.run.preflight import check_names
 from pipeline.sampling.base import GREEDY
 from pipeline.sampling.hf import HFSampler
@@ -117,17 +115,14 @@ def measure(model, tokenizer, heldout: dict, seed: int, progress: bool = False) 
                                prefills=[PREFILL] * len(sentences))  # fmt: skip
     raw: dict = {"replies": [r[0] for r in replies]}
     raw["ner"] = ner_scores(sentences, [parse_answer(PREFILL + r[0]) for r in replies])
-    raw["utility_ppl"] = perplexity(model, tokenizer, heldout["utility_texts"])
-    raw["answered"] = answered(sampler, heldout["questions"])
-    raw["answer_rate"] = sum(raw["answered"]) / len(heldout["questions"])
+    raw.update(measure_retain(model, tokenizer, sampler, heldout))
     return raw
 
 
 def relative_to_base(raw: dict, base: dict) -> dict:
     figures = {k: v for k, v in raw.items() if k not in ("replies", "answered", "measured_with")}
     figures["ner"] = {t: dict(v) for t, v in raw["ner"].items()}
-    figures["utility_ppl_ratio"] = raw["utility_ppl"] / base["utility_ppl"]
-    figures["answer_rate_change"] = raw["answer_rate"] - base["answer_rate"]
+    figures.update(retain_vs_base(raw, base))
     for kind, found in figures["ner"].items():
         before = base["ner"][kind]["f1"]
         found["f1_change"] = found["f1"] / before - 1 if before else None  # relative, as the goals
@@ -151,8 +146,7 @@ def run_entity_bench(
     check_names(config)
     heldout = {
         "sentences": read_labels(config.resolve(ENTITY_LABELS)),
-        "questions": read_questions(None, config.resolve),
-        "utility_texts": read_lines(config.resolve(UTILITY_TEXT), "utility text"),
+        **read_retain_sets(config.resolve),
     }
     all_seeds = loop_runs.checked_seeds(config, methods, seeds, out)
     claim_out_dir(out, config, {"sentences": len(heldout["sentences"])})

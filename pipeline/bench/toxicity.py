@@ -15,27 +15,23 @@ figure is mean ± sd over the seeds, and the notes say which differences are ins
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.bench import loop_runs
-from pipeline.bench.heldout import Question, read_prompts, read_questions
+from pipeline.bench.heldout import read_prompts
 from pipeline.bench.methods import TOXICITY_METHODS, parse_methods, require_toxicity_target
 from pipeline.bench.results import claim_out_dir, write_results
+from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.config import RunConfig
-from pipeline.evaluation.metrics import perplexity, scores_by_prompt, toxicity_metrics
-from pipeline.files import read_lines
+from pipeline.evaluation.metrics import scores_by_prompt, toxicity_metrics
 from pipeline.run.preflight import check_names
-from pipeline.sampling.base import GREEDY, SamplingParams
+from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring.judges import make_judges
-from pipeline.scoring.knowledge import contains
 
 FIXED_INSTRUCTION = loop_runs.FIXED_INSTRUCTIONS["toxicity"]
-# Generic text apart from `evaluate.retain_text`, which the loop's own utility floor steers on.
-UTILITY_TEXT = Path("data/bench/generic_heldout.txt")
-QUESTION_TOKENS = 32  # the shipped simple questions were checked with replies this long
 # Saved with every measurement; raise it when `measure` changes: older parts are measured again
 # (the loops are not run again).
 MEASUREMENT_VERSION = 2
@@ -96,7 +92,7 @@ def measure(
     The replies are kept in the result, so a judge added later scores them without new samples.
     """
     cfg = config.evaluate
-    prompts, questions = heldout["prompts"], heldout["questions"]
+    prompts = heldout["prompts"]
     sampler = HFSampler(model, tokenizer, decoding.batch_size, progress=progress)
     params = SamplingParams(
         n=decoding.samples, max_new_tokens=decoding.max_new_tokens, temperature=cfg.temperature,
@@ -110,9 +106,7 @@ def measure(
     )
     raw: dict = {"reply_texts": replies, "replies": sum(len(group) for group in replies), "judges": {}}
     score_replies(raw, prompts, judges, heldout["judge_configs"], cfg.toxic_threshold)
-    raw["utility_ppl"] = perplexity(model, tokenizer, heldout["utility_texts"], batch_size=cfg.batch_size)
-    raw["answered"] = answered(sampler, questions)
-    raw["answer_rate"] = sum(raw["answered"]) / len(questions)
+    raw.update(measure_retain(model, tokenizer, sampler, heldout, batch_size=cfg.batch_size))
     return raw
 
 
@@ -141,25 +135,13 @@ def examples(raw: dict, prompts: list, count: int = 12) -> list[dict]:
     return [{"prompt": p.text, "style": p.style, "reply": text} for p, text in pairs[::step]]
 
 
-def answered(sampler: HFSampler, questions: list[Question]) -> list[bool]:
-    """Whether each simple question's greedy reply contains one of its accepted answers."""
-    replies = sampler.generate(
-        [q.question for q in questions], replace(GREEDY, max_new_tokens=QUESTION_TOKENS), label="questions"
-    )
-    return [any(contains(r[0], a) for a in q.answers) for r, q in zip(replies, questions)]
-
-
 def relative_to_base(raw: dict, base: dict, judges: dict) -> dict:
     """One seed's figures with the ones that need the same seed's base model: ratios and reductions."""
     figures = {
         k: v for k, v in raw.items() if k not in ("reply_texts", "answered", "judged_with", "measured_with")
     }
     figures["judges"] = {name: dict(found) for name, found in raw["judges"].items() if name in judges}
-    figures["utility_ppl_ratio"] = raw["utility_ppl"] / base["utility_ppl"]
-    figures["answer_rate_change"] = raw["answer_rate"] - base["answer_rate"]
-    # Of the questions this seed's base model answers, the share this model still answers.
-    known = [mine for mine, theirs in zip(raw["answered"], base["answered"]) if theirs]
-    figures["kept_answer_rate"] = sum(known) / len(known) if known else None
+    figures.update(retain_vs_base(raw, base))
     for judge, found in figures["judges"].items():
         for key in ("toxicity_probability", "expected_max_toxicity"):
             before = base["judges"][judge][key]
@@ -186,8 +168,7 @@ def run_toxicity_bench(
     check_names(config)
     heldout = {
         "prompts": read_prompts(prompts, config.resolve, prompt_column, prompt_style),
-        "questions": read_questions(questions, config.resolve, *question_columns),
-        "utility_texts": read_lines(config.resolve(UTILITY_TEXT), "utility text"),
+        **read_retain_sets(config.resolve, questions, question_columns),
         "judge_configs": {j.name: j.model_dump(mode="json") for j in config.eval_judges()},
     }
     require_toxicity_target(config.target.kind)

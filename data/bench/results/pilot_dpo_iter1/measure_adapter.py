@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.toxicity import UTILITY_TEXT, Decoding, measure, read_prompts, read_questions
+from pipeline.bench.heldout import read_prompts, read_questions
+from pipeline.bench.retain import UTILITY_TEXT
+from pipeline.bench.toxicity import Decoding, measure
 from pipeline.config import load_config
 from pipeline.evaluation.metrics import scores_by_prompt, toxicity_metrics
 from pipeline.files import read_lines
