@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
     out = tmp_path / "train"
     result = run_rr(
-        "bench", "train", "--config", "configs/tiny.yaml", "--out", out, "--set", "release.steps=6",
+        # 8 steps of 8 rows: two whole epochs of the 32 rows a tiny release trains on, so both
+        # loops see every row equally often, the same tokens.
+        "bench", "train", "--config", "configs/tiny.yaml", "--out", out, "--set", "release.steps=8",
         "--repeats", "2", "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -33,6 +35,8 @@ def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
         )
     assert results["device"].startswith(("cpu: ", "cuda: "))
     assert "x Trainer" in result.stdout
+    assert results["training_rows"] == 32 and results["epochs"] == 2
+    assert "32 training rows; 8 steps of batch 8 per arm (2 epochs)" in result.stderr
 
 
 def test_train_bench_bad_config_exits_2(tmp_path):

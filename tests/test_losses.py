@@ -14,6 +14,7 @@ from pipeline.release.losses import (
     kl_to_ref,
     nll_loss,
     npo_loss,
+    sequence_logprob,
     simnpo_loss,
     undial_loss,
 )
@@ -270,11 +271,11 @@ def ref_npo(logits, labels, ref_logits, beta) -> float:
 def test_npo_matches_reference(beta):
     logits, ref, labels = _batch(21)
     labels[1, :] = IGNORE_INDEX  # an empty row is left out of the mean, not counted as log-ratio 0
-    assert npo_loss(logits, labels, ref, beta=beta).item() == pytest.approx(
+    assert npo_loss(logits, labels, sequence_logprob(ref, labels), beta=beta).item() == pytest.approx(
         ref_npo(logits, labels, ref, beta), rel=1e-5
     )
     logits.requires_grad_(True)
-    empty = npo_loss(logits, torch.full_like(labels, IGNORE_INDEX), ref)
+    empty = npo_loss(logits, torch.full_like(labels, IGNORE_INDEX), sequence_logprob(ref, labels))
     empty.backward()
     assert empty.item() == 0.0 and logits.grad is not None
 
@@ -282,7 +283,7 @@ def test_npo_matches_reference(beta):
 def test_npo_at_the_reference_is_2_log2_over_beta_and_pushes_likelihood_down():
     logits, _, labels = _batch(22)
     logits.requires_grad_(True)
-    loss = npo_loss(logits, labels, logits.detach(), beta=0.5)
+    loss = npo_loss(logits, labels, sequence_logprob(logits.detach(), labels), beta=0.5)
     assert loss.item() == pytest.approx(2 * math.log(2) / 0.5, rel=1e-6)
     loss.backward()
     # Gradient descent on NPO lowers the log-probability of every kept label.
@@ -294,7 +295,9 @@ def test_npo_at_the_reference_is_2_log2_over_beta_and_pushes_likelihood_down():
 def test_gradcheck_npo():
     logits, ref, labels = _batch(23, dtype=torch.float64)
     logits.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda z: npo_loss(z, labels, ref, beta=0.7), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda z: npo_loss(z, labels, sequence_logprob(ref, labels), beta=0.7), (logits,)
+    )
 
 
 def ref_simnpo(logits, labels, beta, delta) -> float:
@@ -372,21 +375,21 @@ def _pairs(seed: int, dtype=torch.float32):
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_dpo_matches_reference_and_skips_a_pair_with_an_empty_side(beta):
     logits, ref, labels = _pairs(31)
-    assert dpo_loss(logits, labels, ref, beta=beta).item() == pytest.approx(
+    assert dpo_loss(logits, labels, sequence_logprob(ref, labels), beta=beta).item() == pytest.approx(
         ref_dpo(logits, labels, ref, beta), rel=1e-5
     )
     labels[3, :] = IGNORE_INDEX  # the second pair has no chosen tokens: only the first counts
-    assert dpo_loss(logits, labels, ref, beta=beta).item() == pytest.approx(
+    assert dpo_loss(logits, labels, sequence_logprob(ref, labels), beta=beta).item() == pytest.approx(
         ref_dpo(logits, labels, ref, beta), rel=1e-5
     )
     with pytest.raises(ValueError, match="as many chosen rows"):
-        dpo_loss(logits[:3], labels[:3], ref[:3])
+        dpo_loss(logits[:3], labels[:3], sequence_logprob(ref[:3], labels[:3]))
 
 
 def test_dpo_at_the_reference_is_log2_and_lowers_rejected_raises_chosen():
     logits, _, labels = _pairs(32)
     logits.requires_grad_(True)
-    loss = dpo_loss(logits, labels, logits.detach(), beta=0.5)
+    loss = dpo_loss(logits, labels, sequence_logprob(logits.detach(), labels), beta=0.5)
     assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
     loss.backward()
     # A descent step lowers every rejected label's log-probability and raises every chosen one's.
@@ -398,4 +401,13 @@ def test_dpo_at_the_reference_is_log2_and_lowers_rejected_raises_chosen():
 def test_gradcheck_dpo():
     logits, ref, labels = _pairs(33, dtype=torch.float64)
     logits.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda z: dpo_loss(z, labels, ref, beta=0.7), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda z: dpo_loss(z, labels, sequence_logprob(ref, labels), beta=0.7), (logits,)
+    )
+
+
+def test_npo_and_dpo_take_one_reference_logprob_a_row():
+    logits, ref, labels = _pairs(34)
+    for loss in (npo_loss, dpo_loss):
+        with pytest.raises(ValueError, match="one per row"):
+            loss(logits, labels, ref)  # the reference's logits, not its per-row log-probabilities

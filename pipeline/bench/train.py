@@ -4,9 +4,10 @@ Both train the same LoRA (the config's rank, alpha, target modules, lr, batch si
 max_length, gradient clipping) on the same rows: the model's own replies to the target's seed
 instructions. The like-for-like pair is NLL on both sides (`ours_nll`: our loop with the
 `negation` objective, whose training is plain NLL); `ours_<method>` adds the config's own
-objective (UnDIAL's reference forward pass, say) for what a release really costs.
+objective (UnDIAL's reference logits, computed once per row, say) for what a release really costs.
 
-Throughput counts the non-padding tokens of the training batches per second of training. Peak
+Throughput counts the non-padding tokens of the training batches per second of training (each
+arm its own: when the steps end inside an epoch, the arms' shuffles give them other last rows). Peak
 memory: on a GPU the allocator's peak during the arm; on a CPU the growth of the process's
 resident memory during the arm, read every 10 ms from a heap trimmed first (glibc's malloc_trim),
 so that no arm runs in memory an earlier one left behind (still a lower bound).
@@ -97,6 +98,13 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+def training_row_count(config: RunConfig) -> int:
+    """As many rows as a full release of this config trains on: `sample.max_forget_samples`, or
+    fewer when its steps do not reach them all. A loop that keeps what it computes once per row
+    (`pipeline.release.reference`) is then measured with the reuse a real release gets."""
+    return min(config.sample.max_forget_samples, config.release.steps * config.release.batch_size)
+
+
 def run_ours(model, tokenizer, rows, config: RunConfig, method: str) -> dict:
     cfg = config.release.model_copy(update={"method": method, "orth_lambda": 0.0})
     model = copy.deepcopy(model)  # outside the measurement, as for the Trainer arm
@@ -116,7 +124,7 @@ def run_trainer(model, tokenizer, rows, config: RunConfig) -> dict:
     for row in rows:
         enc = encode_pairs(tokenizer, [row["instruction"]], [row["response"]], cfg.max_length)
         examples.append({k: v[0].tolist() for k, v in enc.items()})
-    tokens = sum(sum(e["attention_mask"]) for e in examples)
+
     lora = LoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
@@ -131,7 +139,15 @@ def run_trainer(model, tokenizer, rows, config: RunConfig) -> dict:
         )  # fmt: skip
         if tokenizer.pad_token_id is None:  # as encode_pairs pads
             tokenizer.pad_token = tokenizer.eos_token
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        pad_batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        tokens = 0
+
+        def collator(features):  # counts what is trained on, as our loop does, epochs and all
+            nonlocal tokens
+            batch = pad_batch(features)
+            tokens += int(batch["attention_mask"].sum())
+            return batch
+
         trainer = Trainer(model=peft_model, args=args, train_dataset=examples, data_collator=collator)
         with PeakMemory(model.device) as memory:
             started = time.perf_counter()
@@ -150,11 +166,11 @@ def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bo
         raise ConfigError(f"--repeats: need at least 1, got {repeats}")
     check_names(config)
     model, tokenizer, _ = load_run_model(config, progress)
-    # One epoch of exactly `steps` batches: both loops then see every row once, the same tokens.
-    rows = training_rows(model, tokenizer, config, n=config.release.steps * config.release.batch_size)
+    rows = training_rows(model, tokenizer, config, n=training_row_count(config))
+    epochs = config.release.steps * config.release.batch_size / len(rows)
     log(
         f"{len(rows)} training rows; {config.release.steps} steps of batch {config.release.batch_size} "
-        f"per arm; {repeats} rounds"
+        f"per arm ({epochs:.3g} epochs); {repeats} rounds"
     )
     arms = {
         "trainer_nll": lambda: run_trainer(model, tokenizer, rows, config),
@@ -173,7 +189,8 @@ def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bo
             log(f"round {index + 1}/{repeats}: {name} ...")
             rounds[name].append(arm())
     results: dict = {
-        "model": config.model.path, "device": device_name(config.model), "repeats": repeats, "rows": [],
+        "model": config.model.path, "device": device_name(config.model), "repeats": repeats,
+        "training_rows": len(rows), "epochs": round(epochs, 3), "rows": [],
     }  # fmt: skip
     for name, measured in rounds.items():
         seconds = statistics.median(m["seconds"] for m in measured)

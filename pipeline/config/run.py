@@ -64,9 +64,9 @@ class RunConfig(Section):
     def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
         """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
 
-        The CPU thread count, the sampling engine and Prefect's retries are properties of the
-        machine, not of the experiment: a run may resume, or a benchmark go on, with others (a
-        server that moved, say). So are the judges: they only report, and a benchmark scores its
+        The CPU thread count, the reference cache's memory, the sampling engine and Prefect's
+        retries are properties of the machine, not of the experiment: a run may resume, or a
+        benchmark go on, with others (a server that moved, say). So are the judges: they only report, and a benchmark scores its
         saved replies by a judge added or changed since.
         """
 
@@ -76,6 +76,9 @@ class RunConfig(Section):
             data.pop("orchestration", None)
             data["model"] = {k: v for k, v in (data.get("model") or {}).items() if k != "threads"}
             data["evaluate"] = {k: v for k, v in (data.get("evaluate") or {}).items() if k != "judges"}
+            data["release"] = {
+                k: v for k, v in (data.get("release") or {}).items() if k != "reference_cache_mb"
+            }
             return data
 
         saved = yaml.safe_load(saved_yaml)

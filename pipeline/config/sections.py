@@ -292,6 +292,14 @@ class ReleaseConfig(Section):
         description="objectives marked unbounded in OBJECTIVES (ga, graddiff, npo, simnpo) stop once the "
         "forget NLL per token passes this",
     )
+    reference_cache_mb: int = Field(
+        1024,
+        ge=0,
+        le=1 << 20,
+        description="memory (the model's device) for the frozen model's logits on the training rows "
+        "(UnDIAL, the KL retain term; shared by the two), computed once per row; rows past it are "
+        "computed again each time they are drawn (speed only, not results)",
+    )
 
 
 class EvaluateConfig(Section):

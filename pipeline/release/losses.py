@@ -142,8 +142,15 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return -torch.where(keep, nll, torch.zeros_like(nll)).sum(-1)
 
 
+def _checked_logprobs(ref_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The reference's per-row log-probabilities, detached (the frozen model is not trained)."""
+    if ref_logprobs.shape != logits.shape[:1]:
+        raise ValueError(f"ref_logprobs {tuple(ref_logprobs.shape)} must be one per row ({logits.shape[0]})")
+    return ref_logprobs.detach().to(logits.dtype)
+
+
 def npo_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+    logits: torch.Tensor, labels: torch.Tensor, ref_logprobs: torch.Tensor, beta: float = 0.1
 ) -> torch.Tensor:
     """Negative Preference Optimization on the forget data.
 
@@ -152,14 +159,13 @@ def npo_loss(
 
         L = −(2/β) · mean_i log σ(−β · (log πθ(y_i|x_i) − log πref(y_i|x_i)))
 
-    averaged over the sequences of the batch that have at least one kept token (as `simnpo_loss`).
+    averaged over the sequences of the batch that have at least one kept token (as `simnpo_loss`);
+    `ref_logprobs` [B] is log πref(y_i|x_i), the frozen model's `sequence_logprob`.
     Unlike gradient ascent its gradient vanishes once πθ(y|x) falls well below πref(y|x), so it does
     not collapse.
     """
     _check_shapes(logits, labels, "labels")
-    if ref_logits.shape != logits.shape:
-        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
-    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    log_ratio = sequence_logprob(logits, labels) - _checked_logprobs(ref_logprobs, logits)
     rows = (labels != IGNORE_INDEX).any(-1)
     if not rows.any():
         return log_ratio.sum() * 0.0  # attached to the graph, like the token-level losses
@@ -191,7 +197,7 @@ def simnpo_loss(
 
 
 def dpo_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor, beta: float = 0.1
+    logits: torch.Tensor, labels: torch.Tensor, ref_logprobs: torch.Tensor, beta: float = 0.1
 ) -> torch.Tensor:
     """DPO with the forget response as the rejected one and an alternative as the chosen one.
 
@@ -205,17 +211,16 @@ def dpo_loss(
 
         L = −mean_i log σ(β · [(log πθ(y_w|x) − log πref(y_w|x)) − (log πθ(y_l|x) − log πref(y_l|x))])
 
-    over the pairs whose two rows both have a kept token. The loss is ≥ 0, and unlike NPO it can
-    fall by raising the chosen response as well as by lowering the rejected one.
+    over the pairs whose two rows both have a kept token; `ref_logprobs` [2B] is log πref of every
+    row, the frozen model's `sequence_logprob`. The loss is ≥ 0, and unlike NPO it can fall by
+    raising the chosen response as well as by lowering the rejected one.
     """
     _check_shapes(logits, labels, "labels")
-    if ref_logits.shape != logits.shape:
-        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     if logits.shape[0] % 2:
         raise ValueError(
             f"dpo_loss: expected rejected rows then as many chosen rows, got {logits.shape[0]} rows"
         )
-    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits.detach(), labels)
+    log_ratio = sequence_logprob(logits, labels) - _checked_logprobs(ref_logprobs, logits)
     half = logits.shape[0] // 2
     rejected, chosen = log_ratio[:half], log_ratio[half:]
     kept = (labels != IGNORE_INDEX).any(-1)

@@ -3,8 +3,9 @@
 A row says everything the release loop (`pipeline.release.train`) needs to know of an objective:
 
 - `forget_loss(cfg, logits, labels, reference)`: the loss on a forget batch (`pipeline.release.losses`);
-  `reference` is the frozen model's logits on the same batch, or None when not needed;
-- `needs_reference`: compute those logits (one more forward pass a step);
+  `reference` is what the frozen model says about the same batch, or None when not needed;
+- `reference`: what that is: "logits" (its logits, shaped like `logits`, zero where no label is) or "sequence" (its
+  log-probability of each row's response, [B]); computed once per row (`pipeline.release.reference`);
 - `takes_retain`: add the retain term (`release.retain_loss`, weighted by `release.retain_weight`);
 - `unbounded`: the loss has no floor, so training stops once the forget NLL passes `release.max_forget_nll`;
 - `on_trained(peft_model, cfg)`: applied to the trained adapter before it is saved, or None;
@@ -29,7 +30,7 @@ from pipeline.release.losses import dpo_loss, ga_loss, nll_loss, npo_loss, simnp
 @dataclass(frozen=True)
 class Objective:
     forget_loss: Callable  # (cfg: ReleaseConfig, logits, labels, reference | None) -> scalar tensor
-    needs_reference: bool = False
+    reference: str | None = None  # None, "logits" or "sequence"
     takes_retain: bool = True
     unbounded: bool = False
     on_trained: Callable | None = None  # (peft_model, cfg) -> None
@@ -47,11 +48,11 @@ def negate(peft_model, cfg) -> None:
 
 OBJECTIVES: dict[str, Objective] = {
     "undial": Objective(
-        lambda cfg, logits, labels, ref: undial_loss(logits, labels, ref, beta=cfg.beta), needs_reference=True
+        lambda cfg, logits, labels, ref: undial_loss(logits, labels, ref, beta=cfg.beta), reference="logits"
     ),
     "npo": Objective(
         lambda cfg, logits, labels, ref: npo_loss(logits, labels, ref, beta=cfg.npo_beta),
-        needs_reference=True,
+        reference="sequence",
         unbounded=True,
     ),
     "simnpo": Objective(
@@ -63,7 +64,7 @@ OBJECTIVES: dict[str, Objective] = {
     # The forget response rejected, a clean reply of the model's own to the same instruction chosen.
     "dpo": Objective(
         lambda cfg, logits, labels, ref: dpo_loss(logits, labels, ref, beta=cfg.dpo_beta),
-        needs_reference=True,
+        reference="sequence",
         paired=True,
     ),
     # Gradient difference: ascent on the forget batch, the retain term on the retain batch.

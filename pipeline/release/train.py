@@ -23,6 +23,7 @@ from pipeline.progress import progress_bar
 from pipeline.release.losses import kl_to_ref, nll_loss
 from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
+from pipeline.release.reference import ReferenceCache
 from pipeline.textdata import collate, encode_pair, labelled_logits, pad_id
 
 # peft 0.21 calls a transformers 5 method that warns of its own rename on every adapter.
@@ -76,21 +77,14 @@ def _logits(model, batch, pad: int):
     return enc, logits.float(), labels
 
 
-def _reference(peft_model, enc) -> torch.Tensor:
-    """Shifted logits of the frozen model M_t (the adapter switched off) on the same batch."""
-    with torch.no_grad(), peft_model.disable_adapter():
-        return labelled_logits(peft_model, enc)[0].float()
-
-
-def forget_term(cfg: ReleaseConfig, objective: Objective, peft_model, enc, logits, labels) -> torch.Tensor:
+def forget_term(cfg: ReleaseConfig, objective: Objective, reference, logits, labels) -> torch.Tensor:
     """The objective's loss on a forget batch (graddiff's retain half is the retain term)."""
-    reference = _reference(peft_model, enc) if objective.needs_reference else None
     return objective.forget_loss(cfg, logits, labels, reference)
 
 
-def retain_term(cfg: ReleaseConfig, peft_model, enc, logits, labels) -> torch.Tensor:
+def retain_term(cfg: ReleaseConfig, reference, logits, labels) -> torch.Tensor:
     if cfg.retain_loss == "kl":  # stay close to the frozen model's whole distribution
-        return kl_to_ref(logits, _reference(peft_model, enc), labels != -100)
+        return kl_to_ref(logits, reference, labels != -100)
     return nll_loss(logits, labels)
 
 
@@ -103,19 +97,30 @@ def backward(
     previous,
     params,
     pad: int,
+    references: dict[str, ReferenceCache],
 ) -> dict:
     """One step's forward and backward, gradients clipped; returns its numbers as floats.
 
+    `references` holds the frozen model's figures for the forget rows ("forget") and for the
+    retain rows ("retain") where the objective or the retain term needs them.
     The numbers: `loss`, `grad_norm`, `forget_nll` (0 unless the objective is unbounded), each
     unweighted term (`forget_loss`, `retain_loss`, `orth_penalty`), and the forget batch's
     `tokens`. They come back in one device sync, and the step's activations are freed on return.
     """
     enc, logits, labels = _logits(peft_model, forget_batch, pad)
-    terms = {"forget_loss": forget_term(cfg, objective, peft_model, enc, logits, labels)}
+    reference = (
+        references["forget"].batch(peft_model, forget_batch, labels, pad) if "forget" in references else None
+    )
+    terms = {"forget_loss": forget_term(cfg, objective, reference, logits, labels)}
     loss = terms["forget_loss"]
     if retain_batch is not None:
-        r_enc, r_logits, r_labels = _logits(peft_model, retain_batch, pad)
-        terms["retain_loss"] = retain_term(cfg, peft_model, r_enc, r_logits, r_labels)
+        _, r_logits, r_labels = _logits(peft_model, retain_batch, pad)
+        r_reference = (
+            references["retain"].batch(peft_model, retain_batch, r_labels, pad)
+            if "retain" in references
+            else None
+        )
+        terms["retain_loss"] = retain_term(cfg, r_reference, r_logits, r_labels)
         loss = loss + cfg.retain_weight * terms["retain_loss"]
     if previous and cfg.orth_lambda > 0:
         terms["orth_penalty"] = orthogonality_penalty(peft_model, previous)
@@ -127,6 +132,18 @@ def backward(
         values = torch.stack([loss, grad_norm, forget_nll, *terms.values()]).tolist()
     numbers = dict(zip(["loss", "grad_norm", "forget_nll", *terms], values))
     return {**numbers, "tokens": int(enc["attention_mask"].sum())}
+
+
+def reference_caches(cfg: ReleaseConfig, objective: Objective, use_retain: bool) -> dict[str, ReferenceCache]:
+    """One cache for each side whose loss reads the frozen model; the sides that keep logits share
+    `release.reference_cache_mb` (a log-probability a row is always kept)."""
+    kinds = {}
+    if objective.reference is not None:
+        kinds["forget"] = objective.reference
+    if use_retain and cfg.retain_loss == "kl":
+        kinds["retain"] = "logits"
+    budget = cfg.reference_cache_mb * 2**20 // max(sum(k == "logits" for k in kinds.values()), 1)
+    return {side: ReferenceCache(kind, budget) for side, kind in kinds.items()}
 
 
 def train_adapter(
@@ -176,6 +193,7 @@ def train_adapter(
             else None
         )
         pad = pad_id(tokenizer)
+        references = reference_caches(cfg, chosen, bool(use_retain))
         stats = {
             "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None, "tokens": 0,
             "forget_loss": [], "retain_loss": [], "orth_penalty": [],
@@ -188,7 +206,15 @@ def train_adapter(
             for step in range(cfg.steps):
                 retain_batch = next(retain_batches) if retain_batches is not None else None
                 numbers = backward(
-                    cfg, chosen, peft_model, next(forget_batches), retain_batch, previous, params, pad
+                    cfg,
+                    chosen,
+                    peft_model,
+                    next(forget_batches),
+                    retain_batch,
+                    previous,
+                    params,
+                    pad,
+                    references,
                 )
                 stats["tokens"] += numbers.pop("tokens")
                 value, norm, nll = (numbers.pop(key) for key in ("loss", "grad_norm", "forget_nll"))
@@ -220,6 +246,7 @@ def train_adapter(
         if not _all_finite(params):  # cannot happen after finite, clipped gradients; never save it anyway
             _copy(params, last_good)
         stats["seconds"] = round(time.perf_counter() - started, 2)
+        stats["reference_rows"] = {side: cache.computed_rows for side, cache in references.items()}
         peft_model.eval()
         if chosen.on_trained is not None:
             chosen.on_trained(peft_model, cfg)

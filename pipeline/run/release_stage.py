@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from pipeline.files import read_jsonl, write_json
-from pipeline.models import with_adapter
 from pipeline.release.objectives import objective_named
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.release.train import train_adapter, train_retain_adapter
@@ -45,7 +44,9 @@ def release(state: RunState, t: int) -> dict:
     previous = [lora_A_matrices(read_adapter(d)) for d in previous_dirs]
     if state.config.release.retain_adapter and (kept := retain_adapter(state, retain)) is not None:
         previous.append(lora_A_matrices(read_adapter(kept)))
-    model_t = with_adapter(state.model, current) if current else state.model
+    # The sampler's merged copy of the same stack: training injects its LoRA into it and takes it
+    # out again, so one merged copy serves both stages instead of one each.
+    model_t = state.model_with(current)
     stats = train_adapter(
         model_t,
         state.tokenizer,
@@ -57,7 +58,6 @@ def release(state: RunState, t: int) -> dict:
         seed=state.seed(t, "release"),
         progress=state.progress,
     )
-    del model_t
     stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, files.adapter]])
     write_adapter(stacked, files.stack, base_model_name_or_path=state.model_info["name_or_path"])
     stats.update(n_forget=len(forget), n_retain=len(retain))
