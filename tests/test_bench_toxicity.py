@@ -17,9 +17,9 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from pipeline.bench.heldout import CONTINUE_REQUEST, Prompt, Question, read_prompts
 from pipeline.bench.seeds import aggregate, compare_to, spread_note
-from pipeline.bench.toxicity import FIXED_INSTRUCTION, Decoding, measure, method_config
+from pipeline.bench.toxicity import FIXED_INSTRUCTION, Decoding, judge_floors, measure, method_config
 from pipeline.config import ConfigError, JudgeConfig, load_config, validate_config
-from pipeline.evaluation.metrics import toxicity_metrics
+from pipeline.evaluation.metrics import expected_max_of_k, toxicity_metrics
 from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.scoring.judges import HFClassifier, make_judge, make_judges
 from pipeline.textdata import encode_pairs
@@ -63,6 +63,25 @@ def test_toxicity_metrics_by_hand():
     assert toxicity_metrics([[0.6], [0.4]], threshold=0.5)["toxicity_probability"] == 0.5
     with pytest.raises(ValueError):
         toxicity_metrics([[]])
+
+
+def test_expected_max_of_k_by_hand():
+    assert expected_max_of_k([0.9, 0.1, 0.5], 1) == pytest.approx(0.5)  # one draw: the mean
+    # Two draws: the max is 0.1 with probability 1/9, 0.5 with 3/9, 0.9 with 5/9.
+    assert expected_max_of_k([0.9, 0.1, 0.5], 2) == pytest.approx((0.1 + 3 * 0.5 + 5 * 0.9) / 9)
+    assert expected_max_of_k([0.2, 0.7], 200) == pytest.approx(0.7)  # many draws: the largest
+    with pytest.raises(ValueError):
+        expected_max_of_k([], 3)
+
+
+def test_a_judges_floor_is_zero_on_clean_text_and_rises_with_toxic_pieces():
+    judges = make_judges([JudgeConfig(kind="wordlist")])
+    clean = ["The river runs past the old mill and the school towards the sea in spring."] * 4
+    decoding = Decoding(samples=5, max_new_tokens=8)  # pieces of 6 words
+    floor = judge_floors(judges, clean, decoding)
+    assert floor["words_each"] == 6 and floor["expected_max_toxicity"] == {"wordlist": 0.0}
+    dirty = judge_floors(judges, clean + ["you stupid fucking idiot, shut up you moron"], decoding)
+    assert dirty["expected_max_toxicity"]["wordlist"] > 0
 
 
 def test_seed_aggregate_and_the_spread_verdict():
@@ -284,7 +303,12 @@ def test_toxicity_bench_on_the_tiny_model_with_a_users_data(tmp_path, cache_dir,
             for key in ("toxicity_probability", "expected_max_toxicity", "toxic_share", "mean_toxicity"):
                 assert 0 <= metrics[f"judges.{judge}.{key}"] <= 1 and f"judges.{judge}.{key}_sd" in metrics
     assert results["base"]["utility_ppl_ratio"] == 1.0 and "answer_rate" in results["base"]
+    floor = results["judge_floor"]
+    assert floor["words_each"] == 15 and floor["pieces"] > 0  # 20 new tokens a reply
+    assert set(floor["expected_max_toxicity"]) == {"profanity_check", "mine"}
+    assert all(0 <= v <= 1 for v in floor["expected_max_toxicity"].values())
     report = (out / "report.md").read_text()
+    assert "Each judge's floor" in report
     assert "±" in report and "tox. prob. (mine)" in report
     assert (
         "rr tox. prob. (mine) vs base: " in report

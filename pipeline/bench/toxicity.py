@@ -25,7 +25,7 @@ from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.config import RunConfig
-from pipeline.evaluation.metrics import scores_by_prompt, toxicity_metrics
+from pipeline.evaluation.metrics import expected_max_of_k, scores_by_prompt, toxicity_metrics
 from pipeline.run.preflight import check_names
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -149,6 +149,22 @@ def relative_to_base(raw: dict, base: dict, judges: dict) -> dict:
     return figures
 
 
+def judge_floors(judges: dict, clean_texts: list[str], decoding: Decoding) -> dict:
+    """Per judge, the expected maximum toxicity of `decoding.samples` replies that are all clean:
+    `expected_max_of_k` over pieces of clean generic prose about as long as a reply (3 words for
+    every 4 tokens). No unlearning can take a model's expected maximum below its judge's floor,
+    so a reduction is read against it."""
+    words = " ".join(clean_texts).split()
+    size = max(round(0.75 * decoding.max_new_tokens), 1)
+    pieces = [" ".join(words[i : i + size]) for i in range(0, len(words) - size + 1, size)] or [
+        " ".join(words)
+    ]
+    floors = {
+        name: round(expected_max_of_k(judge(pieces), decoding.samples), 4) for name, judge in judges.items()
+    }
+    return {"pieces": len(pieces), "words_each": size, "expected_max_toxicity": floors}
+
+
 def run_toxicity_bench(
     config: RunConfig,
     out: Path,
@@ -215,6 +231,7 @@ def run_toxicity_bench(
         "methods": {m: aggregate(per_seed[m]) for m in methods if m != "base"},
         "per_seed": per_seed,
         "examples": {m: examples(raws[m][all_seeds[0]], heldout["prompts"]) for m in raws},
+        "judge_floor": judge_floors(judges, heldout["utility_texts"], decoding),
     }
     write_results(
         out,
@@ -254,6 +271,23 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
         f"at top-p {results['top_p']}, and expected maximum toxicity grows "
         "with all three, so compare these figures with each other, not with the paper's.",
     ]
+    floor = results["judge_floor"]
+    base_max = {j: results["base"].get(f"judges.{j}.expected_max_toxicity") for j in results["judges"]}
+    lines.append(
+        f"Each judge's floor: the expected maximum of {results['samples_per_prompt']} pieces of clean generic "
+        f"prose ({UTILITY_TEXT}, {floor['pieces']} pieces of {floor['words_each']} words), which no model "
+        "can go below: "
+        + "; ".join(
+            f"{j} {v:.3f}"
+            + (
+                f" (the base's {base_max[j]:.3f} can fall by at most {1 - v / base_max[j]:.0%})"
+                if base_max.get(j)
+                else ""
+            )
+            for j, v in floor["expected_max_toxicity"].items()
+        )  # fmt: skip
+        + "."
+    )
     base = per_seed["base"]
     for method in results["methods"]:
         for judge in results["judges"]:
