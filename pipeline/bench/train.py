@@ -124,7 +124,6 @@ def run_trainer(model, tokenizer, rows, config: RunConfig) -> dict:
     for row in rows:
         enc = encode_pairs(tokenizer, [row["instruction"]], [row["response"]], cfg.max_length)
         examples.append({k: v[0].tolist() for k, v in enc.items()})
-
     lora = LoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",

@@ -77,6 +77,12 @@ def _logits(model, batch, pad: int):
     return enc, logits.float(), labels
 
 
+def _reference(references: dict, side: str, peft_model, batch, labels, pad: int):
+    """The frozen model's figures for `batch` from the `side` cache, or None when nothing reads them."""
+    cache = references.get(side)
+    return cache.batch(peft_model, batch, labels, pad) if cache is not None else None
+
+
 def forget_term(cfg: ReleaseConfig, objective: Objective, reference, logits, labels) -> torch.Tensor:
     """The objective's loss on a forget batch (graddiff's retain half is the retain term)."""
     return objective.forget_loss(cfg, logits, labels, reference)
@@ -108,18 +114,12 @@ def backward(
     `tokens`. They come back in one device sync, and the step's activations are freed on return.
     """
     enc, logits, labels = _logits(peft_model, forget_batch, pad)
-    reference = (
-        references["forget"].batch(peft_model, forget_batch, labels, pad) if "forget" in references else None
-    )
+    reference = _reference(references, "forget", peft_model, forget_batch, labels, pad)
     terms = {"forget_loss": forget_term(cfg, objective, reference, logits, labels)}
     loss = terms["forget_loss"]
     if retain_batch is not None:
         _, r_logits, r_labels = _logits(peft_model, retain_batch, pad)
-        r_reference = (
-            references["retain"].batch(peft_model, retain_batch, r_labels, pad)
-            if "retain" in references
-            else None
-        )
+        r_reference = _reference(references, "retain", peft_model, retain_batch, r_labels, pad)
         terms["retain_loss"] = retain_term(cfg, r_reference, r_logits, r_labels)
         loss = loss + cfg.retain_weight * terms["retain_loss"]
     if previous and cfg.orth_lambda > 0:
