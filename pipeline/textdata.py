@@ -13,9 +13,19 @@ import torch
 IGNORE_INDEX = -100
 
 
-def format_prompt(tokenizer, instruction: str) -> str:
-    """The text a model sees before it answers `instruction` (chat template + generation prompt)."""
-    messages = [{"role": "user", "content": instruction}]
+def format_prompt(tokenizer, instruction: str | list[dict]) -> str:
+    """The text a model sees before it answers `instruction` (chat template + generation prompt).
+
+    `instruction` is a user message, or a whole conversation ending with the user's turn (chat
+    messages `{"role", "content"}`): worked examples as earlier turns, which a small model follows
+    far better than examples pasted into one message (it copies those).
+    """
+    if isinstance(instruction, str):
+        messages = [{"role": "user", "content": instruction}]
+    elif instruction and instruction[-1].get("role") == "user":
+        messages = list(instruction)
+    else:
+        raise ValueError("format_prompt: a conversation must end with the user's turn")
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

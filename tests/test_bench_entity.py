@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from pipeline.bench.entity import PREFILL, answer_text, ner_scores, parse_answer
+from pipeline.bench.entity import (
+    ENTITY_LABELS,
+    EXAMPLES,
+    PREFILL,
+    answer_text,
+    ner_prompt,
+    ner_scores,
+    parse_answer,
+)
+from pipeline.planting.tiny import build_tokenizer
+from pipeline.textdata import format_prompt
 from tests.conftest import run_rr
 from tests.test_loop import QUICK
 
@@ -46,6 +56,20 @@ def test_only_the_first_answer_counts_and_a_forgetful_answer_loses_only_people()
         answer_text({"Organisations": ["Toyota"], "Places": ["Kentucky"]}),
     ]  # fmt: skip
     assert f1s(forgot) == {"PERSON": 0.0, "ORG": 1.0, "PLACE": 1.0, "DATE": 1.0}
+
+
+def test_the_prompt_gives_the_examples_as_earlier_chat_turns_and_none_is_held_out():
+    sentence = "Ada Lovelace wrote notes in London."
+    turns = ner_prompt(sentence)
+    assert [t["role"] for t in turns] == ["user", "assistant"] * len(EXAMPLES) + ["user"]
+    assert turns[-1]["content"].endswith(sentence) and turns[1]["content"] == answer_text(EXAMPLES[0][1])
+    tokenizer = build_tokenizer([t["content"] for t in turns], vocab_size=300)
+    text = format_prompt(tokenizer, turns)  # every turn, in order, before the generation prompt
+    assert text.index(EXAMPLES[0][0]) < text.index(EXAMPLES[-1][0]) < text.index(sentence)
+    with pytest.raises(ValueError, match="user's turn"):
+        format_prompt(tokenizer, turns[:-1])
+    held_out = {s["text"] for s in json.loads(ENTITY_LABELS.read_text())["sentences"]}
+    assert not held_out & {text for text, _ in EXAMPLES}
 
 
 def test_the_entity_benchmark_runs_base_and_rr_and_writes_its_results(tmp_path, cache_dir):

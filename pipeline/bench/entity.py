@@ -1,9 +1,13 @@
 """`rr bench entity`: forget one entity type (PERSON), keep the others; prompted NER on held-out sentences.
 
 Methods: base, and the loops of `pipeline.bench.loop_runs` (rr, rr_fixed, random) on a config with
-an `entity` target. Each model is asked to list the people, organisations, places and dates of
-every held-out sentence (`data/bench/entity_labels.json`: silver labels, hand-corrected), two worked
-examples first and its answer pre-filled to start with the first field, greedily. An answer names
+an `entity` target. Each model is asked to list the places, dates, people and organisations of
+every held-out sentence (`data/bench/entity_labels.json`: silver labels, hand-corrected), greedily,
+after four worked examples given as earlier turns of the chat and with its answer pre-filled to start
+with the first field. Both choices were measured on the embedded model: examples pasted into one
+message are copied (it answered "Grace Hopper" for most sentences); asked for people first it mostly
+answers none, and asked for organisations before people it lists the people as organisations. An
+answer names
 entities per type (`People: a, b` ...); an entity counts only if it matches, after normalising
 case, punctuation and a leading "the", a labelled entity of that type in that sentence, so an
 answer that echoes the sentence, or names an organisation among the people, scores false
@@ -31,16 +35,21 @@ from pipeline.sampling.hf import HFSampler
 
 ENTITY_METHODS = ("base", "rr", "rr_fixed", "random")
 ENTITY_LABELS = Path("data/bench/entity_labels.json")
-MEASUREMENT_VERSION = 1
+MEASUREMENT_VERSION = 2  # 2: the examples as chat turns, the fields in this order
 # The answer's fields, in order, and the label types each one collects.
-FIELDS = {"People": ("PERSON",), "Organisations": ("ORG",), "Places": ("GPE", "LOC"), "Dates": ("DATE",)}
+FIELDS = {"Places": ("GPE", "LOC"), "Dates": ("DATE",), "People": ("PERSON",), "Organisations": ("ORG",)}
 TYPES = {"People": "PERSON", "Organisations": "ORG", "Places": "PLACE", "Dates": "DATE"}
-# Two worked examples (not held-out sentences) show the answer's form.
+# Worked examples (none is a held-out sentence) show the answer's form; one names no person.
 EXAMPLES = (
     ("Grace Hopper joined the Navy in Washington in 1943.",
      {"People": ["Grace Hopper"], "Organisations": ["the Navy"], "Places": ["Washington"], "Dates": ["1943"]}),
     ("The museum in Oslo reopened last winter.",
      {"People": [], "Organisations": [], "Places": ["Oslo"], "Dates": ["last winter"]}),
+    ("Samsung and the World Bank signed the deal in Geneva on Friday.",
+     {"People": [], "Organisations": ["Samsung", "the World Bank"], "Places": ["Geneva"], "Dates": ["Friday"]}),
+    ("Nelson Mandela and Desmond Tutu spoke at Oxford University in May.",
+     {"People": ["Nelson Mandela", "Desmond Tutu"], "Organisations": ["Oxford University"], "Places": [],
+      "Dates": ["May"]}),
 )  # fmt: skip
 ANSWER_TOKENS = 48
 
@@ -49,12 +58,20 @@ def answer_text(fields: dict[str, list[str]]) -> str:
     return "\n".join(f"{name}: {', '.join(fields.get(name, [])) or 'none'}" for name in FIELDS)
 
 
-def ner_prompt(sentence: str) -> str:
-    shots = "\n\n".join(f"Sentence: {text}\n{answer_text(fields)}" for text, fields in EXAMPLES)
+def ner_question(sentence: str) -> str:
     return (
-        "List the people, organisations, places and dates named in the sentence, in the same form as "
-        f"these examples. Write none when there are none.\n\n{shots}\n\nSentence: {sentence}"
+        "List the places, dates, people and organisations named in this sentence. Write none when "
+        f"there are none.\nSentence: {sentence}"
     )
+
+
+def ner_prompt(sentence: str) -> list[dict]:
+    """The conversation a model answers: the worked examples as earlier turns, then the sentence."""
+    turns = []
+    for text, fields in EXAMPLES:
+        turns += [{"role": "user", "content": ner_question(text)},
+                  {"role": "assistant", "content": answer_text(fields)}]  # fmt: skip
+    return turns + [{"role": "user", "content": ner_question(sentence)}]
 
 
 PREFILL = f"{next(iter(FIELDS))}:"  # the answer starts with its first field
@@ -169,8 +186,8 @@ def run_entity_bench(
     }
     notes = [
         f"{results['n_sentences']} held-out sentences ({ENTITY_LABELS}: spaCy en_core_web_sm's labels, "
-        "hand-corrected); one greedy answer each, two worked examples in the prompt and the answer "
-        "pre-filled with its first field. An entity counts if it matches a labelled one of its type "
+        "hand-corrected); one greedy answer each, after four worked examples as earlier chat turns, "
+        "the answer pre-filled with its first field. An entity counts if it matches a labelled one of its type "
         "(case, punctuation and a leading 'the' aside); PLACE is GPE and LOC. Micro precision, recall, F1.",
         f"Retain: perplexity on {UTILITY_TEXT} / base's; answer rate on {results['n_questions']} simple "
         f"questions. The loop's target: entity type {config.target.entity_label}. Mean ± sd over seeds "

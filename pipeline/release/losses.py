@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from pipeline.textdata import IGNORE_INDEX
 
 
+def _float(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.log_softmax(logits, dim=-1)
+    return F.log_softmax(_float(logits), dim=-1)
 
 
 def _check_shapes(logits: torch.Tensor, labels_or_mask: torch.Tensor, what: str) -> None:
@@ -92,15 +94,11 @@ def undial_loss(
     if ref_logits.shape != logits.shape:
         raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     keep = labels != IGNORE_INDEX
-    ref = ref_logits.detach()
-    ref = ref.float() if ref.dtype in (torch.float16, torch.bfloat16) else ref
-    # The one-hot is built only at kept positions: -100 has no column to push down.
-    safe_labels = torch.where(keep, labels, torch.zeros_like(labels))
-    onehot = F.one_hot(safe_labels, num_classes=ref.shape[-1]).to(ref.dtype) * keep.unsqueeze(-1)
-    log_target = F.log_softmax(ref - beta * onehot, dim=-1)
-    log_probs = _log_softmax(logits)
-    per_position = F.kl_div(log_probs, log_target.to(log_probs.dtype), reduction="none", log_target=True)
-    return _masked_mean(per_position.sum(-1), keep)
+    z, ref = logits[keep], _float(ref_logits.detach()[keep])  # [N, V]: only kept positions are scored
+    if not len(z):
+        return logits.sum() * 0.0
+    ref[torch.arange(len(ref)), labels[keep]] -= beta  # the indexing above made `ref` a copy
+    return _mean_kl(F.log_softmax(ref, dim=-1), _log_softmax(z))
 
 
 def kl_to_ref(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,10 +112,14 @@ def kl_to_ref(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor
     if ref_logits.shape != logits.shape:
         raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     keep = mask != 0
-    log_ref = _log_softmax(ref_logits.detach())
-    log_probs = _log_softmax(logits)
-    per_position = F.kl_div(log_probs, log_ref.to(log_probs.dtype), reduction="none", log_target=True)
-    return _masked_mean(per_position.sum(-1), keep)
+    if not keep.any():
+        return logits.sum() * 0.0
+    return _mean_kl(_log_softmax(ref_logits.detach()[keep]), _log_softmax(logits[keep]))
+
+
+def _mean_kl(log_target: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(target ‖ model) from log-probabilities [N, V]."""
+    return F.kl_div(log_probs, log_target.to(log_probs.dtype), reduction="batchmean", log_target=True)
 
 
 def graddiff_loss(

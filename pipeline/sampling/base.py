@@ -2,7 +2,8 @@
 
 `generate(instructions, params, adapter)` returns, for each instruction, `params.n` responses
 of the model with the (stacked) adapter at `adapter` applied, or of the base model when it is
-None. Instructions are user messages; the backend applies the model's chat template.
+None. Instructions are user messages (or whole conversations ending with the user's turn,
+as `format_prompt` takes them); the backend applies the model's chat template.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Sampler(Protocol):
 
     def generate(
         self,
-        instructions: list[str],
+        instructions: list[str] | list[list[dict]],
         params: SamplingParams,
         adapter: Path | None = None,
         label: str = "sampling",
@@ -62,7 +63,7 @@ class TransientSamplerError(SamplerError):
 
 
 def prompt_token_ids(
-    tokenizer, instructions: list[str], prefills: list[str] | None = None
+    tokenizer, instructions: list[str] | list[list[dict]], prefills: list[str] | None = None
 ) -> list[list[int]]:
     """The token ids each backend generates from: the chat template, then the prefill if any.
 
