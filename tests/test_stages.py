@@ -12,7 +12,7 @@ from pipeline.evaluation.metrics import perplexity
 from pipeline.files import read_jsonl, write_jsonl
 from pipeline.models import with_adapter
 from pipeline.release.olora import lora_A_matrices, read_adapter
-from pipeline.release.train import train_adapter
+from pipeline.release.train import planned_steps, train_adapter
 from pipeline.reveal.bandit import NeuralUCB
 from pipeline.reveal.instructions import merge_pool, read_prompt_list
 from pipeline.reveal.reward import pull_reward
@@ -128,6 +128,18 @@ def test_every_objective_makes_the_forget_samples_less_likely(state, method, tmp
     assert stats["steps"] == (8 if stopped is None else stopped["step"])  # it stops before stepping
     assert (stats["retain_loss"] == []) == (method in ("ga", "negation"))
     assert after > before * 1.05, (method, before, after)
+
+
+def test_max_epochs_caps_a_release_at_that_many_passes_over_few_rows(state, tmp_path):
+    forget = read_jsonl(state.files.iteration(1).forget)[:5]
+    retain = read_jsonl(state.files.iteration(1).retain)
+    cfg = state.config.release.model_copy(update={"steps": 40, "batch_size": 2, "max_epochs": 2.0})
+    stats = train_adapter(
+        copy.deepcopy(state.model), state.tokenizer, forget, retain, cfg, [], tmp_path / "a", progress=False
+    )
+    assert stats["steps"] == 5  # ceil(2 passes x 5 rows / batch 2), not 40
+    assert planned_steps(cfg.model_copy(update={"max_epochs": None}), 5) == 40
+    assert planned_steps(cfg.model_copy(update={"max_epochs": 100.0}), 5) == 40  # steps stays the cap
 
 
 def test_each_forget_row_gets_a_clean_reply_to_its_own_instruction_first():

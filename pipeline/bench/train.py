@@ -29,7 +29,7 @@ import torch
 from pipeline.config import ConfigError, RunConfig
 from pipeline.files import write_json
 from pipeline.models import device_name
-from pipeline.release.train import train_adapter
+from pipeline.release.train import planned_steps, train_adapter
 from pipeline.run.model import load_run_model
 from pipeline.run.preflight import check_names
 from pipeline.run.prompts import run_prompts
@@ -131,7 +131,7 @@ def run_trainer(model, tokenizer, rows, config: RunConfig) -> dict:
     peft_model = get_peft_model(copy.deepcopy(model), lora)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+            output_dir=tmp, max_steps=planned_steps(cfg, len(rows)), per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
             max_grad_norm=cfg.max_grad_norm, logging_strategy="no", save_strategy="no", report_to=[],
             use_cpu=model.device.type == "cpu", dataloader_num_workers=0, disable_tqdm=True, seed=config.seed,
@@ -166,9 +166,10 @@ def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bo
     check_names(config)
     model, tokenizer, _ = load_run_model(config, progress)
     rows = training_rows(model, tokenizer, config, n=training_row_count(config))
-    epochs = config.release.steps * config.release.batch_size / len(rows)
+    steps = planned_steps(config.release, len(rows))
+    epochs = steps * config.release.batch_size / len(rows)
     log(
-        f"{len(rows)} training rows; {config.release.steps} steps of batch {config.release.batch_size} "
+        f"{len(rows)} training rows; {steps} steps of batch {config.release.batch_size} "
         f"per arm ({epochs:.3g} epochs); {repeats} rounds"
     )
     arms = {

@@ -263,6 +263,14 @@ class ReleaseConfig(Section):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lr: float = Field(1e-3, gt=0, le=MAX_LR)
     steps: int = Field(20, ge=1, le=MAX_STEPS)
+    max_epochs: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_STEPS,
+        description="at most this many passes over the forget rows: a release trains "
+        "min(steps, ceil(max_epochs x rows / batch_size)) steps, so few rows are not trained on for "
+        "steps' worth (None: always `steps`)",
+    )
     batch_size: int = Field(4, ge=1, le=MAX_BATCH)
     max_length: int = Field(160, ge=8, le=MAX_SEQUENCE_TOKENS, description="prompt and response tokens")
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")

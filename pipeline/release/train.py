@@ -202,8 +202,9 @@ def train_adapter(
         started = time.perf_counter()
         peft_model.train()
         label = "retain adapter" if learn else f"release ({cfg.method})"
-        with progress_bar(label, cfg.steps, progress, info="") as bar:
-            for step in range(cfg.steps):
+        planned = planned_steps(cfg, len(forget))
+        with progress_bar(label, planned, progress, info="") as bar:
+            for step in range(planned):
                 retain_batch = next(retain_batches) if retain_batches is not None else None
                 numbers = backward(
                     cfg,
@@ -255,6 +256,13 @@ def train_adapter(
     finally:
         peft_model.unload()  # give the caller its model back without LoRA layers
     return stats
+
+
+def planned_steps(cfg: ReleaseConfig, rows: int) -> int:
+    """`release.steps`, or fewer where `release.max_epochs` passes over `rows` take fewer."""
+    if cfg.max_epochs is None:
+        return cfg.steps
+    return max(1, min(cfg.steps, math.ceil(cfg.max_epochs * rows / cfg.batch_size)))
 
 
 def train_retain_adapter(
