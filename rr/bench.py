@@ -244,7 +244,10 @@ def bench_sampling(
         [], "--set", help="override a config field: --set model.dtype=bfloat16"
     ),
     prompts: int = typer.Option(64, "--prompts", min=1, help="instructions per arm"),
-    new_tokens: int = typer.Option(64, "--new-tokens", min=1, help="tokens generated per instruction"),
+    new_tokens: int = typer.Option(64, "--new-tokens", min=1, help="tokens generated per reply"),
+    replies: int = typer.Option(
+        1, "--replies", min=1, help="replies to each instruction (the loop asks several)"
+    ),
     backends: str = typer.Option("hf,vllm,openai", "--backends", help="comma-separated: hf, vllm, openai"),
     python: Path = typer.Option(None, "--python", help="a Python with vLLM (default: .venv-vllm/bin/python)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
@@ -263,11 +266,13 @@ def bench_sampling(
 
         try:
             results = run_sampling_bench(
-                cfg, out_dir, prompts, new_tokens, chosen, python, progress, err.print
+                cfg, out_dir, prompts, new_tokens, chosen, python, progress, err.print, replies
             )
         except SamplerError as exc:
             raise ConfigError(str(exc)) from None
-    table = Table(title=f"sampling: {prompts} prompts x {new_tokens} tokens ({results['device']})")
+    table = Table(
+        title=f"sampling: {prompts} prompts x {replies} replies x {new_tokens} tokens ({results['device']})"
+    )
     for column in ("backend", "engine", "adapter", "tok/s", "x hf", "first s", "adapter s", "peak MB"):
         table.add_column(column, justify="left" if column in ("backend", "engine", "adapter") else "right")
     for row in results["rows"]:

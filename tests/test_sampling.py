@@ -40,6 +40,17 @@ def test_greedy_is_deterministic_and_batch_independent(tiny):
     assert any(fact in alone[0] for fact in facts), alone[0]
 
 
+def test_replies_that_share_a_prompt_are_what_each_row_alone_gives(tiny):
+    # The n replies to one instruction share one prefill (its KV cache, copied per row): a cache
+    # with the wrong positions or padding would change what the shorter, left-padded prompts say.
+    model, tokenizer = tiny
+    prompts = [QUESTION, "Describe a sunny day.", "Hi"]
+    params = SamplingParams(n=3, temperature=0.0, max_new_tokens=24)
+    alone = HFSampler(model, tokenizer, batch_size=1, progress=False).generate(prompts, params)
+    shared = HFSampler(model, tokenizer, batch_size=9, progress=False).generate(prompts, params)
+    assert shared == alone
+
+
 def test_sampling_gives_n_seeded_responses(tiny):
     model, tokenizer = tiny
     sampler = HFSampler(model, tokenizer, progress=False)

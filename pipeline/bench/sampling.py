@@ -1,9 +1,10 @@
 """`rr bench sampling`: the same sampling work through `hf`, in-process `vllm` and a vLLM server.
 
-Every arm generates exactly `new_tokens` tokens (EOS ignored until then) for each of the same
-`prompts` instructions, sampled as the loop samples (the config's temperature and top_p, a fixed
-seed), with no adapter, a rank-8 adapter, and stacks of two and four rank-8 adapters (ranks 16
-and 32). The adapters are random LoRAs written as ordinary PEFT folders: throughput does not
+Every arm generates `replies` replies of exactly `new_tokens` tokens (EOS ignored until then) to
+each of the same `prompts` instructions, sampled as the loop samples (the config's temperature
+and top_p, a fixed seed; the loop asks several replies to each instruction, which the `hf`
+sampler prefills once), with no adapter, a rank-8 adapter, and stacks of two and four rank-8
+adapters (ranks 16 and 32). The adapters are random LoRAs written as ordinary PEFT folders: throughput does not
 depend on what an adapter learned.
 
 vLLM runs in its own virtual environment, so its arms run in subprocesses of that Python: the
@@ -135,9 +136,9 @@ def measure(sampler, prompts: list[str], params: SamplingParams, adapter: str | 
     }
 
 
-def bench_params(config: RunConfig, new_tokens: int) -> SamplingParams:
-    """The config's generation settings, with exactly `new_tokens` tokens per reply for every backend."""
-    params = SamplingParams.from_generation(config.sample.generation, seed=config.seed)
+def bench_params(config: RunConfig, new_tokens: int, replies: int = 1) -> SamplingParams:
+    """The config's generation settings, `replies` replies of exactly `new_tokens` tokens each."""
+    params = SamplingParams.from_generation(config.sample.generation, n=replies, seed=config.seed)
     return replace(params, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
 
@@ -220,6 +221,7 @@ def run_sampling_bench(
     python: Path | None = None,
     progress: bool = True,
     log=print,
+    replies: int = 1,
 ) -> dict:
     """All arms, one table: results.json `{"rows": [{"backend", "adapter", "tok_per_s", "ratio_to_hf", ...}]}`."""
     from pipeline.sampling.serve import vllm_python
@@ -230,7 +232,7 @@ def run_sampling_bench(
     model, tokenizer, info = load_run_model(config, progress)
     model_dir = info["name_or_path"]  # the folder a vLLM engine loads: converted, planted or the user's
     prompts = bench_prompts(config, prompts_n)
-    params = bench_params(config, new_tokens)
+    params = bench_params(config, new_tokens, replies)
     out.mkdir(parents=True, exist_ok=True)
     # Each backend's rows are kept in parts/ as they finish: a run started again with the same
     # settings reuses them (a server that failed does not cost the other arms).
@@ -240,7 +242,9 @@ def run_sampling_bench(
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         adapters = write_bench_adapters(model, model_dir, config, workdir / "adapters")
-        log(f"{prompts_n} prompts x {new_tokens} new tokens; adapters: {', '.join(adapters)}")
+        log(
+            f"{prompts_n} prompts x {replies} replies x {new_tokens} new tokens; adapters: {', '.join(adapters)}"
+        )
         for backend in backends:
             part = out / "parts" / f"{backend}.json"
             saved = json.loads(part.read_text()) if part.is_file() else {}
@@ -273,6 +277,7 @@ def run_sampling_bench(
         "device": device_name(config.model),
         "prompts": prompts_n,
         "new_tokens": new_tokens,
+        "replies": replies,
         "hf_batch_size": config.sample.generation.batch_size,
         "rows": rows,
         "best_vllm_ratio": best_vllm_ratio(rows),
@@ -293,7 +298,8 @@ def best_vllm_ratio(rows: list[dict]) -> dict[str, float]:
 
 def report(results: dict) -> str:
     lines = [
-        f"# Sampling throughput: {results['prompts']} prompts x {results['new_tokens']} new tokens",
+        f"# Sampling throughput: {results['prompts']} prompts x {results.get('replies', 1)} replies x "
+        f"{results['new_tokens']} new tokens",
         "",
         f"Model {results['model']} ({results['dtype']}), {results['device']}; hf batch size "
         f"{results['hf_batch_size']}.",

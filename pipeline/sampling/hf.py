@@ -64,9 +64,9 @@ class HFSampler:
             started = time.perf_counter()
             for start in range(0, len(requests), self.batch_size):
                 batch = requests[start : start + self.batch_size]
-                enc = {k: v.to(model.device) for k, v in _left_padded([p for _, p in batch], pad).items()}
+                inputs = _shared_prompts(model, [p for _, p in batch], pad)
                 generated = model.generate(
-                    **enc,
+                    **inputs,
                     max_new_tokens=params.max_new_tokens,
                     min_new_tokens=params.min_new_tokens or None,
                     do_sample=sampling,
@@ -76,7 +76,7 @@ class HFSampler:
                     eos_token_id=stop_ids,
                     pad_token_id=pad,
                 )
-                new_tokens = generated[:, enc["input_ids"].shape[1] :]
+                new_tokens = generated[:, inputs["input_ids"].shape[1] :]
                 for (index, _), row in zip(batch, new_tokens):
                     n_tokens += int((row != pad).sum())
                     outputs[index].append(tok.decode(row, skip_special_tokens=True).strip())
@@ -86,6 +86,32 @@ class HFSampler:
                 bar.advance(len(batch), info=f"{rate:.0f} tok/s")
         self.generated_tokens += n_tokens
         return outputs
+
+
+def _shared_prompts(model, rows: list[list[int]], pad_id: int) -> dict:
+    """`generate`'s inputs for a batch: with the KV cache of its prompts when one is in it twice.
+
+    The n replies to one instruction share its prompt: each distinct prompt is run through the
+    model once (all but its last token, which `generate` still needs as input) and its cache
+    copied for every row that asks it, so the prefill costs one row per instruction, not n.
+    """
+    distinct = list(dict.fromkeys(tuple(r) for r in rows))
+    if len(distinct) == len(rows) or min(len(r) for r in rows) < 2:
+        return {k: v.to(model.device) for k, v in _left_padded(rows, pad_id).items()}
+    padded = {k: v.to(model.device) for k, v in _left_padded([list(d) for d in distinct], pad_id).items()}
+    mask = padded["attention_mask"][:, :-1]
+    # The positions generate gives left-padded rows (pads at 0), so the cache matches its own prefill.
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    prefill = model(
+        input_ids=padded["input_ids"][:, :-1], attention_mask=mask, position_ids=positions, use_cache=True
+    )
+    order = {prompt: i for i, prompt in enumerate(distinct)}
+    index = torch.tensor([order[tuple(r)] for r in rows], device=model.device)
+    # transformers 5 names the cache `cache`; 4.x `past_key_values`.
+    name = "cache" if hasattr(prefill, "cache") else "past_key_values"
+    cache = getattr(prefill, name)
+    cache.batch_select_indices(index)
+    return {**{k: v[index] for k, v in padded.items()}, name: cache}
 
 
 def _left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
