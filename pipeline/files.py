@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import ConfigError
+
 
 def current_umask() -> int:
     """The process's umask (reading it means setting it: put straight back)."""
@@ -44,8 +46,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def read_text(path: Path, field: str) -> str:
     """A text file as UTF-8; a missing, unreadable or binary one is a one-line ConfigError naming `field`."""
-    from pipeline.config.sections import ConfigError
-
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -62,8 +62,6 @@ def undecodable(exc: UnicodeDecodeError) -> str:
 
 def read_lines(path: Path, field: str) -> list[str]:
     """The non-blank lines of a text file, stripped; ConfigError naming `field` if there are none."""
-    from pipeline.config.sections import ConfigError
-
     lines = [line.strip() for line in read_text(path, field).splitlines() if line.strip()]
     if not lines:
         raise ConfigError(f"{field}: {path} is empty")
@@ -72,8 +70,6 @@ def read_lines(path: Path, field: str) -> list[str]:
 
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a JSON Lines file; a line that is no JSON object is a ConfigError naming the line."""
-    from pipeline.config.sections import ConfigError
-
     rows = []
     for number, line in enumerate(read_text(path, "run file").splitlines(), start=1):
         if not line.strip():

@@ -15,7 +15,7 @@ PACKAGES = ("pipeline", "flows", "rr")
 
 # Bottom to top; a module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("files and config", ("pipeline", "pipeline.config", "pipeline.files", "pipeline.textdata", "pipeline.progress",
+    ("files and config", ("pipeline", "pipeline.errors", "pipeline.config", "pipeline.files", "pipeline.textdata", "pipeline.progress",
                           "pipeline.model_paths", "pipeline.datasource", "pipeline.plotting",
                           "pipeline.processes", "pipeline.interrupts")),
     ("models", ("pipeline.models",)),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.errors import ConfigError  # noqa: F401  (a config's errors are its input's)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 MAX_NEW_TOKENS = 4096  # tokens generated for one reply
@@ -26,10 +28,6 @@ MAX_RETRIES = 20  # retries of one call; with each delay double the last, more w
 MAX_SECONDS = 86_400.0  # a timeout or a delay: one day
 MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 every step overshoots
 MAX_SEED = 2**32 - 1  # numpy's limit (vLLM seeds numpy with it)
-
-
-class ConfigError(ValueError):
-    """A problem with the user's input: reported as one line, exit code 2."""
 
 
 class Section(BaseModel):
