@@ -25,6 +25,7 @@ from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.config import ConfigError, RunConfig, read_yaml
+from pipeline.models import device_name
 from pipeline.run.preflight import check_names
 from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -148,6 +149,7 @@ def run_code_bench(
     per_seed = {m: [relative_to_base(raws[m][s], raws["base"][s]) for s in all_seeds] for m in raws}
     results = {
         "model": config.model.path,
+        "device": device_name(config.model),
         "n_tasks": len(heldout["tasks"]),
         "n_problems": len(heldout["problems"]),
         "n_questions": len(heldout["questions"]),

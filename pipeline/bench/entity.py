@@ -29,6 +29,7 @@ from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.config import ConfigError, RunConfig
 from pipeline.files import read_text
+from pipeline.models import device_name
 from pipeline.run.preflight import check_names
 from pipeline.sampling.base import GREEDY
 from pipeline.sampling.hf import HFSampler
@@ -175,6 +176,7 @@ def run_entity_bench(
     per_seed = {m: [relative_to_base(raws[m][s], raws["base"][s]) for s in all_seeds] for m in raws}
     results = {
         "model": config.model.path,
+        "device": device_name(config.model),
         "target_label": config.target.entity_label,
         "n_sentences": len(heldout["sentences"]),
         "n_questions": len(heldout["questions"]),

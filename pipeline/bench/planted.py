@@ -33,7 +33,7 @@ from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.seeds import aggregate, seed_list, spread_note
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.files import read_lines, write_json
-from pipeline.models import with_adapter
+from pipeline.models import device_name, with_adapter
 from pipeline.planting.examples import plant_examples
 from pipeline.planting.plant import planted_model
 from pipeline.planting.spec import PlantedSpec, load_spec
@@ -172,6 +172,7 @@ def run_planted_bench(
     results = {
         "spec": str(spec_path),
         "model": cfg.model.path,
+        "device": device_name(cfg.model),
         "forget": spec.forget,
         "seeds": all_seeds,
         "step_budget": budgets,

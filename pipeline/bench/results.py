@@ -58,7 +58,8 @@ def report_markdown(results: dict, columns: list[tuple[str, str, str]], title: s
     for label, metrics in table_rows(results):
         cells = [metric_cell(metrics, key, fmt) for key, _, fmt in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", *[f"- {note}" for note in notes], "", "![trade-off](plot.png)"]
+    measured_on = [f"Measured on {results['device']}."] if results.get("device") else []
+    lines += ["", *[f"- {note}" for note in measured_on + notes], "", "![trade-off](plot.png)"]
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets
 from pipeline.bench.seeds import aggregate, flatten, spread_note
 from pipeline.config import RunConfig
 from pipeline.evaluation.metrics import expected_max_of_k, scores_by_prompt, toxicity_metrics
+from pipeline.models import device_name
 from pipeline.run.preflight import check_names
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
@@ -214,6 +215,7 @@ def run_toxicity_bench(
     names = list(judges)
     results = {
         "model": config.model.path,
+        "device": device_name(config.model),
         "prompts": setup["prompts"],
         "n_prompts": len(heldout["prompts"]),
         "styles": {

@@ -169,7 +169,13 @@ class GenerationConfig(Section):
     max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
+    batch_size: int = Field(
+        64,
+        ge=1,
+        le=MAX_BATCH,
+        description="replies generated at once by the hf sampler (rr bench sampling, embedded model, 2-core "
+        "CPU, 8 replies to each instruction: 64 gave 1.6x the tokens per second of 16)",
+    )
 
 
 class RevealConfig(Section):
