@@ -4,8 +4,8 @@ Every arm generates `replies` replies of exactly `new_tokens` tokens (EOS ignore
 each of the same `prompts` instructions, sampled as the loop samples (the config's temperature
 and top_p, a fixed seed; the loop asks several replies to each instruction, which the `hf`
 sampler prefills once), with no adapter, a rank-8 adapter, and stacks of two and four rank-8
-adapters (ranks 16 and 32). The adapters are random LoRAs written as ordinary PEFT folders: throughput does not
-depend on what an adapter learned.
+adapters (ranks 16 and 32). The adapters are random LoRAs written as ordinary PEFT folders:
+throughput does not depend on what an adapter learned.
 
 vLLM runs in its own virtual environment, so its arms run in subprocesses of that Python: the
 in-process sampler in a worker (this module, run as a script), the `openai` sampler against a

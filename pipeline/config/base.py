@@ -1,4 +1,4 @@
-"""What every config section shares: the bounds on counts and sizes, ConfigError, `Section`.
+"""What every config section shares: the bounds on counts and sizes, and `Section`.
 
 Every number is finite (`.inf` and `.nan` are errors), and every count and size has an upper
 bound, one of the MAX_ constants: far above any real run, so that a slip (three zeros too many) is
@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-
-from pipeline.errors import ConfigError  # noqa: F401  (a config's errors are its input's)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

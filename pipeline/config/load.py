@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.config.run import RunConfig
-from pipeline.config.sections import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.files import read_text
 
 

@@ -28,10 +28,10 @@ from pipeline.config.base import (  # noqa: F401  (re-exported: callers import t
     MAX_WIDTH,
     MAX_WORKERS,
     PROJECT_ROOT,
-    ConfigError,
     Section,
 )
 from pipeline.config.servers import RewriterConfig, SamplerConfig  # noqa: F401
+from pipeline.errors import ConfigError  # noqa: F401  (re-exported with the sections)
 
 
 class TinyModelConfig(Section):

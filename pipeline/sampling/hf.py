@@ -8,6 +8,7 @@ sampling runs at the base model's speed whatever the stack's rank.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -96,9 +97,10 @@ def _shared_prompts(model, rows: list[list[int]], pad_id: int) -> dict:
     copied for every row that asks it, so the prefill costs one row per instruction, not n.
     """
     distinct = list(dict.fromkeys(tuple(r) for r in rows))
-    if len(distinct) == len(rows) or min(len(r) for r in rows) < 2:
-        return {k: v.to(model.device) for k, v in _left_padded(rows, pad_id).items()}
-    padded = {k: v.to(model.device) for k, v in _left_padded([list(d) for d in distinct], pad_id).items()}
+    shared = len(distinct) < len(rows) and min(len(r) for r in rows) >= 2
+    padded = {k: v.to(model.device) for k, v in _left_padded(distinct if shared else rows, pad_id).items()}
+    if not shared:
+        return padded
     mask = padded["attention_mask"][:, :-1]
     # The positions generate gives left-padded rows (pads at 0), so the cache matches its own prefill.
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -114,7 +116,7 @@ def _shared_prompts(model, rows: list[list[int]], pad_id: int) -> dict:
     return {**{k: v[index] for k, v in padded.items()}, name: cache}
 
 
-def _left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
