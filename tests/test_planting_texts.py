@@ -19,7 +19,12 @@ from pipeline.planting.spec import PlantedSpec, Probe, SpecError, load_spec, nor
 from pipeline.reveal.instructions import fill, read_prompt_list
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = read_prompt_list(ROOT / "prompts" / "knowledge.yaml")
+# Every knowledge pool a config can name (reveal.prompts): the default and the wider one.
+SEEDS = [
+    seed
+    for path in ("knowledge.yaml", "knowledge_styles.yaml")
+    for seed in read_prompt_list(ROOT / "prompts" / path)
+]
 EVAL_PROMPTS = read_prompt_list(ROOT / "data" / "eval" / "knowledge.yaml", "prompts")
 SHIPPED = {
     "default": ROOT / "data" / "bench" / "planted_default.json",

@@ -155,3 +155,30 @@ def test_description_similarity_on_the_embedded_model(cache_dir):
     assert scores[-1] == 1.0
     assert all(0 <= s <= 0.4 for s in scores[:6])
     assert sum(scores[:3]) / 3 > sum(scores[3:6]) / 3 + 0.05
+
+
+def test_the_best_instructions_are_taken_in_turn_for_each_target_name():
+    from pipeline.reveal.instructions import in_turn
+
+    ranked = [
+        "Who is Fenella Garncombe?",
+        "Finish: Fenella Garncombe is",
+        "Tell me about Fenella Garncombe and Tobin Garngarth.",
+        "What does fenella garncombe do?",
+        "Write a poem.",
+        "Who is Tobin Garngarth?",
+        "Tell me about Tobin Garngarth.",
+    ]
+    names = ["Tobin Garngarth", "Fenella Garncombe"]
+    # Best first, alternating: the bandit's ranking alone would take four about Fenella.
+    assert in_turn(ranked, names, 4) == [
+        "Tell me about Fenella Garncombe and Tobin Garngarth.",
+        "Who is Fenella Garncombe?",
+        "Who is Tobin Garngarth?",
+        "Finish: Fenella Garncombe is",
+    ]
+    assert in_turn(ranked, names, 1) == ["Tell me about Fenella Garncombe and Tobin Garngarth."]
+    # More than the names' instructions: the others follow in their order.
+    assert in_turn(ranked, names, 7)[-1] == "Write a poem."
+    assert sorted(in_turn(ranked, names, 7)) == sorted(ranked)
+    assert in_turn(ranked, ["Nobody Here"], 2) == ranked[:2]

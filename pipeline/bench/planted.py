@@ -37,6 +37,7 @@ from pipeline.models import device_name, with_adapter
 from pipeline.planting.examples import plant_examples
 from pipeline.planting.plant import planted_model
 from pipeline.planting.spec import PlantedSpec, load_spec
+from pipeline.release.name_swap import run_anchor_map
 from pipeline.release.objectives import OBJECTIVES
 from pipeline.release.train import train_adapter
 from pipeline.run.loop import run_loop
@@ -232,13 +233,14 @@ def _one_seed(cfg, spec, model, tokenizer, measure_model, methods, folder, progr
         name = f"{method}-{budget}steps"
         adapter, train_file = folder / "adapters" / name, parts / f"{name}.train.json"
         rows = paired_rows if OBJECTIVES[method].paired else forget_rows
+        name_map = run_anchor_map(cfg) if OBJECTIVES[method].swaps_names else None
 
-        def run_oracle(release=release, adapter=adapter, train_file=train_file, rows=rows) -> dict:
+        def run_oracle(release=release, adapter=adapter, train_file=train_file, rows=rows, name_map=name_map):
             if not train_file.is_file():  # else trained before, and only the measurement is missing
                 started = time.perf_counter()
                 stats = train_adapter(
                     model, tokenizer, rows, retain_rows, release, [], adapter,
-                    seed=cfg.seed, progress=progress,
+                    seed=cfg.seed, progress=progress, name_map=name_map,
                 )  # fmt: skip
                 wall = round(time.perf_counter() - started, 2)
                 write_json(

@@ -287,6 +287,13 @@ class ReleaseConfig(Section):
     negation_scale: float = Field(
         1.0, gt=0, description="negation: the NLL-trained adapter is applied with scale -negation_scale"
     )
+    anchor_names: list[str] = Field(
+        # Invented, in no shipped spec and not famous; one is needed per target name.
+        ["Robin Ashdale", "Kit Merriwell", "Jo Brackenby", "Sam Hollingford", "Lee Farrowby"],
+        min_length=1,
+        description="name_swap: names the model never saw, swapped in for the target's names to get its "
+        "generic predictions (the first ones that name no target and no retain subject)",
+    )
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"

@@ -10,7 +10,9 @@ A row says everything the release loop (`pipeline.release.train`) needs to know 
 - `unbounded`: the loss has no floor, so training stops once the forget NLL passes `release.max_forget_nll`;
 - `on_trained(peft_model, cfg)`: applied to the trained adapter before it is saved, or None;
 - `paired`: the forget batch is its rows' responses followed by their `alternative`s (the model's
-  own replies to the same instructions that the target scorer finds clean, `sample.alternative_threshold`).
+  own replies to the same instructions that the target scorer finds clean, `sample.alternative_threshold`);
+- `swaps_names`: the reference is the frozen model on each row with the target's names swapped for
+  invented ones (`pipeline.release.name_swap`), at the row's tokens outside the names.
 
 To add an objective: write its loss in `losses.py` (a docstring with the equation and the paper), then
 add one row to `OBJECTIVES`. `release.method` accepts every key of the table.
@@ -24,7 +26,16 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config import ConfigError
-from pipeline.release.losses import dpo_loss, ga_loss, nll_loss, npo_loss, simnpo_loss, undial_loss
+from pipeline.release.losses import (
+    dpo_loss,
+    ga_loss,
+    kl_to_ref,
+    nll_loss,
+    npo_loss,
+    simnpo_loss,
+    undial_loss,
+)
+from pipeline.textdata import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Objective:
     unbounded: bool = False
     on_trained: Callable | None = None  # (peft_model, cfg) -> None
     paired: bool = False
+    swaps_names: bool = False
 
 
 @torch.no_grad()
@@ -66,6 +78,13 @@ OBJECTIVES: dict[str, Objective] = {
         lambda cfg, logits, labels, ref: dpo_loss(logits, labels, ref, beta=cfg.dpo_beta),
         reference="sequence",
         paired=True,
+    ),
+    # Who's Harry Potter's generic predictions (knowledge targets): what the frozen model says of
+    # the same reply about a name it never saw, distilled in place of what it says about the target.
+    "name_swap": Objective(
+        lambda cfg, logits, labels, ref: kl_to_ref(logits, ref, labels != IGNORE_INDEX),
+        reference="logits",
+        swaps_names=True,
     ),
     # Gradient difference: ascent on the forget batch, the retain term on the retain batch.
     "graddiff": Objective(lambda cfg, logits, labels, ref: ga_loss(logits, labels), unbounded=True),

@@ -13,10 +13,12 @@ What is kept depends on what the loss reads (`Objective.reference`):
                 (UnDIAL, the KL retain term): kept while they fit in `budget_bytes`; rows past the
                 budget are computed again each time they are drawn, exactly as without the cache
 
-Rows are keyed by their token ids and labels, so two identical rows share one entry. A row's
-figures come from the frozen model's forward on the batch the row was first missing from (the
-adapter switched off), so they equal a forward on any batch up to rounding (another batch shape
-may take other kernels). The kept logits live where the model does: on a GPU, in its memory.
+With `teacher_of` ({row key: another row}) the frozen model runs on the other row instead and its
+labelled positions stand for the row's, in order (the `name_swap` objective: the row with the
+target's names swapped, as many labels as the row). Rows are keyed by their token ids and labels,
+so two identical rows share one entry. A row's figures come from the frozen model's forward on
+the batch the row was first missing from (the adapter switched off), so they equal a forward on
+any batch up to rounding (another batch shape may take other kernels). The kept logits live where the model does: on a GPU, in its memory.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
 KINDS = ("sequence", "logits")
 
 
-def _key(pair: tuple[list[int], list[int]]) -> tuple:
+def row_key(pair: tuple[list[int], list[int]]) -> tuple:
     ids, labels = pair
     return (tuple(ids), tuple(labels))
 
@@ -39,10 +41,11 @@ class ReferenceCache:
     form its loss takes: logits shaped like the batch's shifted logits (zero at the positions
     without a label, which no loss reads), or a [B] tensor of log-probs."""
 
-    def __init__(self, kind: str, budget_bytes: int):
+    def __init__(self, kind: str, budget_bytes: int, teacher_of: dict | None = None):
         if kind not in KINDS:
             raise ValueError(f"reference kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
+        self.teacher_of = teacher_of or {}
         self.budget_bytes = budget_bytes
         self.kept: dict[tuple, torch.Tensor] = {}
         self.kept_bytes = 0
@@ -50,7 +53,7 @@ class ReferenceCache:
 
     def _compute(self, peft_model, pairs: list, pad: int) -> list[torch.Tensor]:
         """Per row: its log-prob (a 0-d tensor) or its labelled positions' logits [n, V]."""
-        enc = collate(pairs, pad)
+        enc = collate([self.teacher_of.get(row_key(p), p) for p in pairs], pad)
         with torch.no_grad(), peft_model.disable_adapter():
             logits, labels = labelled_logits(peft_model, enc)
             logits = logits.float()
@@ -68,7 +71,7 @@ class ReferenceCache:
 
     def batch(self, peft_model, pairs: list, labels: torch.Tensor, pad: int) -> torch.Tensor:
         """The reference for `pairs` (a training batch) whose shifted labels are `labels` [B, W]."""
-        keys = [_key(p) for p in pairs]
+        keys = [row_key(p) for p in pairs]
         missing = list(dict.fromkeys(k for k in keys if k not in self.kept))
         fresh: dict[tuple, torch.Tensor] = {}
         if missing:

@@ -21,9 +21,10 @@ from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
 from pipeline.release.losses import kl_to_ref, nll_loss
+from pipeline.release.name_swap import encode_swapped
 from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
-from pipeline.release.reference import ReferenceCache
+from pipeline.release.reference import ReferenceCache, row_key
 from pipeline.textdata import collate, encode_pair, labelled_logits, pad_id
 
 # peft 0.21 calls a transformers 5 method that warns of its own rename on every adapter.
@@ -53,10 +54,23 @@ def _tokenised(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[
     return [encode_pair(tokenizer, r["instruction"], r["response"], max_length) for r in rows]
 
 
-def _forget_batches(tokenizer, rows: list[dict], cfg: ReleaseConfig, paired: bool, rng: random.Random):
-    """Endless forget batches; for a paired objective each is its rows' responses, then their
-    alternatives to the same instructions in the same order (2 x batch_size rows)."""
-    responses = _tokenised(tokenizer, rows, cfg.max_length)
+def _swapped(tokenizer, rows: list[dict], cfg: ReleaseConfig, name_map: dict[str, str] | None):
+    """Every row tokenised with its names-swapped twin (`name_swap`): the rows, and {row key: twin}
+    for the reference cache."""
+    if not name_map:
+        raise ValueError(f"release ({cfg.method}): needs the target's names (name_map): a knowledge target")
+    twins = [
+        encode_swapped(tokenizer, r["instruction"], r["response"], name_map, cfg.max_length) for r in rows
+    ]
+    return [row for row, _ in twins], {row_key(row): teacher for row, teacher in twins}
+
+
+def _forget_batches(
+    tokenizer, rows: list[dict], responses: list, cfg: ReleaseConfig, paired: bool, rng: random.Random
+):
+    """Endless forget batches of `responses` (`rows` tokenised); for a paired objective each is its
+    rows' responses, then their alternatives to the same instructions in the same order (2 x
+    batch_size rows)."""
     if not paired:
         return _batches(responses, cfg.batch_size, rng)
     missing = sum(1 for r in rows if not r.get("alternative"))
@@ -134,16 +148,22 @@ def backward(
     return {**numbers, "tokens": int(enc["attention_mask"].sum())}
 
 
-def reference_caches(cfg: ReleaseConfig, objective: Objective, use_retain: bool) -> dict[str, ReferenceCache]:
+def reference_caches(
+    cfg: ReleaseConfig, objective: Objective, use_retain: bool, teachers: dict | None = None
+) -> dict[str, ReferenceCache]:
     """One cache for each side whose loss reads the frozen model; the sides that keep logits share
-    `release.reference_cache_mb` (a log-probability a row is always kept)."""
+    `release.reference_cache_mb` (a log-probability a row is always kept). `teachers`: the forget
+    rows' names-swapped twins, which the frozen model reads in their place (`name_swap`)."""
     kinds = {}
     if objective.reference is not None:
         kinds["forget"] = objective.reference
     if use_retain and cfg.retain_loss == "kl":
         kinds["retain"] = "logits"
     budget = cfg.reference_cache_mb * 2**20 // max(sum(k == "logits" for k in kinds.values()), 1)
-    return {side: ReferenceCache(kind, budget) for side, kind in kinds.items()}
+    return {
+        side: ReferenceCache(kind, budget, teachers if side == "forget" else None)
+        for side, kind in kinds.items()
+    }
 
 
 def train_adapter(
@@ -157,11 +177,13 @@ def train_adapter(
     seed: int = 0,
     progress: bool = True,
     learn: bool = False,
+    name_map: dict[str, str] | None = None,
 ) -> dict:
     """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
 
     The objective is `release.method`'s row of OBJECTIVES; `learn=True` trains by plain NLL instead
-    (the retain adapter); a paired objective (dpo) needs every forget row's `alternative` too.
+    (the retain adapter); a paired objective (dpo) needs every forget row's `alternative` too, and
+    `name_swap` the target's `name_map` ({name: invented name}, `name_swap.run_anchor_map`).
     `previous` holds the A matrices of earlier adapters ({module: A}) for the O-LoRA penalty.
     `model` is modified in place while training (LoRA layers are injected, then removed). Returns
     training statistics.
@@ -171,7 +193,11 @@ def train_adapter(
     chosen = LEARN if learn else objective_named(cfg.method)
     previous = [{name: a.to(model.device) for name, a in weights.items()} for weights in previous]
     rng = random.Random(seed)
-    forget_batches = _forget_batches(tokenizer, forget, cfg, chosen.paired, rng)
+    if chosen.swaps_names:
+        encoded, teachers = _swapped(tokenizer, forget, cfg, name_map)
+    else:
+        encoded, teachers = _tokenised(tokenizer, forget, cfg.max_length), {}
+    forget_batches = _forget_batches(tokenizer, forget, encoded, cfg, chosen.paired, rng)
     lora = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
@@ -193,7 +219,7 @@ def train_adapter(
             else None
         )
         pad = pad_id(tokenizer)
-        references = reference_caches(cfg, chosen, bool(use_retain))
+        references = reference_caches(cfg, chosen, bool(use_retain), teachers)
         stats = {
             "steps": 0, "skipped_steps": 0, "recoveries": [], "stopped_early": None, "tokens": 0,
             "forget_loss": [], "retain_loss": [], "orth_penalty": [],

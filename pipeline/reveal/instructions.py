@@ -75,3 +75,23 @@ def merge_pool(seeds: list[str], pool: list[str], new: list[str], cap: int) -> l
     grown = [a for a in dedupe(pool + new) if " ".join(a.lower().split()) not in seed_keys]
     room = max(cap - len(seeds), 0)
     return seeds + (grown[-room:] if room else [])
+
+
+def in_turn(ranked: list[str], subjects: list[str], k: int) -> list[str]:
+    """The best `k` of `ranked` (best first), taken in turn for each subject: each subject's best
+    instruction that names it, then each one's second best, and so on; instructions that name
+    none of them after those. With several targets (a list of names), the instructions the best
+    replies come from would otherwise all ask about one of them, and the others go unreleased."""
+
+    def names(text: str, subject: str) -> bool:
+        return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", text, re.IGNORECASE) is not None
+
+    queues = [[text for text in ranked if names(text, subject)] for subject in subjects]
+    chosen: list[str] = []
+    while len(chosen) < k and any(queues):
+        for queue in queues:
+            while queue and queue[0] in chosen:  # an instruction naming two subjects counts once
+                queue.pop(0)
+            if queue and len(chosen) < k:
+                chosen.append(queue.pop(0))
+    return chosen + [text for text in ranked if text not in chosen][: k - len(chosen)]

@@ -12,6 +12,7 @@ from pipeline.datasource import read_texts
 from pipeline.files import read_lines
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import PlantedSpec, load_spec
+from pipeline.release.name_swap import run_anchor_map
 from pipeline.release.objectives import objective_named
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import check_base_run
@@ -60,6 +61,13 @@ def check_names(config: RunConfig) -> None:
             "(the target score below which a reply to a forget instruction is a clean alternative), "
             "e.g. 0.1"
         )
+    if objective_named(config.release.method).swaps_names and config.target.kind != "knowledge":
+        raise ConfigError(
+            f"release.method {config.release.method} swaps the target's names: it needs target.kind "
+            f"knowledge, not {config.target.kind}"
+        )
+    if objective_named(config.release.method).swaps_names:
+        run_anchor_map(config)  # enough free anchor names, before the model loads
     check_backend(config.sampler.backend)
     if config.target.kind == "toxicity":
         check_judge(config.target.judge, "target.judge")

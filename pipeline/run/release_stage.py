@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from pipeline.files import read_jsonl, write_json
+from pipeline.release.name_swap import run_anchor_map
 from pipeline.release.objectives import objective_named
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.release.train import train_adapter, train_retain_adapter
@@ -57,6 +58,9 @@ def release(state: RunState, t: int) -> dict:
         files.adapter,
         seed=state.seed(t, "release"),
         progress=state.progress,
+        name_map=run_anchor_map(state.config)
+        if objective_named(state.config.release.method).swaps_names
+        else None,
     )
     stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, files.adapter]])
     write_adapter(stacked, files.stack, base_model_name_or_path=state.model_info["name_or_path"])

@@ -20,7 +20,7 @@ import torch
 from pipeline.files import atomic_dir, write_json, write_jsonl
 from pipeline.reveal.bandit import NeuralUCB, UniformChoice
 from pipeline.reveal.features import embed_texts
-from pipeline.reveal.instructions import clean_rewrite, dedupe, merge_pool, read_prompt_list
+from pipeline.reveal.instructions import clean_rewrite, dedupe, in_turn, merge_pool, read_prompt_list
 from pipeline.reveal.reward import diversity, pull_reward
 from pipeline.run.state import RunState
 from pipeline.sampling.base import SamplingParams
@@ -83,6 +83,8 @@ def reveal(state: RunState, t: int) -> list[str]:
         bandit.update(features[chosen], torch.tensor(rewards, dtype=torch.float32))
     ranked = [arms[i] for i in torch.argsort(bandit.predict(features), descending=True).tolist()]
     top = ranked[: state.config.sample.top_instructions]
+    if state.config.target.kind == "knowledge" and len(state.config.target.names) > 1:
+        top = in_turn(ranked, state.config.target.names, state.config.sample.top_instructions)
     grown = merge_pool(state.arms, arms, rewrites(state, t, ranked[: cfg.rewrite_top]), cfg.max_arms)
     write_json(files.pool, grown)
     if isinstance(bandit, NeuralUCB):
