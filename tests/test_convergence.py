@@ -7,6 +7,7 @@ from pipeline.evaluation.convergence import (
     PLATEAU,
     breaks_utility_floor,
     stop_reason,
+    undoes_forgetting,
 )
 
 BASE = {"forget_score": 0.8}
@@ -38,3 +39,11 @@ def test_max_iterations():
 def test_utility_floor():
     assert breaks_utility_floor({"utility_ppl_ratio": 1.6}, StopConfig(utility_floor=1.5))
     assert not breaks_utility_floor({"utility_ppl_ratio": 1.2}, StopConfig(utility_floor=1.5))
+
+
+def test_a_rise_of_the_forget_score_past_the_best_so_far():
+    rise = StopConfig(max_forget_rise=0.05)
+    assert undoes_forgetting({"forget_score": 0.31}, 0.25, rise)
+    assert not undoes_forgetting({"forget_score": 0.29}, 0.25, rise)
+    assert not undoes_forgetting({"forget_score": 0.9}, 0.25, StopConfig())  # off by default
+    assert undoes_forgetting({"forget_score": 0.26}, 0.25, StopConfig(max_forget_rise=0.0))

@@ -68,6 +68,33 @@ def test_an_adapter_that_breaks_the_utility_floor_is_dropped_not_stacked(tmp_pat
     assert json.loads((state.files.adapter / "adapter_config.json").read_text())["r"] == 8
 
 
+def test_an_adapter_that_brings_the_forgotten_back_is_dropped_when_asked(tmp_path, cache_dir):
+    def release_then_undo(state, t):
+        stats = release(state, t)
+        if t == 2:  # made worse on purpose: adapter 2 is adapter 1 negated, so the stack is the base
+            files = state.files.iteration(2)
+            first = read_adapter(state.files.iteration(1).adapter)
+            undo = {m: (a, -b) for m, (a, b) in first.items()}
+            write_adapter(undo, files.adapter, state.model_info["name_or_path"])
+            write_adapter(stack_adapters([first, undo]), files.stack, state.model_info["name_or_path"])
+        return stats
+
+    overrides = [
+        "stop.max_iterations=3",
+        "stop.min_iterations=3",
+        "stop.max_forget_rise=0.0",
+        "release.steps=30",
+    ]
+    state, summary = run(tmp_path, "rise", overrides, release=release_then_undo)
+    first, second = summary["history"]
+    assert first["forget_score"] < summary["baseline"]["forget_score"]  # iteration 1 forgot something
+    assert summary["stop_reason"] == "forget_score_rose" and summary["iterations"] == 2
+    assert first["kept"] and not second["kept"]
+    assert second["forget_score"] > first["forget_score"]
+    assert summary["final"]["forget_score"] == first["forget_score"]
+    assert kept_iterations(state) == [1]
+
+
 def test_a_release_without_forget_samples_is_skipped(tmp_path, cache_dir):
     def sample_nothing_at_2(state, t, instructions):
         if t != 2:

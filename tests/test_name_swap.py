@@ -11,7 +11,7 @@ from pipeline.models import with_adapter
 from pipeline.planting.plant import planted_model
 from pipeline.planting.spec import load_spec
 from pipeline.planting.tiny import build_tokenizer
-from pipeline.release.name_swap import anchor_map, encode_swapped, run_anchor_map, swap
+from pipeline.release.name_swap import anchor_map, encode_swapped, generic_logits, run_anchor_map, swap
 from pipeline.release.reference import ReferenceCache
 from pipeline.release.train import train_adapter
 from pipeline.run.preflight import check_names
@@ -93,6 +93,42 @@ def test_the_reference_is_the_frozen_model_on_the_twin(tokenizer):
     )
 
 
+def test_the_generic_reading_pushes_down_what_the_real_name_makes_likelier():
+    own = torch.tensor([[4.0, 1.0, 0.0, 0.0]])  # the real name: token 0 (the fact) far ahead
+    twin = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # a stranger: tokens 0 and 1 alike
+    assert torch.allclose(generic_logits(own, twin, 0.0), twin.log_softmax(-1))
+    generic = generic_logits(own, twin, 1.0).softmax(-1)[0]
+    assert generic[0] < generic[2] < generic[1]  # the fact now below what neither reading favours
+    # Tokens the real name makes less likely keep the stranger's weight (relative to each other).
+    assert torch.isclose(generic[2] / generic[3], torch.tensor(1.0))
+
+
+def test_a_blended_reference_is_the_generic_reading_of_the_row_and_its_twin(tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)  # fmt: skip
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj"]))
+    row, twin = encode_swapped(
+        tokenizer, "Who is Mira?", "Mira Castellane lives in Velmora.", anchor_map(NAMES, ANCHORS)
+    )
+    blend = lambda own, other: generic_logits(own, other, 2.0)  # noqa: E731
+    cache = ReferenceCache("logits", 1 << 30, {(tuple(row[0]), tuple(row[1])): twin}, blend)
+    _, labels = labelled_logits(model, collate([row], 0))
+    reference = cache.batch(model, [row], labels, 0)[labels != IGNORE_INDEX]
+    with torch.no_grad():
+        own_logits, own_labels = labelled_logits(model, collate([row], 0))
+        twin_logits, twin_labels = labelled_logits(model, collate([twin], 0))
+    expected = generic_logits(
+        own_logits[own_labels != IGNORE_INDEX], twin_logits[twin_labels != IGNORE_INDEX], 2.0
+    )
+    assert torch.allclose(reference, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="a blend reads"):
+        ReferenceCache("sequence", 0, {}, blend)
+
+
 def test_name_swap_needs_a_knowledge_target_and_enough_anchor_names():
     with pytest.raises(ConfigError, match="needs target.kind knowledge, not toxicity"):
         check_names(load_config("configs/demo.yaml", ["release.method=name_swap"]))
@@ -125,10 +161,15 @@ def _answer_logprob(model, tokenizer, person) -> float:
     return sum(values) / len(values)
 
 
-def test_a_release_takes_the_forgotten_persons_facts_out_and_keeps_the_others(tmp_path, cache_dir):
-    cfg = load_config(
-        "configs/tiny.yaml", ["release.method=name_swap", "release.steps=30", "release.lr=0.005"]
-    )
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_release_takes_the_forgotten_persons_facts_out_and_keeps_the_others(tmp_path, cache_dir, alpha):
+    overrides = [
+        "release.method=name_swap",
+        "release.steps=30",
+        "release.lr=0.005",
+        f"release.swap_alpha={alpha}",
+    ]
+    cfg = load_config("configs/tiny.yaml", overrides)
     model, tokenizer, _ = planted_model(cfg.model, "full", prompt_texts(cfg), cfg.seed, progress=False)
     spec = load_spec(cfg.model.plant.spec)
     target, kept = spec.person("Mira Castellane"), spec.person("Tobias Wrenfield")
@@ -144,6 +185,7 @@ def test_a_release_takes_the_forgotten_persons_facts_out_and_keeps_the_others(tm
         return {p.name: _answer_logprob(found, tokenizer, p) for p in (target, kept)}
 
     after = released(run_anchor_map(cfg), "swapped")
+    print("NUMBERS", alpha, before, after)
     dropped = before[target.name] - after[target.name]
     # Seen: the answers from -0.01 to -3.9 (p 0.99 -> 0.02), the kept person's -0.009 -> -0.015.
     assert dropped > 2.0, (before, after)

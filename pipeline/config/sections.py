@@ -287,6 +287,12 @@ class ReleaseConfig(Section):
     negation_scale: float = Field(
         1.0, gt=0, description="negation: the NLL-trained adapter is applied with scale -negation_scale"
     )
+    swap_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="name_swap: how far below the stranger's reading a token goes that the real name makes "
+        "more likely (Who's Harry Potter's alpha, on log-probabilities; 0: the stranger's reading as it is)",
+    )
     anchor_names: list[str] = Field(
         # Invented, in no shipped spec and not famous; one is needed per target name.
         ["Robin Ashdale", "Kit Merriwell", "Jo Brackenby", "Sam Hollingford", "Lee Farrowby"],
@@ -351,6 +357,12 @@ class StopConfig(Section):
     min_delta: float = Field(0.01, ge=0)
     forget_threshold: float = Field(0.05, ge=0, le=1)
     utility_floor: float = Field(1.5, gt=1.0, description="largest allowed retain perplexity / base's")
+    max_forget_rise: float | None = Field(
+        None,
+        ge=0,
+        description="an adapter that leaves the forget score more than this above the best so far (the "
+        "baseline's or a kept iteration's) is dropped and the run stops; None: never",
+    )
 
 
 class OrchestrationConfig(Section):

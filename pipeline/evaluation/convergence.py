@@ -8,10 +8,19 @@ FORGOTTEN = "forget_threshold_reached"
 PLATEAU = "no_improvement"
 MAX_ITERATIONS = "max_iterations"
 UTILITY_FLOOR = "utility_floor_broken"
+FORGET_ROSE = "forget_score_rose"
 
 
 def breaks_utility_floor(metrics: dict, stop: StopConfig) -> bool:
     return metrics["utility_ppl_ratio"] > stop.utility_floor
+
+
+def undoes_forgetting(metrics: dict, best_forget_score: float, stop: StopConfig) -> bool:
+    """Whether an iteration left the forget score above the best so far by more than
+    `stop.max_forget_rise`. An adapter trained on what the model says once it has forgotten (its
+    own wrong guesses) can push those down and let the right answer back up."""
+    rise = stop.max_forget_rise
+    return rise is not None and metrics["forget_score"] > best_forget_score + rise
 
 
 def stop_reason(history: list[dict], baseline: dict, stop: StopConfig) -> str | None:

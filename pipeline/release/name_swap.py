@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from pipeline.errors import ConfigError
 from pipeline.textdata import IGNORE_INDEX, format_prompt
 
@@ -42,6 +44,21 @@ def anchor_map(names: list[str], anchors: list[str], avoid: list[str] = ()) -> d
             if len(part) >= 3 and part not in mapping:
                 mapping[part] = anchor_parts[0] if i == 0 else anchor_parts[-1]
     return mapping
+
+
+def generic_logits(own: torch.Tensor, twin: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Who's Harry Potter's generic prediction (its eq. 1, v_generic = v_baseline − α·ReLU(v_reinforced
+    − v_baseline)), with the stranger's reading as the baseline, the real name's as the reinforced
+    one, in log-probabilities:
+
+        v_generic = v_twin − α · ReLU(v_own − v_twin)
+
+    v_own is what the frozen model predicts at a reply token with the target's name, v_twin with
+    the invented one. A token the real name makes more likely than a stranger's name (the answer
+    to a fact, even where a stranger's reading gives it some weight) is pushed below the stranger's
+    reading; every other token keeps the stranger's weight. With α = 0 it is the twin's reading."""
+    own, twin = own.log_softmax(-1), twin.log_softmax(-1)
+    return twin - alpha * (own - twin).clamp(min=0)
 
 
 def run_anchor_map(config) -> dict[str, str]:

@@ -15,7 +15,8 @@ What is kept depends on what the loss reads (`Objective.reference`):
 
 With `teacher_of` ({row key: another row}) the frozen model runs on the other row instead and its
 labelled positions stand for the row's, in order (the `name_swap` objective: the row with the
-target's names swapped, as many labels as the row). Rows are keyed by their token ids and labels,
+target's names swapped, as many labels as the row); with `blend` as well, the row's own logits and
+its twin's make the reference together. Rows are keyed by their token ids and labels,
 so two identical rows share one entry. A row's figures come from the frozen model's forward on
 the batch the row was first missing from (the adapter switched off), so they equal a forward on
 any batch up to rounding (another batch shape may take other kernels). The kept logits live where the model does: on a GPU, in its memory.
@@ -41,19 +42,29 @@ class ReferenceCache:
     form its loss takes: logits shaped like the batch's shifted logits (zero at the positions
     without a label, which no loss reads), or a [B] tensor of log-probs."""
 
-    def __init__(self, kind: str, budget_bytes: int, teacher_of: dict | None = None):
+    def __init__(self, kind: str, budget_bytes: int, teacher_of: dict | None = None, blend=None):
         if kind not in KINDS:
             raise ValueError(f"reference kind must be one of {KINDS}, got {kind!r}")
+        if blend is not None and (kind != "logits" or not teacher_of):
+            raise ValueError("a blend reads a row's logits and its twin's: kind 'logits' with teacher_of")
         self.kind = kind
         self.teacher_of = teacher_of or {}
+        self.blend = blend  # (row's logits [n, V], twin's [n, V]) -> the reference [n, V]
         self.budget_bytes = budget_bytes
         self.kept: dict[tuple, torch.Tensor] = {}
         self.kept_bytes = 0
         self.computed_rows = 0  # rows the frozen model ran on (a row past the budget counts each time)
 
     def _compute(self, peft_model, pairs: list, pad: int) -> list[torch.Tensor]:
-        """Per row: its log-prob (a 0-d tensor) or its labelled positions' logits [n, V]."""
-        enc = collate([self.teacher_of.get(row_key(p), p) for p in pairs], pad)
+        """Per row: its log-prob (a 0-d tensor) or its labelled positions' logits [n, V] (of its twin,
+        with `teacher_of`; blended with its own, with `blend`)."""
+        twins = self._forward(peft_model, [self.teacher_of.get(row_key(p), p) for p in pairs], pad)
+        if self.blend is None:
+            return twins
+        return [self.blend(own, twin) for own, twin in zip(self._forward(peft_model, pairs, pad), twins)]
+
+    def _forward(self, peft_model, pairs: list, pad: int) -> list[torch.Tensor]:
+        enc = collate(pairs, pad)
         with torch.no_grad(), peft_model.disable_adapter():
             logits, labels = labelled_logits(peft_model, enc)
             logits = logits.float()

@@ -12,6 +12,7 @@ import math
 import random
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
 from pipeline.release.losses import kl_to_ref, nll_loss
-from pipeline.release.name_swap import encode_swapped
+from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.release.reference import ReferenceCache, row_key
@@ -160,8 +161,13 @@ def reference_caches(
     if use_retain and cfg.retain_loss == "kl":
         kinds["retain"] = "logits"
     budget = cfg.reference_cache_mb * 2**20 // max(sum(k == "logits" for k in kinds.values()), 1)
+    blend = None
+    if objective.swaps_names and cfg.swap_alpha > 0:
+        blend = partial(generic_logits, alpha=cfg.swap_alpha)
     return {
-        side: ReferenceCache(kind, budget, teachers if side == "forget" else None)
+        side: ReferenceCache(kind, budget, teachers, blend)
+        if side == "forget"
+        else ReferenceCache(kind, budget)
         for side, kind in kinds.items()
     }
 

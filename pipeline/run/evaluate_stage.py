@@ -3,7 +3,9 @@
 `baseline` measures the model before any adapter of this run; `evaluate` measures base + stack
 after release t; `commit` closes the iteration (its `metrics.json` is the commit point, sealed with
 the checksums of the iteration's files (`pipeline.run.chain`), and a kept stack becomes a copy in
-the run's `adapter/`); `decide` names the reason to stop, or None.
+the run's `adapter/`); `decide` names the reason to stop, or None. An adapter is dropped (and the run
+stops) when it breaks the utility floor, or, with `stop.max_forget_rise`, when it leaves the forget
+score worse than the best so far.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ def evaluate(state: RunState, t: int, base: dict) -> dict:
     release_stats = json.loads(files.release.read_text())
     stack = None if release_stats.get("skipped") else files.stack
     metrics = measure(state, stack if stack else state.stack_dir(), base["utility_ppl"])
-    metrics["kept"] = stack is not None and not convergence.breaks_utility_floor(metrics, state.config.stop)
+    kept = [h["forget_score"] for h in completed_iterations(state) if h["kept"]]
+    metrics["kept"] = (
+        stack is not None
+        and not convergence.breaks_utility_floor(metrics, state.config.stop)
+        and not convergence.undoes_forgetting(metrics, min([base["forget_score"], *kept]), state.config.stop)
+    )
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(files.evaluation, metrics)
     return metrics
@@ -73,6 +80,10 @@ def decide(state: RunState, t: int, entry: dict, base: dict) -> str | None:
     """Why to stop after iteration t, or None to go on."""
     if not entry["kept"]:
         release_stats = json.loads(state.files.iteration(t).release.read_text())
-        return "no_forget_samples" if release_stats.get("skipped") else convergence.UTILITY_FLOOR
+        if release_stats.get("skipped"):
+            return "no_forget_samples"
+        if convergence.breaks_utility_floor(entry, state.config.stop):
+            return convergence.UTILITY_FLOOR
+        return convergence.FORGET_ROSE
     # A dropped adapter always ends the run, so every iteration before this one was kept.
     return convergence.stop_reason(completed_iterations(state), base, state.config.stop)
