@@ -97,8 +97,11 @@ def test_the_generic_reading_pushes_down_what_the_real_name_makes_likelier():
     own = torch.tensor([[4.0, 1.0, 0.0, 0.0]])  # the real name: token 0 (the fact) far ahead
     twin = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # a stranger: tokens 0 and 1 alike
     assert torch.allclose(generic_logits(own, twin, 0.0), twin.log_softmax(-1))
-    generic = generic_logits(own, twin, 1.0).softmax(-1)[0]
-    assert generic[0] < generic[2] < generic[1]  # the fact now below what neither reading favours
+    # Log-probs: own token 0 -0.08, twin -1.01; alpha 2 puts it at -1.01 - 2 x 0.92 = -2.86, under
+    # the -2.01 of tokens neither reading favours.
+    generic = generic_logits(own, twin, 2.0).softmax(-1)[0]
+    assert generic[0] < generic[2] < generic[1]
+    assert generic_logits(own, twin, 1.0).softmax(-1)[0][0] < twin.softmax(-1)[0][0]
     # Tokens the real name makes less likely keep the stranger's weight (relative to each other).
     assert torch.isclose(generic[2] / generic[3], torch.tensor(1.0))
 
