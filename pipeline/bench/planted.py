@@ -233,7 +233,7 @@ def _one_seed(cfg, spec, model, tokenizer, measure_model, methods, folder, progr
         name = f"{method}-{budget}steps"
         adapter, train_file = folder / "adapters" / name, parts / f"{name}.train.json"
         rows = paired_rows if OBJECTIVES[method].paired else forget_rows
-        name_map = run_anchor_map(cfg) if OBJECTIVES[method].swaps_names else None
+        name_map = run_anchor_map(cfg, method)
 
         def run_oracle(release=release, adapter=adapter, train_file=train_file, rows=rows, name_map=name_map):
             if not train_file.is_file():  # else trained before, and only the measurement is missing

@@ -22,6 +22,7 @@ import re
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.release.objectives import objective_named
 from pipeline.textdata import IGNORE_INDEX, format_prompt
 
 
@@ -61,9 +62,12 @@ def generic_logits(own: torch.Tensor, twin: torch.Tensor, alpha: float) -> torch
     return twin - alpha * (own - twin).clamp(min=0)
 
 
-def run_anchor_map(config) -> dict[str, str]:
-    """`anchor_map` for a run's config (a `RunConfig`): its target's names, kept apart from the
-    names it keeps knowing (`sample.retain_subjects`)."""
+def run_anchor_map(config, method: str | None = None) -> dict[str, str] | None:
+    """The `name_map` a release with `method` (default `release.method`) needs from a run's config
+    (a `RunConfig`): `anchor_map` of its target's names, kept apart from the names it keeps knowing
+    (`sample.retain_subjects`); None for an objective that swaps no names."""
+    if not objective_named(method or config.release.method).swaps_names:
+        return None
     return anchor_map(config.target.names, config.release.anchor_names, config.sample.retain_subjects)
 
 

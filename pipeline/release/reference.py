@@ -16,10 +16,11 @@ What is kept depends on what the loss reads (`Objective.reference`):
 With `teacher_of` ({row key: another row}) the frozen model runs on the other row instead and its
 labelled positions stand for the row's, in order (the `name_swap` objective: the row with the
 target's names swapped, as many labels as the row); with `blend` as well, the row's own logits and
-its twin's make the reference together. Rows are keyed by their token ids and labels,
-so two identical rows share one entry. A row's figures come from the frozen model's forward on
-the batch the row was first missing from (the adapter switched off), so they equal a forward on
-any batch up to rounding (another batch shape may take other kernels). The kept logits live where the model does: on a GPU, in its memory.
+its twin's make the reference together. Rows are keyed by their token ids and labels, so two
+identical rows share one entry. A row's figures come from the frozen model's forward on the batch
+the row was first missing from (the adapter switched off), so they equal a forward on any batch up
+to rounding (another batch shape may take other kernels). The kept logits live where the model
+does: on a GPU, in its memory.
 """
 
 from __future__ import annotations

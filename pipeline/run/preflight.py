@@ -66,8 +66,7 @@ def check_names(config: RunConfig) -> None:
             f"release.method {config.release.method} swaps the target's names: it needs target.kind "
             f"knowledge, not {config.target.kind}"
         )
-    if objective_named(config.release.method).swaps_names:
-        run_anchor_map(config)  # enough free anchor names, before the model loads
+    run_anchor_map(config)  # name_swap: enough free anchor names, before the model loads
     check_backend(config.sampler.backend)
     if config.target.kind == "toxicity":
         check_judge(config.target.judge, "target.judge")

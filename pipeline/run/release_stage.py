@@ -58,9 +58,7 @@ def release(state: RunState, t: int) -> dict:
         files.adapter,
         seed=state.seed(t, "release"),
         progress=state.progress,
-        name_map=run_anchor_map(state.config)
-        if objective_named(state.config.release.method).swaps_names
-        else None,
+        name_map=run_anchor_map(state.config),
     )
     stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, files.adapter]])
     write_adapter(stacked, files.stack, base_model_name_or_path=state.model_info["name_or_path"])
