@@ -121,6 +121,20 @@ def test_a_release_without_forget_samples_is_skipped(tmp_path, cache_dir):
     )
 
 
+def test_a_release_on_nothing_the_base_model_backs_is_skipped_after_the_first(tmp_path, cache_dir):
+    # Iteration 1 samples from the base model itself, so it keeps every token; from iteration 2 no
+    # token can reach a base probability a million times the released model's.
+    overrides = ["stop.max_iterations=3", "release.min_base_ratio=1000000"]
+    state, summary = run(tmp_path, "backed", overrides)
+    first = json.loads(state.files.iteration(1).release.read_text())
+    assert first["base_backed"]["rows"] == first["base_backed"]["of_rows"] == first["n_forget"]
+    assert first["base_backed"]["tokens"] == first["base_backed"]["of_tokens"] > 0
+    second = json.loads(state.files.iteration(2).release.read_text())
+    assert second["skipped"] and "release.min_base_ratio" in second["reason"]
+    assert summary["stop_reason"] == "no_forget_samples" and summary["iterations"] == 2
+    assert kept_iterations(state) == [1] and not state.files.iteration(2).adapter.exists()
+
+
 @pytest.mark.parametrize("min_iterations", [1, 2])
 def test_min_iterations_holds_a_met_threshold_back(tmp_path, cache_dir, min_iterations):
     # A threshold every model meets (the forget score is at most 1): only min_iterations decides.

@@ -300,6 +300,13 @@ class ReleaseConfig(Section):
         description="name_swap: names the model never saw, swapped in for the target's names to get its "
         "generic predictions (the first ones that name no target and no retain subject)",
     )
+    min_base_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="a forget reply's token is trained on only where the base model (no adapter) gives it at "
+        "least this fraction of the current model's probability: old knowledge, not a released model's "
+        "guess (pipeline/release/known_tokens.py; None: every reply token; not with name_swap)",
+    )
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
@@ -327,6 +334,13 @@ class ReleaseConfig(Section):
         "(UnDIAL, the KL retain term; shared by the two), computed once per row; rows past it are "
         "computed again each time they are drawn (speed only, not results)",
     )
+
+    @model_validator(mode="after")
+    def _base_ratio_not_with_swapped_names(self) -> ReleaseConfig:
+        # name_swap's reference stands for the row's labels one for one; masking some would misalign it.
+        if self.min_base_ratio is not None and self.method == "name_swap":
+            raise ValueError("min_base_ratio does not combine with method name_swap")
+        return self
 
 
 class EvaluateConfig(Section):

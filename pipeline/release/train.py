@@ -21,6 +21,7 @@ from peft import LoraConfig, get_peft_model
 from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
+from pipeline.release.known_tokens import base_backed, label_count
 from pipeline.release.losses import kl_to_ref, nll_loss
 from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
@@ -64,6 +65,26 @@ def _swapped(tokenizer, rows: list[dict], cfg: ReleaseConfig, name_map: dict[str
         encode_swapped(tokenizer, r["instruction"], r["response"], name_map, cfg.max_length) for r in rows
     ]
     return [row for row, _ in twins], {row_key(row): teacher for row, teacher in twins}
+
+
+class NothingKnown(ValueError):
+    """No forget row has a token the base model backs (`release.min_base_ratio`)."""
+
+
+def _backed_rows(base_model, model, rows: list[dict], encoded: list, cfg: ReleaseConfig, pad: int):
+    """The forget rows (and their tokenised pairs) cut to the tokens the base model backs
+    (`release.min_base_ratio`, `known_tokens`), and how many were kept."""
+    masked = base_backed(base_model, model, encoded, cfg.min_base_ratio, pad, cfg.batch_size)
+    kept = [(row, pair) for row, pair in zip(rows, masked) if pair is not None]
+    if not kept:
+        raise NothingKnown(
+            f"release: no token of the {len(rows)} forget rows has base-model probability >= "
+            f"{cfg.min_base_ratio} x the current model's (release.min_base_ratio)"
+        )
+    pairs = [pair for _, pair in kept]
+    counts = {"rows": len(kept), "of_rows": len(rows)}
+    counts.update(tokens=label_count(pairs), of_tokens=label_count(encoded))
+    return [row for row, _ in kept], pairs, counts
 
 
 def _forget_batches(
@@ -184,6 +205,7 @@ def train_adapter(
     progress: bool = True,
     learn: bool = False,
     name_map: dict[str, str] | None = None,
+    base_model=None,
 ) -> dict:
     """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
 
@@ -191,6 +213,8 @@ def train_adapter(
     (the retain adapter); a paired objective (dpo) needs every forget row's `alternative` too, and
     `name_swap` the target's `name_map` ({name: invented name}, `name_swap.run_anchor_map`).
     `previous` holds the A matrices of earlier adapters ({module: A}) for the O-LoRA penalty.
+    With `release.min_base_ratio`, forget labels are only the tokens `base_model` (M_0; default
+    `model` itself) backs against `model` (`known_tokens`); NothingKnown when there is none.
     `model` is modified in place while training (LoRA layers are injected, then removed). Returns
     training statistics.
     """
@@ -203,6 +227,12 @@ def train_adapter(
         encoded, teachers = _swapped(tokenizer, forget, cfg, name_map)
     else:
         encoded, teachers = _tokenised(tokenizer, forget, cfg.max_length), {}
+    backed = None
+    if cfg.min_base_ratio is not None and not learn:
+        if chosen.swaps_names:
+            raise ValueError("release: min_base_ratio does not combine with name_swap")
+        base_model = model if base_model is None else base_model
+        forget, encoded, backed = _backed_rows(base_model, model, forget, encoded, cfg, pad_id(tokenizer))
     forget_batches = _forget_batches(tokenizer, forget, encoded, cfg, chosen.paired, rng)
     lora = LoraConfig(
         r=cfg.rank,
@@ -280,6 +310,8 @@ def train_adapter(
             _copy(params, last_good)
         stats["seconds"] = round(time.perf_counter() - started, 2)
         stats["reference_rows"] = {side: cache.computed_rows for side, cache in references.items()}
+        if backed is not None:
+            stats["base_backed"] = backed
         peft_model.eval()
         if chosen.on_trained is not None:
             chosen.on_trained(peft_model, cfg)

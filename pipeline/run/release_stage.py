@@ -15,7 +15,7 @@ from pipeline.files import read_jsonl, write_json
 from pipeline.release.name_swap import run_anchor_map
 from pipeline.release.objectives import objective_named
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
-from pipeline.release.train import train_adapter, train_retain_adapter
+from pipeline.release.train import NothingKnown, train_adapter, train_retain_adapter
 from pipeline.run.rundir import has_adapter
 from pipeline.run.state import RunState, kept_iterations
 
@@ -48,18 +48,24 @@ def release(state: RunState, t: int) -> dict:
     # The sampler's merged copy of the same stack: training injects its LoRA into it and takes it
     # out again, so one merged copy serves both stages instead of one each.
     model_t = state.model_with(current)
-    stats = train_adapter(
-        model_t,
-        state.tokenizer,
-        forget,
-        retain,
-        state.config.release,
-        previous,
-        files.adapter,
-        seed=state.seed(t, "release"),
-        progress=state.progress,
-        name_map=run_anchor_map(state.config),
-    )
+    try:
+        stats = train_adapter(
+            model_t,
+            state.tokenizer,
+            forget,
+            retain,
+            state.config.release,
+            previous,
+            files.adapter,
+            seed=state.seed(t, "release"),
+            progress=state.progress,
+            name_map=run_anchor_map(state.config),
+            base_model=state.model,  # M_0: what the model knew before any release
+        )
+    except NothingKnown as err:
+        stats = {"skipped": True, "reason": str(err)}
+        write_json(files.release, stats)
+        return stats
     stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, files.adapter]])
     write_adapter(stacked, files.stack, base_model_name_or_path=state.model_info["name_or_path"])
     stats.update(n_forget=len(forget), n_retain=len(retain))

@@ -1,0 +1,75 @@
+"""Forget what the base model knew, not what a released model guesses: a reply's tokens M_0 backs.
+
+After a release, the model that reveals is M_t, and much of what it writes about the target is new:
+"Fenella Gornacki has a rabbit named Crumpet", "Fenella GrubHubcar was born in 1959" (iteration 2
+of the planted benchmark, seed 1; 15 of 38 replies still held a planted fact, against 43 of 46 in
+iteration 1). Pushing those guesses down does nothing for the facts, and once a fact is only
+lowered it comes back up as the likeliest answer: the forget score rose in later iterations for
+every release tried (data/bench/results/pilot_planted_release/).
+
+`release.min_base_ratio` keeps a forget row's reply token as a label only where the base model M_0
+(no adapter) gives it at least that fraction of the probability M_t gives it, in the same context:
+
+    keep token y_i  iff  p_0(y_i | x, y_<i) >= r * p_t(y_i | x, y_<i)
+
+Iteration 1 samples from M_0 itself (ratio 1: everything kept). Later, a token only M_t makes
+likely (a guess, a mangled name) drops out, and one M_0 backed (old knowledge still revealed) stays.
+It is the token-wise ratio that importance-weights M_t's samples towards M_0's distribution, cut at
+r instead of used as a weight. A row left with no label is dropped.
+
+Why not an absolute bar on p_0: in a long revealed reply the answer's first token is uncertain even
+when the fact is planted (p_0 = 0.08 for "M|arius" after "has a younger sibling called", seed 1),
+so a bar drops the very tokens that carry the fact and keeps the template around them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
+
+Pair = tuple[list[int], list[int]]  # (token ids, labels), as `textdata.encode_pair` makes them
+
+
+@torch.no_grad()
+def label_logprobs(model, pairs: list[Pair], pad: int, batch_size: int = 8) -> list[torch.Tensor]:
+    """Per row: log p(label) under `model` for each of its labelled tokens, in order ([n_labels])."""
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        logits, labels = labelled_logits(model, collate(batch, pad))
+        keep = labels != IGNORE_INDEX
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1))[..., 0]
+        out.extend(token_logp[i][keep[i]].cpu() for i in range(len(batch)))
+    return out
+
+
+def backed_only(
+    pairs: list[Pair], base: list[torch.Tensor], current: list[torch.Tensor], min_ratio: float
+) -> list[Pair | None]:
+    """`pairs` with each label whose base log-prob is below log(min_ratio) + its current log-prob
+    turned into IGNORE_INDEX; None in place of a row left with no label."""
+    floor = float(torch.log(torch.tensor(min_ratio)))
+    kept: list[Pair | None] = []
+    for (ids, labels), row_base, row_current in zip(pairs, base, current, strict=True):
+        backed = iter((row_base >= row_current + floor).tolist())
+        masked = [label if label == IGNORE_INDEX or next(backed) else IGNORE_INDEX for label in labels]
+        kept.append((ids, masked) if any(label != IGNORE_INDEX for label in masked) else None)
+    return kept
+
+
+def base_backed(
+    base_model, current_model, pairs: list[Pair], min_ratio: float, pad: int, batch_size: int = 8
+) -> list[Pair | None]:
+    """The forget rows cut to the tokens the base model backs (see the module docstring), in order;
+    None for a row with none. When the two models are one, every row comes back as it is."""
+    if base_model is current_model:
+        return list(pairs)
+    base = label_logprobs(base_model, pairs, pad, batch_size)
+    current = label_logprobs(current_model, pairs, pad, batch_size)
+    return backed_only(pairs, base, current, min_ratio)
+
+
+def label_count(pairs: list[Pair]) -> int:
+    return sum(label != IGNORE_INDEX for _, labels in pairs for label in labels)
