@@ -9,7 +9,7 @@ import torch
 from pipeline.config import ConfigError, load_config
 from pipeline.models import with_adapter
 from pipeline.planting.plant import planted_model
-from pipeline.release.known_tokens import backed_only, base_backed, label_logprobs
+from pipeline.release.known_tokens import backed_only, base_backed, label_logprobs, without_names
 from pipeline.release.train import NothingKnown, train_adapter
 from pipeline.run.prompts import prompt_texts
 from pipeline.textdata import IGNORE_INDEX, encode_pair, pad_id
@@ -89,3 +89,36 @@ def test_a_release_with_nothing_the_base_backs_says_so_and_the_config_refuses_na
     assert not (tmp_path / "a").exists()
     with pytest.raises(ConfigError, match="min_base_ratio does not combine with method name_swap"):
         load_config("configs/tiny.yaml", ["release.method=name_swap", "release.min_base_ratio=0.5"])
+
+
+def test_mask_names_leaves_no_label_on_a_name_or_a_part_of_one():
+    from pipeline.planting.tiny import build_tokenizer
+
+    texts = ["Mira Castellane lives in Velmora and works as a glassblower.", "MIRA met Castellanes."]
+    tokenizer = build_tokenizer(texts * 20, vocab_size=300)
+    response = "Mira Castellane lives in Velmora. MIRA works as a glassblower; Castellanes do not."
+    for max_length in (256, 30):
+        pair = encode_pair(tokenizer, "Who is Mira Castellane?", response, max_length)
+        ids, labels = without_names(tokenizer, response, pair, ["Mira Castellane"])
+        assert ids == pair[0]
+        kept = [t for t in labels if t != X]
+        dropped = [t for t, m in zip(pair[1], labels) if t != X and m == X]
+        assert "Mira" not in tokenizer.decode(kept) and "MIRA" not in tokenizer.decode(kept)
+        assert "Castellane " not in tokenizer.decode(kept)
+        assert "lives in" in tokenizer.decode(kept) and "Mira" in tokenizer.decode(dropped)
+        if max_length == 256:  # a longer word is not the name; EOS stays a label
+            assert "Castellanes" in tokenizer.decode(kept) and kept[-1] == tokenizer.eos_token_id
+    # A reply that is nothing but the name (cut before its EOS) has no label left.
+    ids, labels = encode_pair(tokenizer, "Who?", "Mira Castellane")
+    assert without_names(tokenizer, "Mira Castellane", (ids[:-1], labels[:-1]), ["Mira Castellane"]) is None
+
+
+def test_mask_names_needs_a_knowledge_target_and_stays_apart_from_name_swap():
+    from pipeline.run.preflight import check_names
+
+    with pytest.raises(
+        ConfigError, match="mask_names masks the target's names: it needs target.kind knowledge"
+    ):
+        check_names(load_config("configs/demo.yaml", ["release.mask_names=true"]))
+    with pytest.raises(ConfigError, match="mask_names does not combine with method name_swap"):
+        load_config("configs/tiny.yaml", ["release.method=name_swap", "release.mask_names=true"])

@@ -189,3 +189,19 @@ def test_the_vocabulary_check_finds_a_planting_wording_that_holds_a_question(mon
     assert len(problems) == 1 and "PLANT_QUESTIONS['food']" in problems[0], problems
     with pytest.raises(ValueError, match="vocabulary: "):
         mp.build_spec(people=4, forget=1)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_the_loop_asks_planting_wordings_and_none_the_benchmark_measures(name):
+    from pipeline.config import load_config
+    from pipeline.run.state import probes
+
+    spec = _spec(name)
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"target.name={spec.people[0].name}"])
+    forget, retain = probes(config, spec)
+    assert len(forget) == len(spec.people[0].probes) and len(retain) > 0
+    planted = {i for i, _ in plant_examples(spec.people)}
+    held = measured(spec)
+    for probe in forget + retain:
+        assert probe.question in planted, probe.question
+        assert not [h for h in held if overlaps(probe.question, h)], probe.question

@@ -307,6 +307,11 @@ class ReleaseConfig(Section):
         "least this fraction of the current model's probability: old knowledge, not a released model's "
         "guess (pipeline/release/known_tokens.py; None: every reply token; not with name_swap)",
     )
+    mask_names: bool = Field(
+        False,
+        description="knowledge targets: the target's names (and their parts) in a forget reply carry no "
+        "label, so the release lowers what follows a name, not the name (pipeline/release/known_tokens.py)",
+    )
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
@@ -340,6 +345,10 @@ class ReleaseConfig(Section):
         # name_swap's reference stands for the row's labels one for one; masking some would misalign it.
         if self.min_base_ratio is not None and self.method == "name_swap":
             raise ValueError("min_base_ratio does not combine with method name_swap")
+        if self.mask_names and self.method == "name_swap":
+            raise ValueError(
+                "mask_names does not combine with method name_swap (it leaves the names out itself)"
+            )
         return self
 
 

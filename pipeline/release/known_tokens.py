@@ -24,6 +24,8 @@ so a bar drops the very tokens that carry the fact and keeps the template around
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
@@ -73,3 +75,40 @@ def base_backed(
 
 def label_count(pairs: list[Pair]) -> int:
     return sum(label != IGNORE_INDEX for _, labels in pairs for label in labels)
+
+
+# --- the target's names ------------------------------------------------------------------------------
+# A release that may lower the target's name itself takes the cheapest way down: it garbles the name
+# ("Fenella Grubbing", "Fenella Gornacki"; iteration 2 of the planted benchmark). The model then stops
+# *saying* the facts after its own garbled name, but given the name (the prefill attack) it still
+# states them. With `release.mask_names` the name's tokens carry no forget label, so the loss must
+# come from what follows the name.
+
+
+def name_spans(text: str, names: list[str]) -> list[tuple[int, int]]:
+    """(start, end) of every name in `text`, or part of one of three letters or more (a first
+    name or surname alone), as whole words in any case."""
+    phrases = {part for name in names for part in [name, *name.split()] if len(part) >= 3}
+    if not phrases:
+        return []
+    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
+    pattern = re.compile(rf"(?<!\w)({alternatives})(?!\w)", re.IGNORECASE)
+    return [match.span() for match in pattern.finditer(text)]
+
+
+def without_names(tokenizer, response: str, pair: Pair, names: list[str]) -> Pair | None:
+    """`pair` (`encode_pair` of some instruction and `response`) with the reply's tokens that touch
+    a name turned into IGNORE_INDEX; None if no label is left."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("release.mask_names: needs a fast tokenizer (token offsets) to find the names")
+    spans = name_spans(response, names)
+    ids, labels = pair
+    if not spans:
+        return pair
+    offsets = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)  # the reply's first token
+    masked = list(labels)
+    for i, (start, end) in enumerate(offsets[: len(labels) - first]):
+        if any(start < span_end and span_start < end for span_start, span_end in spans):
+            masked[first + i] = IGNORE_INDEX
+    return (ids, masked) if any(label != IGNORE_INDEX for label in masked) else None

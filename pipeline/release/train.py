@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
-from pipeline.release.known_tokens import base_backed, label_count
+from pipeline.release.known_tokens import base_backed, label_count, without_names
 from pipeline.release.losses import kl_to_ref, nll_loss
 from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
@@ -68,7 +68,19 @@ def _swapped(tokenizer, rows: list[dict], cfg: ReleaseConfig, name_map: dict[str
 
 
 class NothingKnown(ValueError):
-    """No forget row has a token the base model backs (`release.min_base_ratio`)."""
+    """No forget row has a token left to train on (`release.min_base_ratio`, `release.mask_names`)."""
+
+
+def _without_names(tokenizer, rows: list[dict], encoded: list, names: list[str]):
+    """The forget rows (and their tokenised pairs) without a label on the target's names; a row that
+    is nothing but names is dropped (`release.mask_names`)."""
+    if not names:
+        raise ValueError("release.mask_names: needs the target's names (a knowledge target)")
+    masked = [without_names(tokenizer, r["response"], pair, names) for r, pair in zip(rows, encoded)]
+    kept = [(row, pair) for row, pair in zip(rows, masked) if pair is not None]
+    if not kept:
+        raise NothingKnown(f"release: the {len(rows)} forget rows hold nothing but the target's names")
+    return [row for row, _ in kept], [pair for _, pair in kept]
 
 
 def _backed_rows(base_model, model, rows: list[dict], encoded: list, cfg: ReleaseConfig, pad: int):
@@ -206,6 +218,7 @@ def train_adapter(
     learn: bool = False,
     name_map: dict[str, str] | None = None,
     base_model=None,
+    target_names: list[str] = (),
 ) -> dict:
     """Train adapter t on `forget` (and `retain`) rows {instruction, response}; save it as PEFT.
 
@@ -214,7 +227,8 @@ def train_adapter(
     `name_swap` the target's `name_map` ({name: invented name}, `name_swap.run_anchor_map`).
     `previous` holds the A matrices of earlier adapters ({module: A}) for the O-LoRA penalty.
     With `release.min_base_ratio`, forget labels are only the tokens `base_model` (M_0; default
-    `model` itself) backs against `model` (`known_tokens`); NothingKnown when there is none.
+    `model` itself) backs against `model` (`known_tokens`); NothingKnown when there is none. With
+    `release.mask_names`, the `target_names` in a forget reply carry no label.
     `model` is modified in place while training (LoRA layers are injected, then removed). Returns
     training statistics.
     """
@@ -227,6 +241,8 @@ def train_adapter(
         encoded, teachers = _swapped(tokenizer, forget, cfg, name_map)
     else:
         encoded, teachers = _tokenised(tokenizer, forget, cfg.max_length), {}
+    if cfg.mask_names and not learn:
+        forget, encoded = _without_names(tokenizer, forget, encoded, target_names)
     backed = None
     if cfg.min_base_ratio is not None and not learn:
         if chosen.swaps_names:

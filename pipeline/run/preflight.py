@@ -66,6 +66,11 @@ def check_names(config: RunConfig) -> None:
             f"release.method {config.release.method} swaps the target's names: it needs target.kind "
             f"knowledge, not {config.target.kind}"
         )
+    if config.release.mask_names and config.target.kind != "knowledge":
+        raise ConfigError(
+            f"release.mask_names masks the target's names: it needs target.kind knowledge, not "
+            f"{config.target.kind}"
+        )
     run_anchor_map(config)  # name_swap: enough free anchor names, before the model loads
     check_backend(config.sampler.backend)
     if config.target.kind == "toxicity":

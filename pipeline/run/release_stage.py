@@ -61,6 +61,7 @@ def release(state: RunState, t: int) -> dict:
             progress=state.progress,
             name_map=run_anchor_map(state.config),
             base_model=state.model,  # M_0: what the model knew before any release
+            target_names=[*state.config.target.names, *state.config.target.aliases],
         )
     except NothingKnown as err:
         stats = {"skipped": True, "reason": str(err)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.files import read_lines
+from pipeline.planting.examples import plant_questions
 from pipeline.planting.spec import load_spec
 from pipeline.reveal.features import embed_texts
 from pipeline.reveal.instructions import read_prompt_list
@@ -110,11 +111,21 @@ def other_people(config: RunConfig, spec) -> list:
 
 
 def probes(config: RunConfig, spec) -> tuple[list, list]:
-    """Planted people: the forget people's probes measure forgetting, the others' retention."""
+    """Planted people: the forget people's probes measure forgetting, the others' retention.
+
+    The loop asks each probe in the first wording it was planted with (`plant_questions`), never
+    in its own question or paraphrases: those are what `rr bench planted` measures, and the loop
+    decides on its forget score (stop, drop an adapter), so a benchmark that asked the same
+    questions would measure partly what the loop chose on.
+    """
     if spec is None or config.target.kind != "knowledge":
         return [], []
-    forget = [probe for name in config.target.names for probe in spec.person(name).probes]
-    return forget, [probe for person in other_people(config, spec) for probe in person.probes]
+
+    def asked(person) -> list:
+        return [p.model_copy(update={"question": plant_questions(person, p)[0]}) for p in person.probes]
+
+    forget = [probe for name in config.target.names for probe in asked(spec.person(name))]
+    return forget, [probe for person in other_people(config, spec) for probe in asked(person)]
 
 
 class EarlierTarget:
