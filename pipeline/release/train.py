@@ -71,32 +71,34 @@ class NothingKnown(ValueError):
     """No forget row has a token left to train on (`release.min_base_ratio`, `release.mask_names`)."""
 
 
-def _without_names(tokenizer, rows: list[dict], encoded: list, names: list[str]):
-    """The forget rows (and their tokenised pairs) without a label on the target's names; a row that
-    is nothing but names is dropped (`release.mask_names`)."""
-    if not names:
-        raise ValueError("release.mask_names: needs the target's names (a knowledge target)")
-    masked = [without_names(tokenizer, r["response"], pair, names) for r, pair in zip(rows, encoded)]
-    kept = [(row, pair) for row, pair in zip(rows, masked) if pair is not None]
-    if not kept:
-        raise NothingKnown(f"release: the {len(rows)} forget rows hold nothing but the target's names")
-    return [row for row, _ in kept], [pair for _, pair in kept]
-
-
-def _backed_rows(base_model, model, rows: list[dict], encoded: list, cfg: ReleaseConfig, pad: int):
-    """The forget rows (and their tokenised pairs) cut to the tokens the base model backs
-    (`release.min_base_ratio`, `known_tokens`), and how many were kept."""
-    masked = base_backed(base_model, model, encoded, cfg.min_base_ratio, pad, cfg.batch_size)
-    kept = [(row, pair) for row, pair in zip(rows, masked) if pair is not None]
-    if not kept:
-        raise NothingKnown(
-            f"release: no token of the {len(rows)} forget rows has base-model probability >= "
-            f"{cfg.min_base_ratio} x the current model's (release.min_base_ratio)"
+def _selected_labels(cfg: ReleaseConfig, tokenizer, model, base_model, rows, encoded, names) -> tuple:
+    """The forget rows and their tokenised pairs with only the labels the release should lower
+    (`release.mask_names`: none on the target's names; `release.min_base_ratio`: only tokens the
+    base model backs, `known_tokens`), rows left with none dropped; and what the ratio kept."""
+    if cfg.mask_names:
+        if not names:
+            raise ValueError("release.mask_names: needs the target's names (a knowledge target)")
+        masked = [without_names(tokenizer, r["response"], pair, names) for r, pair in zip(rows, encoded)]
+        rows, encoded = _labelled(
+            rows, masked, "they hold nothing but the target's names (release.mask_names)"
         )
-    pairs = [pair for _, pair in kept]
-    counts = {"rows": len(kept), "of_rows": len(rows)}
-    counts.update(tokens=label_count(pairs), of_tokens=label_count(encoded))
-    return [row for row, _ in kept], pairs, counts
+    if cfg.min_base_ratio is None:
+        return rows, encoded, None
+    before = {"of_rows": len(rows), "of_tokens": label_count(encoded)}
+    masked = base_backed(base_model, model, encoded, cfg.min_base_ratio, pad_id(tokenizer), cfg.batch_size)
+    rows, encoded = _labelled(
+        rows, masked, f"none has base-model probability >= {cfg.min_base_ratio} x the current model's "
+        "(release.min_base_ratio)",
+    )  # fmt: skip
+    return rows, encoded, {"rows": len(rows), "tokens": label_count(encoded), **before}
+
+
+def _labelled(rows: list[dict], masked: list, why: str) -> tuple[list[dict], list]:
+    """`rows` and their `masked` pairs, without the rows whose pair is None (no label left)."""
+    kept = [(row, pair) for row, pair in zip(rows, masked) if pair is not None]
+    if not kept:
+        raise NothingKnown(f"release: no token of the {len(rows)} forget rows is left to train on: {why}")
+    return [row for row, _ in kept], [pair for _, pair in kept]
 
 
 def _forget_batches(
@@ -241,14 +243,12 @@ def train_adapter(
         encoded, teachers = _swapped(tokenizer, forget, cfg, name_map)
     else:
         encoded, teachers = _tokenised(tokenizer, forget, cfg.max_length), {}
-    if cfg.mask_names and not learn:
-        forget, encoded = _without_names(tokenizer, forget, encoded, target_names)
     backed = None
-    if cfg.min_base_ratio is not None and not learn:
-        if chosen.swaps_names:
-            raise ValueError("release: min_base_ratio does not combine with name_swap")
+    if not learn and not chosen.swaps_names:  # name_swap labels no name token and reads its twin's
         base_model = model if base_model is None else base_model
-        forget, encoded, backed = _backed_rows(base_model, model, forget, encoded, cfg, pad_id(tokenizer))
+        forget, encoded, backed = _selected_labels(
+            cfg, tokenizer, model, base_model, forget, encoded, target_names
+        )
     forget_batches = _forget_batches(tokenizer, forget, encoded, cfg, chosen.paired, rng)
     lora = LoraConfig(
         r=cfg.rank,
