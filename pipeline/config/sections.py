@@ -300,18 +300,11 @@ class ReleaseConfig(Section):
         description="name_swap: names the model never saw, swapped in for the target's names to get its "
         "generic predictions (the first ones that name no target and no retain subject)",
     )
+    # Which forget tokens a release lowers (pipeline/release/known_tokens.py); neither with name_swap.
     min_base_ratio: float | None = Field(
-        None,
-        gt=0,
-        description="a forget reply's token is trained on only where the base model (no adapter) gives it at "
-        "least this fraction of the current model's probability: old knowledge, not a released model's "
-        "guess (pipeline/release/known_tokens.py; None: every reply token; not with name_swap)",
+        None, gt=0, description="only tokens the base model gives >= this x the current model's probability"
     )
-    mask_names: bool = Field(
-        False,
-        description="knowledge targets: the target's names (and their parts) in a forget reply carry no "
-        "label, so the release lowers what follows a name, not the name (pipeline/release/known_tokens.py)",
-    )
+    mask_names: bool = Field(False, description="knowledge targets: no forget label on the target's names")
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
