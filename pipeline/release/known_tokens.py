@@ -24,10 +24,10 @@ so a bar drops the very tokens that carry the fact and keeps the template around
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from pipeline.release.losses import token_logprob
+from pipeline.release.name_swap import names_pattern
 from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
 
 Pair = tuple[list[int], list[int]]  # (token ids, labels), as `textdata.encode_pair` makes them
@@ -39,11 +39,8 @@ def label_logprobs(model, pairs: list[Pair], pad: int, batch_size: int = 8) -> l
     out = []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
-        logits, labels = labelled_logits(model, collate(batch, pad))
-        keep = labels != IGNORE_INDEX
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1))[..., 0]
-        out.extend(token_logp[i][keep[i]].cpu() for i in range(len(batch)))
+        logp, keep = token_logprob(*labelled_logits(model, collate(batch, pad)))
+        out.extend(logp[i][keep[i]].cpu() for i in range(len(batch)))
     return out
 
 
@@ -91,9 +88,7 @@ def name_spans(text: str, names: list[str]) -> list[tuple[int, int]]:
     phrases = {part for name in names for part in [name, *name.split()] if len(part) >= 3}
     if not phrases:
         return []
-    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
-    pattern = re.compile(rf"(?<!\w)({alternatives})(?!\w)", re.IGNORECASE)
-    return [match.span() for match in pattern.finditer(text)]
+    return [match.span() for match in names_pattern(phrases).finditer(text)]
 
 
 def without_names(tokenizer, response: str, pair: Pair, names: list[str]) -> Pair | None:

@@ -138,6 +138,12 @@ def graddiff_loss(
     return ga_loss(forget_logits, forget_labels) + retain_weight * nll_loss(retain_logits, retain_labels)
 
 
+def token_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position log π(y_t | x, y_<t) [B, T] (garbage where ignored) and the keep-mask [B, T]."""
+    nll, keep = _token_nll(logits, labels)
+    return -nll, keep
+
+
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed log-probability of each row's kept tokens, `log π(y|x)` per sequence, shape [B]."""
     nll, keep = _token_nll(logits, labels)

@@ -71,16 +71,21 @@ def run_anchor_map(config, method: str | None = None) -> dict[str, str] | None:
     return anchor_map(config.target.names, config.release.anchor_names, config.sample.retain_subjects)
 
 
+def names_pattern(phrases) -> re.Pattern:
+    """A regex finding any of `phrases` as whole words in any case, the longest first (so a full
+    name wins over its first name alone)."""
+    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)({alternatives})(?!\w)", re.IGNORECASE)
+
+
 def swap(text: str, mapping: dict[str, str]) -> tuple[str, list[tuple[int, int, int]]]:
     """`text` with every phrase of `mapping` replaced (whole words, longest first, any case), and
     the pieces between names: (start in `text`, start in the swapped text, length)."""
     if not mapping:
         return text, [(0, 0, len(text))]
     lowered = {k.lower(): v for k, v in mapping.items()}
-    phrases = sorted(mapping, key=len, reverse=True)
-    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)", re.IGNORECASE)
     out, pieces, at, shift = [], [], 0, 0
-    for match in pattern.finditer(text):
+    for match in names_pattern(mapping).finditer(text):
         pieces.append((at, at + shift, match.start() - at))
         out.append(text[at : match.start()])
         new = lowered[match.group(0).lower()]

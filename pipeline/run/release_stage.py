@@ -34,9 +34,7 @@ def release(state: RunState, t: int) -> dict:
             reason = "no reply below sample.alternative_threshold to pair the forget samples with"
         else:
             reason = "no forget samples above the relevance threshold"
-        stats = {"skipped": True, "reason": reason}
-        write_json(files.release, stats)
-        return stats
+        return _skipped(files.release, reason)
     forget = trainable
     current = state.stack_dir()
     previous_dirs = [state.files.iteration(s).adapter for s in kept_iterations(state)]
@@ -64,13 +62,18 @@ def release(state: RunState, t: int) -> dict:
             target_names=[*state.config.target.names, *state.config.target.aliases],
         )
     except NothingKnown as err:
-        stats = {"skipped": True, "reason": str(err)}
-        write_json(files.release, stats)
-        return stats
+        return _skipped(files.release, str(err))
     stacked = stack_adapters([read_adapter(d) for d in [*previous_dirs, files.adapter]])
     write_adapter(stacked, files.stack, base_model_name_or_path=state.model_info["name_or_path"])
     stats.update(n_forget=len(forget), n_retain=len(retain))
     write_json(files.release, stats)
+    return stats
+
+
+def _skipped(path: Path, reason: str) -> dict:
+    """No adapter this iteration: release.json says why (the loop then stops: no_forget_samples)."""
+    stats = {"skipped": True, "reason": reason}
+    write_json(path, stats)
     return stats
 
 
