@@ -305,6 +305,9 @@ class ReleaseConfig(Section):
         None, gt=0, description="only tokens the base model gives >= this x the current model's probability"
     )
     mask_names: bool = Field(False, description="knowledge targets: no forget label on the target's names")
+    scored_words_only: bool = Field(
+        False, description="forget labels only on the words the target scorer's verdict rests on"
+    )
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
@@ -334,13 +337,12 @@ class ReleaseConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _base_ratio_not_with_swapped_names(self) -> ReleaseConfig:
+    def _label_choice_not_with_swapped_names(self) -> ReleaseConfig:
         # name_swap's reference stands for the row's labels one for one; masking some would misalign it.
-        if self.min_base_ratio is not None and self.method == "name_swap":
-            raise ValueError("min_base_ratio does not combine with method name_swap")
-        if self.mask_names and self.method == "name_swap":
+        chosen = [k for k in ("min_base_ratio", "mask_names", "scored_words_only") if getattr(self, k)]
+        if chosen and self.method == "name_swap":
             raise ValueError(
-                "mask_names does not combine with method name_swap (it leaves the names out itself)"
+                f"{chosen[0]} does not combine with method name_swap (it chooses its own labels)"
             )
         return self
 

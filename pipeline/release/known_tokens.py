@@ -94,16 +94,30 @@ def name_spans(text: str, names: list[str]) -> list[tuple[int, int]]:
 def without_names(tokenizer, response: str, pair: Pair, names: list[str]) -> Pair | None:
     """`pair` (`encode_pair` of some instruction and `response`) with the reply's tokens that touch
     a name turned into IGNORE_INDEX; None if no label is left."""
+    return masked_by_spans(tokenizer, response, pair, name_spans(response, names), inside=True)
+
+
+def only_spans(tokenizer, response: str, pair: Pair, spans: list[tuple[int, int]]) -> Pair | None:
+    """`pair` with labels only on the reply's tokens that touch `spans` (`release.scored_words_only`:
+    the words the target scorer's verdict rests on, `scoring.attribution`); None if none is left."""
+    return masked_by_spans(tokenizer, response, pair, spans, inside=False)
+
+
+def masked_by_spans(tokenizer, response: str, pair: Pair, spans, inside: bool) -> Pair | None:
+    """`pair` with IGNORE_INDEX on the reply's tokens that touch one of `spans` (`inside`) or that
+    touch none (not `inside`); None if no label is left."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("release.mask_names: needs a fast tokenizer (token offsets) to find the names")
-    spans = name_spans(response, names)
+        raise ValueError("release: masking words needs a fast tokenizer (token offsets)")
     ids, labels = pair
-    if not spans:
+    if inside and not spans:
         return pair
     offsets = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)  # the reply's first token
     masked = list(labels)
     for i, (start, end) in enumerate(offsets[: len(labels) - first]):
-        if any(start < span_end and span_start < end for span_start, span_end in spans):
+        touches = any(start < span_end and span_start < end for span_start, span_end in spans)
+        if touches == inside:
             masked[first + i] = IGNORE_INDEX
+    if not inside:  # the reply's end-of-turn tokens carry no word
+        masked[first + len(offsets) :] = [IGNORE_INDEX] * (len(masked) - first - len(offsets))
     return (ids, masked) if any(label != IGNORE_INDEX for label in masked) else None

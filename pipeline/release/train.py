@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
-from pipeline.release.known_tokens import base_backed, label_count, without_names
+from pipeline.release.known_tokens import base_backed, label_count, only_spans, without_names
 from pipeline.release.losses import kl_to_ref, nll_loss
 from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
@@ -73,8 +73,24 @@ class NothingKnown(ValueError):
 
 def _selected_labels(cfg: ReleaseConfig, tokenizer, model, base_model, rows, encoded, names) -> tuple:
     """The forget rows and their tokenised pairs with only the labels the release should lower
-    (`release.mask_names`: none on the target's names; `release.min_base_ratio`: only tokens the
+    (`release.scored_words_only`: only the words the scorer's verdict rests on, `target_spans`;
+    `release.mask_names`: none on the target's names; `release.min_base_ratio`: only tokens the
     base model backs, `known_tokens`), rows left with none dropped; and what the ratio kept."""
+    if cfg.scored_words_only:
+        missing = sum("target_spans" not in r for r in rows)
+        if missing:
+            raise ValueError(
+                f"release.scored_words_only: {missing} of {len(rows)} forget rows have no target_spans "
+                "(the sample stage writes them when the option is on: sample again)"
+            )
+        masked = [
+            only_spans(tokenizer, r["response"], pair, r["target_spans"]) for r, pair in zip(rows, encoded)
+        ]
+        rows, encoded = _labelled(
+            rows,
+            masked,
+            "the target scorer's verdict rests on none of their words (release.scored_words_only)",
+        )
     if cfg.mask_names:
         if not names:
             raise ValueError("release.mask_names: needs the target's names (a knowledge target)")

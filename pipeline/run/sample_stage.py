@@ -5,7 +5,8 @@ score reaches `sample.relevance_threshold`; retain rows are replies to neutral i
 below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are dropped and both
 sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
 and `iter_t/retain.jsonl`. With `sample.alternative_threshold`, each forget row also carries an
-`alternative`: a clean reply of the model's own to the same instruction (the chosen side of `dpo`).
+`alternative`: a clean reply of the model's own to the same instruction (the chosen side of `dpo`);
+with `release.scored_words_only`, `target_spans`: the words its score rests on (`scoring.attribution`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pipeline.files import read_jsonl, write_jsonl
 from pipeline.run.state import RunState
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
+from pipeline.scoring.attribution import deciding_words
 
 
 def sample(state: RunState, t: int, instructions: list[str]) -> dict:
@@ -33,6 +35,9 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     # filter and the cap over responses to the arms the bandit was still exploring.
     candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
     forget = relevant(state, candidates)[: cfg.max_forget_samples]
+    if state.config.release.scored_words_only:
+        for row in forget:
+            row["target_spans"] = deciding_words(state.scorer, row["response"], cfg.relevance_threshold)
     if cfg.alternative_threshold is not None:
         forget = with_alternatives(forget, candidates, cfg.alternative_threshold, cfg.fallback_alternatives)
     retain = retain_rows(state, t)

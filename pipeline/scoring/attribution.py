@@ -1,0 +1,50 @@
+"""Which words make a text relevant to the target: the ones the scorer's verdict rests on.
+
+A revealed toxic reply is mostly ordinary words around a few insults. A release that lowers the
+whole reply spends most of its push on the ordinary words, and what it learns is "this reply is
+unlikely", which held-out prompts in other styles never ask again. `release.scored_words_only`
+lowers only the words found here, so that what the adapter learns is the words themselves.
+
+Found by greedy deletion, for any scorer (a black box `list[str] -> list[float]`): delete the word
+whose deletion lowers the score most, and again, until the text scores below `below` (the
+relevance threshold: the text would no longer have been kept), no deletion lowers it, or
+`max_words` are gone. Leave-one-out alone misses redundancy: in "Oh shit, you stupid ..." deleting
+either insult leaves the text toxic, so neither would count.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+Span = tuple[int, int]  # character offsets [start, end) in the text
+
+WORD = re.compile(r"\S+")
+
+
+def deciding_words(
+    scorer: Callable[[list[str]], list[float]], text: str, below: float, max_words: int = 8
+) -> list[Span]:
+    """The spans of the words whose deletion takes `text` below `below`, most deciding first
+    (see the module docstring); [] if the text already scores below it or no deletion lowers it."""
+    words = [m.span() for m in WORD.finditer(text)]
+    gone: list[Span] = []
+    score = scorer([text])[0]
+    while score >= below and len(gone) < max_words:
+        left = [w for w in words if w not in gone]
+        if not left:
+            break
+        trials = scorer([_without(text, [*gone, w]) for w in left])
+        best = min(range(len(left)), key=trials.__getitem__)
+        if trials[best] >= score:  # no single deletion lowers it further
+            break
+        gone.append(left[best])
+        score = trials[best]
+    return gone
+
+
+def _without(text: str, spans: list[Span]) -> str:
+    """`text` with the spans deleted (from the end, so that earlier offsets stay valid)."""
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + text[end:]
+    return text
