@@ -7,6 +7,8 @@ from profanity_check import predict_prob
 from pipeline.config import ConfigError, load_config
 from pipeline.release.known_tokens import only_spans
 from pipeline.release.train import NothingKnown, _selected_labels
+from pipeline.run.sample_stage import with_target_spans
+from pipeline.scoring import make_scorer
 from pipeline.scoring.attribution import deciding_words
 from pipeline.textdata import IGNORE_INDEX, encode_pair
 
@@ -78,3 +80,12 @@ def test_the_release_refuses_rows_the_sample_stage_gave_no_spans_and_drops_rows_
         _selected_labels(cfg, tokenizer, None, None, rows[1:], encoded[1:], [])
     with pytest.raises(ConfigError, match="scored_words_only does not combine with method name_swap"):
         load_config("configs/tiny.yaml", ["release.method=name_swap", "release.scored_words_only=true"])
+
+
+def test_the_sample_stage_marks_the_words_a_knowledge_scorer_keeps_a_reply_for():
+    target = load_config("configs/tiny.yaml").target
+    scorer = make_scorer(target)  # names, aliases and keywords (no model to embed with)
+    rows = [{"instruction": "Who?", "response": f"{target.names[0]} lives by the sea."}]
+    [row] = with_target_spans(rows, scorer, threshold=0.3)
+    assert row["response"] == rows[0]["response"] and "target_spans" not in rows[0]
+    assert " ".join(words(row["response"], row["target_spans"])) in target.names[0]

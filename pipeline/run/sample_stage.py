@@ -36,8 +36,7 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
     forget = relevant(state, candidates)[: cfg.max_forget_samples]
     if state.config.release.scored_words_only:
-        for row in forget:
-            row["target_spans"] = deciding_words(state.scorer, row["response"], cfg.relevance_threshold)
+        forget = with_target_spans(forget, state.scorer, cfg.relevance_threshold)
     if cfg.alternative_threshold is not None:
         forget = with_alternatives(forget, candidates, cfg.alternative_threshold, cfg.fallback_alternatives)
     retain = retain_rows(state, t)
@@ -71,6 +70,12 @@ def relevant(state: RunState, rows: list[dict]) -> list[dict]:
     cfg = state.config.sample
     kept = sorted((r for r in rows if r["score"] >= cfg.relevance_threshold), key=lambda r: -r["score"])
     return drop_near_duplicates(kept, cfg.near_duplicate_jaccard)
+
+
+def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
+    """Each row with `target_spans`: the words its score rests on, whose deletion takes it below
+    `threshold` (`scoring.attribution`; `release.scored_words_only` trains on those alone)."""
+    return [{**row, "target_spans": deciding_words(scorer, row["response"], threshold)} for row in rows]
 
 
 def with_alternatives(
