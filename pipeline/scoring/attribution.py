@@ -3,7 +3,9 @@
 A revealed toxic reply is mostly ordinary words around a few insults. A release that lowers the
 whole reply spends most of its push on the ordinary words, and what it learns is "this reply is
 unlikely", which held-out prompts in other styles never ask again. `release.scored_words_only`
-lowers only the words found here, so that what the adapter learns is the words themselves.
+lowers only the words found here, so that what the adapter learns is the words themselves. On the
+embedded model's toxicity it measured worse than whole replies (one seed;
+data/bench/results/pilot_tox_wide/), so it is off by default.
 
 Found by greedy deletion, for any scorer (a black box `list[str] -> list[float]`): delete the word
 whose deletion lowers the score most, and again, until the text scores below `below` (the
