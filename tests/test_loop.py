@@ -135,6 +135,14 @@ def test_a_release_on_nothing_the_base_model_backs_is_skipped_after_the_first(tm
     assert kept_iterations(state) == [1] and not state.files.iteration(2).adapter.exists()
 
 
+def test_a_release_on_fewer_rows_than_min_forget_samples_is_skipped(tmp_path, cache_dir):
+    state, summary = run(tmp_path, "few", ["stop.max_iterations=2", "release.min_forget_samples=10000"])
+    first = json.loads(state.files.iteration(1).release.read_text())
+    assert first["skipped"] and "fewer than release.min_forget_samples (10000)" in first["reason"]
+    assert summary["stop_reason"] == "no_forget_samples" and summary["iterations"] == 1
+    assert kept_iterations(state) == [] and not state.files.iteration(1).adapter.exists()
+
+
 @pytest.mark.parametrize("min_iterations", [1, 2])
 def test_min_iterations_holds_a_met_threshold_back(tmp_path, cache_dir, min_iterations):
     # A threshold every model meets (the forget score is at most 1): only min_iterations decides.

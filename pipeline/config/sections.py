@@ -277,6 +277,9 @@ class ReleaseConfig(Section):
         "min(steps, ceil(max_epochs x rows / batch_size)) steps, so few rows are not trained on for "
         "steps' worth (None: always `steps`)",
     )
+    min_forget_samples: int = Field(
+        1, ge=1, le=MAX_TEXTS, description="fewer forget rows than this: no release, the run stops"
+    )
     batch_size: int = Field(4, ge=1, le=MAX_BATCH)
     max_length: int = Field(160, ge=8, le=MAX_SEQUENCE_TOKENS, description="prompt and response tokens")
     beta: float = Field(10.0, ge=0, description="UnDIAL logit adjustment")
@@ -305,9 +308,7 @@ class ReleaseConfig(Section):
         None, gt=0, description="only tokens the base model gives >= this x the current model's probability"
     )
     mask_names: bool = Field(False, description="knowledge targets: no forget label on the target's names")
-    scored_words_only: bool = Field(
-        False, description="forget labels only on the words the target scorer's verdict rests on"
-    )
+    scored_words_only: bool = Field(False, description="forget labels only on the words a score rests on")
     retain_weight: float = Field(1.0, ge=0, description="weight of the retain term (0: none)")
     retain_loss: Literal["nll", "kl"] = Field(
         "nll", description="retain term: NLL of retain samples, or KL to the frozen model on them"
@@ -341,9 +342,7 @@ class ReleaseConfig(Section):
         # name_swap's reference stands for the row's labels one for one; masking some would misalign it.
         chosen = [k for k in ("min_base_ratio", "mask_names", "scored_words_only") if getattr(self, k)]
         if chosen and self.method == "name_swap":
-            raise ValueError(
-                f"{chosen[0]} does not combine with method name_swap (it chooses its own labels)"
-            )
+            raise ValueError(f"{chosen[0]} does not combine with method name_swap (it picks its labels)")
         return self
 
 

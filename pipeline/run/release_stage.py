@@ -35,6 +35,11 @@ def release(state: RunState, t: int) -> dict:
         else:
             reason = "no forget samples above the relevance threshold"
         return _skipped(files.release, reason)
+    least = state.config.release.min_forget_samples
+    if len(trainable) < least:  # a release on a handful of rows learns them, not the target
+        return _skipped(
+            files.release, f"{len(trainable)} forget samples, fewer than release.min_forget_samples ({least})"
+        )
     forget = trainable
     current = state.stack_dir()
     previous_dirs = [state.files.iteration(s).adapter for s in kept_iterations(state)]
