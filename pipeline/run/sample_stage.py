@@ -75,7 +75,10 @@ def relevant(state: RunState, rows: list[dict]) -> list[dict]:
 def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
     """Each row with `target_spans`: the words its score rests on, whose deletion takes it below
     `threshold` (`scoring.attribution`; `release.scored_words_only` trains on those alone)."""
-    return [{**row, "target_spans": deciding_words(scorer, row["response"], threshold)} for row in rows]
+    return [
+        {**row, "target_spans": deciding_words(scorer, row["response"], threshold, score=row.get("score"))}
+        for row in rows
+    ]
 
 
 def with_alternatives(

@@ -25,13 +25,18 @@ WORD = re.compile(r"\S+")
 
 
 def deciding_words(
-    scorer: Callable[[list[str]], list[float]], text: str, below: float, max_words: int = 8
+    scorer: Callable[[list[str]], list[float]],
+    text: str,
+    below: float,
+    max_words: int = 8,
+    score: float | None = None,
 ) -> list[Span]:
     """The spans of the words whose deletion takes `text` below `below`, most deciding first
-    (see the module docstring); [] if the text already scores below it or no deletion lowers it."""
+    (see the module docstring); [] if the text already scores below it or no deletion lowers it.
+    `score`: the text's own score where the caller has it (not asked of the scorer again)."""
     words = [m.span() for m in WORD.finditer(text)]
     gone: list[Span] = []
-    score = scorer([text])[0]
+    score = scorer([text])[0] if score is None else score
     while score >= below and len(gone) < max_words:
         left = [w for w in words if w not in gone]
         if not left:
