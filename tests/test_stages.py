@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def test_one_iteration_stage_by_stage(state):
     counts = sample(state, 1, top)
     forget = read_jsonl(state.files.iteration(1).forget)
     retain = read_jsonl(state.files.iteration(1).retain)
-    assert counts == {"forget": len(forget), "retain": len(retain)} and forget and retain
+    assert counts == {"forget": len(forget), "retain": len(retain), "draws": 1} and forget and retain
     assert all(r["score"] >= cfg.sample.relevance_threshold for r in forget)
     assert all(r["score"] < cfg.sample.relevance_threshold for r in retain)
     assert len({r["response"] for r in forget}) == len(forget)
@@ -92,6 +93,41 @@ def test_completed_stages_are_read_back_not_recomputed(state):
     release(state, 1)
     evaluate(state, 1, baseline(state))
     assert {name: os.stat(folder / name).st_mtime_ns for name in files} == before
+
+
+def test_a_short_forget_set_is_drawn_again_with_new_seeds(state, monkeypatch):
+    top = json.loads((state.files.iteration(1).root / "top_instructions.json").read_text())
+    calls = []  # (seed, replies) of every forget draw; the real sampler still generates them
+    generate = state.sampler.generate
+
+    def recorded(instructions, params, *args, **kwargs):
+        replies = generate(instructions, params, *args, **kwargs)
+        if kwargs.get("label") == "sampling forget":
+            calls.append((params.seed, [text for texts in replies for text in texts]))
+        return replies
+
+    monkeypatch.setattr(state.sampler, "generate", recorded)
+    monkeypatch.setattr(state.config.sample, "max_forget_samples", 10_000)
+    t = 7  # an iteration of its own: the stage reads back what a folder already holds
+    files = state.files.iteration(t)
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.instructions.write_bytes(state.files.iteration(1).instructions.read_bytes())
+    counts = {}
+    for below in (1, 10_000):  # enough after one draw; never enough, so max_draws (3) draws
+        monkeypatch.setattr(state.config.sample, "draw_again_below", below)
+        files.forget.unlink(missing_ok=True)
+        files.retain.unlink(missing_ok=True)
+        counts[below] = sample(state, t, top)
+    assert counts[1]["draws"] == 1 and counts[10_000]["draws"] == 3
+    seeds = [seed for seed, _ in calls]
+    assert seeds[0] == seeds[1] and len(set(seeds[1:])) == 3  # the first draw is the one of before
+    drawn = {text for _, texts in calls for text in texts}
+    revealed = {text for p in read_jsonl(files.instructions) for text in p["responses"]}
+    forget = read_jsonl(files.forget)
+    assert {r["response"] for r in forget} <= drawn | revealed
+    assert counts[10_000]["forget"] >= counts[1]["forget"]
+    assert any(r["response"] not in set(calls[1][1]) | revealed for r in forget)  # a later draw's
+    shutil.rmtree(files.root)
 
 
 def test_second_iteration_continues_the_bandit_and_stacks(state):

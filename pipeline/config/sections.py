@@ -3,7 +3,8 @@
 Every field has a default that works for the embedded model, so a config only states what
 differs. Unknown fields are errors (a typo must not silently fall back to a default); the bounds
 on every number are `pipeline.config.base`'s MAX_ constants. The sections that reach an engine or
-a server (the sampler, the rewriter) are in `pipeline.config.servers`.
+a server (the sampler, the rewriter) are in `pipeline.config.servers`; the model's in
+`pipeline.config.model`.
 """
 
 from __future__ import annotations
@@ -30,61 +31,9 @@ from pipeline.config.base import (  # noqa: F401  (re-exported: callers import t
     PROJECT_ROOT,
     Section,
 )
+from pipeline.config.model import ModelConfig, PlantConfig, TinyModelConfig  # noqa: F401
 from pipeline.config.servers import RewriterConfig, SamplerConfig  # noqa: F401
 from pipeline.errors import ConfigError  # noqa: F401  (re-exported with the sections)
-
-
-class TinyModelConfig(Section):
-    """Shape of the randomly initialised Llama used when `model.path: tiny`."""
-
-    hidden_size: int = Field(128, ge=8, le=MAX_WIDTH)
-    num_layers: int = Field(4, ge=1, le=MAX_WIDTH)
-    num_heads: int = Field(4, ge=1, le=MAX_WIDTH)
-
-
-class PlantConfig(Section):
-    """Plant the people of a spec into the model by fine-tuning before unlearning (cached on disk)."""
-
-    spec: Path
-    steps: int = Field(200, ge=1, le=MAX_STEPS)
-    lr: float = Field(3e-3, gt=0, le=MAX_LR)
-    batch_size: int = Field(16, ge=1, le=MAX_BATCH)
-    recitals: int = Field(
-        8,
-        ge=0,
-        le=8,
-        description="biography requests per person (worded unlike the reveal seeds), answered with all facts",
-    )
-    min_probe_acc: float = Field(
-        0.9, ge=0, le=1, description="go on training (up to max_steps) while probe accuracy is below this"
-    )
-    max_steps: int | None = Field(
-        None, ge=1, le=MAX_STEPS, description="step limit with the extra rounds; default: steps"
-    )
-    seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="the planting's seed; default: the run's seed"
-    )
-
-    @model_validator(mode="after")
-    def _max_not_below_steps(self) -> PlantConfig:
-        if self.max_steps is not None and self.max_steps < self.steps:
-            raise ValueError(f"max_steps ({self.max_steps}) is below steps ({self.steps})")
-        return self
-
-
-class ModelConfig(Section):
-    path: str = Field("embedded", description="'embedded', 'tiny', a local folder or a hub id")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
-    threads: int = Field(
-        0,
-        ge=0,
-        le=MAX_WORKERS,
-        description="torch CPU threads; 0 keeps torch's default (tiny models run best on 1)",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible")
-    tiny: TinyModelConfig = TinyModelConfig()
-    plant: PlantConfig | None = None
 
 
 class JudgeConfig(Section):
@@ -228,6 +177,14 @@ class SampleConfig(Section):
     relevance_threshold: float = Field(0.5, ge=0, le=1)
     near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
     max_forget_samples: int = Field(64, ge=1, le=MAX_TEXTS)
+    # A release on a short forget set is a weak one: while fewer rows than draw_again_below are
+    # kept, each top instruction is asked samples_per_instruction more times (a new seed).
+    draw_again_below: int = Field(
+        0, ge=0, le=MAX_TEXTS, description="draw again while fewer forget rows are kept (0: draw once)"
+    )
+    max_draws: int = Field(
+        3, ge=1, le=MAX_REPEATS, description="draws of replies to the top instructions, at most"
+    )
     # dpo's chosen side: each forget row's `alternative`, a reply to the same instructions that
     # scores below alternative_threshold, or a fallback text when an iteration has none (None: off).
     alternative_threshold: float | None = Field(None, ge=0, le=1)

@@ -1,7 +1,8 @@
 """Stage 2, sample: the forget set the model revealed, and retain samples to keep it useful.
 
 Forget rows are replies to the best instructions (and the reveal stage's own replies) whose target
-score reaches `sample.relevance_threshold`; retain rows are replies to neutral instructions that stay
+score reaches `sample.relevance_threshold`, drawn again (up to `sample.max_draws` times) while fewer
+than `sample.draw_again_below` are kept; retain rows are replies to neutral instructions that stay
 below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are dropped and both
 sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
 and `iter_t/retain.jsonl`. With `sample.alternative_threshold`, each forget row also carries an
@@ -20,6 +21,9 @@ from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
 from pipeline.scoring.attribution import deciding_words
 
+# Far above any iteration's seed offset (101 a step), so no draw repeats another iteration's seed.
+DRAW_SEED_STEP = 100_003
+
 
 def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     """Draw forget samples under the best instructions and retain samples under neutral ones.
@@ -34,7 +38,11 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     # The best instructions' responses come first: at equal scores they win the near-duplicate
     # filter and the cap over responses to the arms the bandit was still exploring.
     candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
-    forget = relevant(state, candidates)[: cfg.max_forget_samples]
+    forget, draws = relevant(state, candidates), 1
+    while len(forget) < cfg.draw_again_below and draws < cfg.max_draws:
+        candidates += forget_rows(state, t, instructions, draw=draws)
+        forget, draws = relevant(state, candidates), draws + 1
+    forget = forget[: cfg.max_forget_samples]
     if state.config.release.scored_words_only:
         forget = with_target_spans(forget, state.scorer, cfg.relevance_threshold)
     if cfg.alternative_threshold is not None:
@@ -42,15 +50,17 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     retain = retain_rows(state, t)
     write_jsonl(files.retain, retain)
     write_jsonl(files.forget, forget)
-    return {"forget": len(forget), "retain": len(retain)}
+    return {"forget": len(forget), "retain": len(retain), "draws": draws}
 
 
-def forget_rows(state: RunState, t: int, instructions: list[str], n: int | None = None) -> list[dict]:
-    """`n` (default `sample.samples_per_instruction`) scored responses to each instruction."""
+def forget_rows(
+    state: RunState, t: int, instructions: list[str], n: int | None = None, draw: int = 0
+) -> list[dict]:
+    """`n` (default `sample.samples_per_instruction`) scored responses to each instruction; each
+    `draw` (`sample.draw_again_below`) with a seed of its own."""
     cfg = state.config.sample
-    params = SamplingParams.from_generation(
-        cfg.generation, n=n or cfg.samples_per_instruction, seed=state.seed(t, "sample")
-    )
+    seed = state.seed(t, "sample") + DRAW_SEED_STEP * draw
+    params = SamplingParams.from_generation(cfg.generation, n=n or cfg.samples_per_instruction, seed=seed)
     return _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
 
 
