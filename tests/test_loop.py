@@ -141,6 +141,11 @@ def test_a_release_on_fewer_rows_than_min_forget_samples_is_skipped(tmp_path, ca
     assert first["skipped"] and "fewer than release.min_forget_samples (10000)" in first["reason"]
     assert summary["stop_reason"] == "no_forget_samples" and summary["iterations"] == 1
     assert kept_iterations(state) == [] and not state.files.iteration(1).adapter.exists()
+    # Nothing was trained, so nothing is measured again: the figures are the baseline's.
+    evaluation = json.loads(state.files.iteration(1).evaluation.read_text())
+    base = json.loads(state.files.baseline.read_text())
+    assert evaluation["measured_in"] == 0 and evaluation["seconds"] == 0.0
+    assert evaluation["forget_score"] == base["forget_score"] == summary["history"][0]["forget_score"]
 
 
 @pytest.mark.parametrize("min_iterations", [1, 2])

@@ -5,7 +5,7 @@ after release t; `commit` closes the iteration (its `metrics.json` is the commit
 the checksums of the iteration's files (`pipeline.run.chain`), and a kept stack becomes a copy in
 the run's `adapter/`); `decide` names the reason to stop, or None. An adapter is dropped (and the run
 stops) when it breaks the utility floor, or, with `stop.max_forget_rise`, when it leaves the forget
-score worse than the best so far.
+score worse than the best so far. An iteration that trained nothing is not measured again.
 """
 
 from __future__ import annotations
@@ -38,19 +38,32 @@ def evaluate(state: RunState, t: int, base: dict) -> dict:
     files = state.files.iteration(t)
     if files.evaluation.is_file():
         return json.loads(files.evaluation.read_text())
+    if json.loads(files.release.read_text()).get("skipped"):
+        metrics = {**last_measured(state, base), "kept": False, "seconds": 0.0}
+        write_json(files.evaluation, metrics)
+        return metrics
     started = time.perf_counter()
-    release_stats = json.loads(files.release.read_text())
-    stack = None if release_stats.get("skipped") else files.stack
-    metrics = measure(state, stack if stack else state.stack_dir(), base["utility_ppl"])
+    metrics = measure(state, files.stack, base["utility_ppl"])
     kept = [h["forget_score"] for h in completed_iterations(state) if h["kept"]]
-    metrics["kept"] = (
-        stack is not None
-        and not convergence.breaks_utility_floor(metrics, state.config.stop)
-        and not convergence.undoes_forgetting(metrics, min([base["forget_score"], *kept]), state.config.stop)
-    )
+    metrics["kept"] = not convergence.breaks_utility_floor(
+        metrics, state.config.stop
+    ) and not convergence.undoes_forgetting(metrics, min([base["forget_score"], *kept]), state.config.stop)
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_json(files.evaluation, metrics)
     return metrics
+
+
+def last_measured(state: RunState, base: dict) -> dict:
+    """The measurement of the model as it stands: the last kept iteration's, or the base's.
+
+    An iteration whose release trained nothing leaves that model unchanged, and measuring it
+    again (a minute on the demo) would only repeat the same figures; `measured_in` names the
+    iteration they come from (0: the baseline).
+    """
+    kept = [h["iteration"] for h in completed_iterations(state) if h["kept"]]
+    if not kept:
+        return {**base, "measured_in": 0}
+    return {**json.loads(state.files.iteration(kept[-1]).evaluation.read_text()), "measured_in": kept[-1]}
 
 
 def commit(state: RunState, t: int, metrics: dict, seconds: dict | None = None) -> dict:
