@@ -36,6 +36,12 @@ def test_max_iterations():
     assert stop_reason(h(0.7, 0.5, 0.3), BASE, StopConfig(max_iterations=3, patience=3)) == MAX_ITERATIONS
 
 
+def test_max_iterations_caps_min_iterations():
+    cfg = StopConfig(max_iterations=1, min_iterations=2, forget_threshold=0.0)
+    assert stop_reason(h(0.7), BASE, cfg) == MAX_ITERATIONS
+    assert stop_reason(h(0.7), BASE, cfg.model_copy(update={"max_iterations": 3})) is None
+
+
 def test_utility_floor():
     assert breaks_utility_floor({"utility_ppl_ratio": 1.6}, StopConfig(utility_floor=1.5))
     assert not breaks_utility_floor({"utility_ppl_ratio": 1.2}, StopConfig(utility_floor=1.5))

@@ -24,8 +24,12 @@ def undoes_forgetting(metrics: dict, best_forget_score: float, stop: StopConfig)
 
 
 def stop_reason(history: list[dict], baseline: dict, stop: StopConfig) -> str | None:
-    """None to go on; else why to stop after the last entry of `history` (kept iterations)."""
-    if len(history) < stop.min_iterations:
+    """None to go on; else why to stop after the last entry of `history` (kept iterations).
+
+    `stop.max_iterations` is the most a run does, `stop.min_iterations` included: a config's
+    min_iterations of 2 does not make `--set stop.max_iterations=1` run two.
+    """
+    if len(history) < min(stop.min_iterations, stop.max_iterations):
         return None
     if history and history[-1]["forget_score"] <= stop.forget_threshold:
         return FORGOTTEN
