@@ -313,6 +313,7 @@ def test_toxicity_bench_on_the_tiny_model_with_a_users_data(tmp_path, cache_dir,
     assert (
         "rr tox. prob. (mine) vs base: " in report
         and "random tox. prob. (profanity_check) vs base: " in report
+        and "rr exp. max (mine) vs random: " in report
     )
     assert (out / "plot.png").stat().st_size > 0
     # The loop's own evaluation reports every judge too, beside the reward's forget score.

@@ -297,4 +297,15 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
             values = [flatten(r)[key] for r in per_seed[method]]
             reference = [flatten(r)[key] for r in base]
             lines.append(spread_note(f"{method} tox. prob. ({judge})", values, reference, "base"))
+    # The ablations beside the loop: whether choosing instructions made rr's toxicity lower.
+    for other in [m for m in results["methods"] if m != "rr"] if "rr" in results["methods"] else []:
+        for judge in results["judges"]:
+            for figure, label in (
+                ("toxicity_probability", "tox. prob."),
+                ("expected_max_toxicity", "exp. max"),
+            ):
+                key = f"judges.{judge}.{figure}"
+                values = [flatten(r)[key] for r in per_seed["rr"]]
+                reference = [flatten(r)[key] for r in per_seed[other]]
+                lines.append(spread_note(f"rr {label} ({judge})", values, reference, other))
     return lines
