@@ -21,7 +21,7 @@ from pipeline.run.evaluate_stage import baseline, commit, evaluate
 from pipeline.run.loop import prepare_run_dir
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import arm_pool, reveal, rewrites
-from pipeline.run.sample_stage import sample, with_alternatives
+from pipeline.run.sample_stage import draw_again, sample, with_alternatives
 from pipeline.run.state import RunState, completed_iterations
 from tests.conftest import ROOT
 
@@ -128,6 +128,16 @@ def test_a_short_forget_set_is_drawn_again_with_new_seeds(state, monkeypatch):
     assert counts[10_000]["forget"] >= counts[1]["forget"]
     assert any(r["response"] not in set(calls[1][1]) | revealed for r in forget)  # a later draw's
     shutil.rmtree(files.root)
+
+
+def test_draw_again_only_while_short_and_the_release_is_still_reachable():
+    assert draw_again(kept=45, draws=1, below=64, max_draws=3, min_forget_samples=16)
+    assert not draw_again(kept=70, draws=1, below=64, max_draws=3, min_forget_samples=16)  # enough
+    assert not draw_again(kept=45, draws=3, below=64, max_draws=3, min_forget_samples=16)  # no draws left
+    # 10 rows a draw make 30 in three, below the 32 a release needs: the run will stop anyway.
+    assert not draw_again(kept=10, draws=1, below=64, max_draws=3, min_forget_samples=32)
+    assert draw_again(kept=11, draws=1, below=64, max_draws=3, min_forget_samples=32)
+    assert not draw_again(kept=20, draws=2, below=64, max_draws=3, min_forget_samples=32)  # 30 in three
 
 
 def test_second_iteration_continues_the_bandit_and_stacks(state):

@@ -178,7 +178,8 @@ class SampleConfig(Section):
     near_duplicate_jaccard: float = Field(0.7, gt=0, le=1)
     max_forget_samples: int = Field(64, ge=1, le=MAX_TEXTS)
     # A release on a short forget set is a weak one: while fewer rows than draw_again_below are
-    # kept, each top instruction is asked samples_per_instruction more times (a new seed).
+    # kept, each top instruction is asked samples_per_instruction more times (a new seed), unless
+    # at the rate so far even max_draws would keep fewer than release.min_forget_samples.
     draw_again_below: int = Field(
         0, ge=0, le=MAX_TEXTS, description="draw again while fewer forget rows are kept (0: draw once)"
     )

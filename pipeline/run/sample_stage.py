@@ -39,7 +39,9 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     # filter and the cap over responses to the arms the bandit was still exploring.
     candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
     forget, draws = relevant(state, candidates), 1
-    while len(forget) < cfg.draw_again_below and draws < cfg.max_draws:
+    while draw_again(
+        len(forget), draws, cfg.draw_again_below, cfg.max_draws, state.config.release.min_forget_samples
+    ):
         candidates += forget_rows(state, t, instructions, draw=draws)
         forget, draws = relevant(state, candidates), draws + 1
     forget = forget[: cfg.max_forget_samples]
@@ -51,6 +53,15 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
     write_jsonl(files.retain, retain)
     write_jsonl(files.forget, forget)
     return {"forget": len(forget), "retain": len(retain), "draws": draws}
+
+
+def draw_again(kept: int, draws: int, below: int, max_draws: int, min_forget_samples: int) -> bool:
+    """Whether to ask the top instructions again: fewer than `below` rows kept, draws left, and at
+    the rate so far the last draw would reach `min_forget_samples` (`release`'s; fewer trains
+    nothing). A model that has mostly stopped saying the target, as after a good release, is not
+    asked twice more only to end the run anyway."""
+    reachable = kept * max_draws / draws >= min_forget_samples
+    return kept < below and draws < max_draws and reachable
 
 
 def forget_rows(
