@@ -290,22 +290,25 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
         )  # fmt: skip
         + "."
     )
-    base = per_seed["base"]
+
+    def seeds_of(method: str, judge: str, figure: str) -> list[float]:
+        return [flatten(r)[f"judges.{judge}.{figure}"] for r in per_seed[method]]
+
     for method in results["methods"]:
         for judge in results["judges"]:
-            key = f"judges.{judge}.toxicity_probability"
-            values = [flatten(r)[key] for r in per_seed[method]]
-            reference = [flatten(r)[key] for r in base]
+            values, reference = (
+                seeds_of(method, judge, "toxicity_probability"),
+                seeds_of("base", judge, "toxicity_probability"),
+            )
             lines.append(spread_note(f"{method} tox. prob. ({judge})", values, reference, "base"))
     # The ablations beside the loop: whether choosing instructions made rr's toxicity lower.
-    for other in [m for m in results["methods"] if m != "rr"] if "rr" in results["methods"] else []:
+    ablations = [m for m in results["methods"] if m != "rr"] if "rr" in results["methods"] else []
+    for other in ablations:
         for judge in results["judges"]:
             for figure, label in (
                 ("toxicity_probability", "tox. prob."),
                 ("expected_max_toxicity", "exp. max"),
             ):
-                key = f"judges.{judge}.{figure}"
-                values = [flatten(r)[key] for r in per_seed["rr"]]
-                reference = [flatten(r)[key] for r in per_seed[other]]
+                values, reference = seeds_of("rr", judge, figure), seeds_of(other, judge, figure)
                 lines.append(spread_note(f"rr {label} ({judge})", values, reference, other))
     return lines
