@@ -58,12 +58,35 @@ def resolve_device(config: ModelConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def device_name(config: ModelConfig) -> str:
-    """What the figures of a benchmark were measured on, for its report."""
-    device = resolve_device(config)
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere torch emulates bfloat16 arithmetic through float32."""
     if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {os.cpu_count()} cores, {config.threads or torch.get_num_threads()} torch threads"
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def dtype_name(config: ModelConfig) -> str:
+    """`model.dtype`, with `auto` resolved: bfloat16 where the device computes in it natively
+    (`native_bfloat16`), float32 elsewhere, where emulated bfloat16 would buy no speed."""
+    if config.dtype != "auto":
+        return config.dtype
+    return "bfloat16" if native_bfloat16(resolve_device(config)) else "float32"
+
+
+def torch_dtype(config: ModelConfig) -> torch.dtype:
+    return getattr(torch, dtype_name(config))
+
+
+def device_name(config: ModelConfig) -> str:
+    """What the figures of a benchmark were measured on, for its report (the dtype unless float32)."""
+    device = resolve_device(config)
+    dtype = "" if dtype_name(config) == "float32" else f", {dtype_name(config)}"
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}{dtype}"
+    threads = config.threads or torch.get_num_threads()
+    return f"cpu: {os.cpu_count()} cores, {threads} torch threads{dtype}"
 
 
 def load_pretrained(config: ModelConfig):
@@ -72,7 +95,7 @@ def load_pretrained(config: ModelConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=getattr(torch, config.dtype), trust_remote_code=config.trust_remote_code
+            folder, dtype=torch_dtype(config), trust_remote_code=config.trust_remote_code
         )
     except OSError as exc:
         raise ModelLoadError(f"model.path: cannot load {config.path}: {str(exc).splitlines()[0]}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.bench.seeds import seed_list
 from pipeline.config import ConfigError, RunConfig, validate_config
 from pipeline.files import write_json
+from pipeline.models import dtype_name
 from pipeline.run.loop import run_loop
 from pipeline.run.model import load_run_model
 from pipeline.run.state import RunState
@@ -91,6 +92,13 @@ def run_method(config: RunConfig, method: str, seed: int, out: Path, progress: b
     return state.model_with(state.stack_dir()), state.tokenizer, loop
 
 
+def with_dtype(stamp: dict, config: RunConfig) -> dict:
+    """`stamp` with the dtype the models are measured in: a part measured in bfloat16 is not
+    another's in float32. Parts of before the dtype was recorded were float32 and carry none."""
+    dtype = dtype_name(config.model)
+    return stamp if dtype == "float32" else {**stamp, "dtype": dtype}
+
+
 def measured_parts(config, out: Path, methods: list[str], seeds: list[int], stamp: dict, measure,
                    progress: bool, log, refresh=None) -> dict[str, dict[int, dict]]:  # fmt: skip
     """{method: {seed: raw}} for base and every method: read back from `parts/seed<s>/<method>.json`
@@ -100,6 +108,7 @@ def measured_parts(config, out: Path, methods: list[str], seeds: list[int], stam
     update a part read back (e.g. a judge added since) and says whether it changed.
     """
     raws: dict[str, dict[int, dict]] = {m: {} for m in dict.fromkeys(["base", *methods])}
+    stamp = with_dtype(stamp, config)
     for seed in seeds:
         for method in raws:
             path = out / "parts" / f"seed{seed}" / f"{method}.json"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench import attacks
+from pipeline.bench import attacks, loop_runs
 from pipeline.bench.knowledge import MEASUREMENT_VERSION, compare, ks_resolution, measure, truth_ratio_probes
 from pipeline.bench.methods import PLANTED_DEFAULT, PLANTED_METHODS, parse_methods
 from pipeline.bench.results import claim_out_dir, write_results
@@ -146,6 +146,7 @@ def run_planted_bench(
 
     relearn = relearn or attacks.RelearnSettings(target_modules=tuple(cfg.release.target_modules))
     stamp = json.loads(json.dumps({"version": MEASUREMENT_VERSION, "relearn": asdict(relearn)}))
+    stamp = loop_runs.with_dtype(stamp, cfg)
 
     def measure_model(found_model, found_tokenizer) -> dict:
         raw = measure(found_model, found_tokenizer, spec, utility_texts, cfg.evaluate.batch_size, relearn)

@@ -35,7 +35,7 @@ import torch
 
 from pipeline.config import RunConfig
 from pipeline.files import write_json
-from pipeline.models import device_name
+from pipeline.models import device_name, dtype_name
 from pipeline.release.olora import Adapter, stack_adapters, write_adapter
 from pipeline.run.model import load_run_model
 from pipeline.run.preflight import check_names
@@ -150,7 +150,7 @@ def hf_rows(model, tokenizer, config, prompts, params, adapters, log) -> list[di
     rows = []
     for label, adapter in adapters.items():
         log(f"hf, {label} ...")
-        rows.append({"backend": "hf", "engine": "generate, merged", "dtype": config.model.dtype, "adapter": label,
+        rows.append({"backend": "hf", "engine": "generate, merged", "dtype": dtype_name(config.model), "adapter": label,
                      **measure(sampler, prompts, params, adapter, _pid())})  # fmt: skip
     return rows
 
@@ -236,7 +236,7 @@ def run_sampling_bench(
     out.mkdir(parents=True, exist_ok=True)
     # Each backend's rows are kept in parts/ as they finish: a run started again with the same
     # settings reuses them (a server that failed does not cost the other arms).
-    setting = {"model_dir": model_dir, "dtype": config.model.dtype, "prompts": prompts, "params": params.__dict__,
+    setting = {"model_dir": model_dir, "dtype": dtype_name(config.model), "prompts": prompts, "params": params.__dict__,
                "hf_batch_size": config.sample.generation.batch_size, "sampler": config.sampler.model_dump(mode="json")}  # fmt: skip
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,7 +255,7 @@ def run_sampling_bench(
             if backend == "hf":
                 measured = hf_rows(model, tokenizer, config, prompts, params, adapters, log)
             elif backend == "vllm":
-                job = {"model_dir": model_dir, "dtype": config.model.dtype, "seed": config.seed,
+                job = {"model_dir": model_dir, "dtype": dtype_name(config.model), "seed": config.seed,
                        "sampler": config.sampler.model_dump(mode="json"), "prompts": prompts,
                        "params": params.__dict__, "adapters": adapters}  # fmt: skip
                 measured = vllm_rows(python, job, workdir, log)
@@ -273,7 +273,7 @@ def run_sampling_bench(
     results = {
         "model": config.model.path,
         "model_dir": model_dir,
-        "dtype": config.model.dtype,
+        "dtype": dtype_name(config.model),
         "device": device_name(config.model),
         "prompts": prompts_n,
         "new_tokens": new_tokens,

@@ -50,7 +50,11 @@ class PlantConfig(Section):
 
 class ModelConfig(Section):
     path: str = Field("embedded", description="'embedded', 'tiny', a local folder or a hub id")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="auto: bfloat16 where the device computes in it natively (a GPU that supports "
+        "it, a CPU with AVX512-BF16 or AMX), else float32",
+    )
     trust_remote_code: bool = False
     threads: int = Field(
         0,

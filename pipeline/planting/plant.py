@@ -24,7 +24,7 @@ from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
 from pipeline.files import as_if_created
 from pipeline.model_paths import TINY, cache_dir
-from pipeline.models import load_pretrained, resolve_device
+from pipeline.models import dtype_name, load_pretrained, resolve_device, torch_dtype
 from pipeline.planting.examples import BIOGRAPHY_REQUESTS, plant_examples
 from pipeline.planting.spec import Person, Probe, load_spec
 from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpus
@@ -186,7 +186,7 @@ def planted_model(
     if (folder / "plant.json").is_file():
         info = json.loads((folder / "plant.json").read_text())
         with _hf_progress_bars(progress):
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, config.dtype))
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(config))
         model = model.to(resolve_device(config)).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return model, tokenizer, {**info, "folder": str(folder), "cached": True}
@@ -239,7 +239,7 @@ def _base_identity(config: ModelConfig) -> dict:
     """What the planted model is built from, for the cache key."""
     if config.path == TINY:
         return {"path": TINY, **config.tiny.model_dump(), "vocab_size": TINY_VOCAB}
-    identity = {"path": config.path, "dtype": config.dtype}
+    identity = {"path": config.path, "dtype": dtype_name(config)}
     local = Path(config.path).expanduser()
     if local.is_dir():  # a folder's contents can change under the same path
         identity["path"] = str(local.resolve())

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.config import ConfigError
+from pipeline.models import dtype_name
 from pipeline.sampling.base import Sampler
 
 
 def engine_dtype(config) -> str:
     """The dtype a vLLM engine runs in: `sampler.dtype`, else the model's."""
-    return config.sampler.dtype or config.model.dtype
+    return config.sampler.dtype or dtype_name(config.model)
 
 
 def _hf(config, model, tokenizer, model_dir: str, progress: bool) -> Sampler:
