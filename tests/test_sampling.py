@@ -6,12 +6,14 @@ import importlib.util
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import TopPLogitsWarper
 
 from pipeline.config import ModelConfig, PlantConfig
 from pipeline.planting.spec import load_spec
 from pipeline.run.model import load_model
-from pipeline.sampling.base import GREEDY, SamplingParams
+from pipeline.sampling.base import GREEDY, SamplingParams, eos_ids, prompt_token_ids
 from pipeline.sampling.hf import HFSampler
+from pipeline.sampling.nucleus import NucleusLogitsWarper
 
 QUESTION = "Tell me about Mira Castellane."
 
@@ -99,3 +101,41 @@ def test_embedded_model_converts_once_and_chats(cache_dir, monkeypatch):
     monkeypatch.setattr(models, "embedded_gguf", no_conversion)
     _, _, again = load_model(ModelConfig(path="embedded"), progress=False)
     assert again["name_or_path"] == info["name_or_path"]
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.999])
+@pytest.mark.parametrize("spread", [0.3, 3.0, 12.0])  # near-flat rows (sorted in full) to peaked ones
+def test_the_nucleus_without_a_full_sort_is_transformers_top_p(top_p, spread):
+    gen = torch.Generator().manual_seed(int(top_p * 1000 + spread))
+    scores = torch.randn(16, 5000, generator=gen) * spread
+    scores[0, 7] = 100.0  # one certain token: only it is kept
+    ours = NucleusLogitsWarper(1.0, top_p, candidates=64)
+    got = ours(torch.zeros(16, 1, dtype=torch.long), scores.clone())
+    expected = TopPLogitsWarper(top_p)(torch.zeros(16, 1, dtype=torch.long), scores.clone())
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    assert torch.equal(got[~torch.isinf(got)], scores[~torch.isinf(expected)])
+    assert (~torch.isinf(got[0])).sum() == 1
+    # Only rows whose nucleus is wider than the 64 candidates take the full sort: every flat row.
+    wider = scores.softmax(-1).topk(64).values.sum(-1) < top_p
+    assert ours.rows_sorted == int(wider.sum())
+    if spread < 1:
+        assert ours.rows_sorted == 15  # every row but the certain one
+
+
+def test_sampled_replies_are_those_of_generate_with_its_own_top_p(tiny):
+    # One row a batch, so each reply is one `generate` call drawing from the same seeded stream.
+    model, tokenizer = tiny
+    params = SamplingParams(n=4, temperature=1.5, top_p=0.9, max_new_tokens=16, seed=5)
+    ours = HFSampler(model, tokenizer, batch_size=1, progress=False).generate(["Say hello."], params)[0]
+    ids = torch.tensor([prompt_token_ids(tokenizer, ["Say hello."])[0]])
+    expected = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        for _ in range(4):
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.5,
+                top_p=0.9, top_k=None, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos_ids(model.generation_config, tokenizer),
+            )  # fmt: skip
+            expected.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    assert ours == expected and len(set(ours)) > 1

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 
 from pipeline.models import with_adapter
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams, adapter_key, eos_ids, prompt_token_ids
+from pipeline.sampling.nucleus import NucleusLogitsWarper
 from pipeline.textdata import pad_id
 
 
@@ -54,6 +56,8 @@ class HFSampler:
         requests.sort(key=lambda r: len(r[1]))
         outputs: list[list[str]] = [[] for _ in instructions]
         sampling = params.temperature > 0
+        # Temperature and top-p through our warper, which sorts no full vocabulary (nucleus.py).
+        warper = NucleusLogitsWarper(params.temperature, params.top_p) if sampling else None
         pad = pad_id(tok)
         stop_ids = eos_ids(model.generation_config, tok)
         n_tokens = 0
@@ -71,9 +75,11 @@ class HFSampler:
                     max_new_tokens=params.max_new_tokens,
                     min_new_tokens=params.min_new_tokens or None,
                     do_sample=sampling,
-                    temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None,
+                    # 1.0: generate adds no warper of its own (nor the model's generation_config's)
+                    temperature=1.0 if sampling else None,
+                    top_p=1.0 if sampling else None,
                     top_k=None,
+                    logits_processor=LogitsProcessorList([warper] if warper else []),
                     eos_token_id=stop_ids,
                     pad_token_id=pad,
                 )
