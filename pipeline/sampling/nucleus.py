@@ -6,9 +6,10 @@ step (py-spy on `make demo`: 8% of the whole run). The nucleus is mostly among t
 most likely tokens, which `topk` finds in ~5 ms: the candidates' probabilities (normalised over
 the whole vocabulary) are summed, and a row whose candidates hold at least `top_p` of the mass is
 filtered from them alone; a row whose nucleus is wider tries the next, larger candidate set, and
-only a row wider than all of them is sorted in full, by transformers' own warper. The filter is the same: a token is kept when the tokens more likely than it hold less
-than `top_p` of the mass (Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR
-2020), the most likely token always; the two differ only by float rounding exactly at the cut.
+only a row wider than all of them is sorted in full, by transformers' own warper. The filter is
+the same: a token is kept when the tokens more likely than it hold less than `top_p` of the mass
+(Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR 2020), the most likely token
+always; the two differ only by float rounding exactly at the cut.
 
 `generate` runs a custom processor before its own temperature warper, and top-p must see the
 tempered scores, so this warper divides by the temperature itself (as `TemperatureLogitsWarper`
@@ -57,7 +58,7 @@ class NucleusLogitsWarper(LogitsProcessor):
 
     def _from_top(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row filtered from its `k` most likely tokens, and whether those hold its nucleus
-        (the candidates' probabilities, normalised over the whole vocabulary, sum to top_p)."""
+        (the candidates' probabilities, normalised over the whole vocabulary, sum to at least top_p)."""
         top, index = scores.topk(k, dim=-1)
         probs = (top - scores.logsumexp(-1, keepdim=True)).exp()
         above = probs.cumsum(-1) - probs  # the mass of the candidates more likely than each
