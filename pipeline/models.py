@@ -81,8 +81,8 @@ def torch_dtype(config: ModelConfig) -> torch.dtype:
 
 def device_name(config: ModelConfig) -> str:
     """What the figures of a benchmark were measured on, for its report (the dtype unless float32)."""
-    device = resolve_device(config)
-    dtype = "" if dtype_name(config) == "float32" else f", {dtype_name(config)}"
+    device, dtype = resolve_device(config), dtype_name(config)
+    dtype = "" if dtype == "float32" else f", {dtype}"
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}{dtype}"
     threads = config.threads or torch.get_num_threads()

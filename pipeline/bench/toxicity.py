@@ -296,10 +296,8 @@ def notes(results: dict, config: RunConfig, per_seed: dict) -> list[str]:
 
     for method in results["methods"]:
         for judge in results["judges"]:
-            values, reference = (
-                seeds_of(method, judge, "toxicity_probability"),
-                seeds_of("base", judge, "toxicity_probability"),
-            )
+            values = seeds_of(method, judge, "toxicity_probability")
+            reference = seeds_of("base", judge, "toxicity_probability")
             lines.append(spread_note(f"{method} tox. prob. ({judge})", values, reference, "base"))
     # The ablations beside the loop: whether choosing instructions made rr's toxicity lower.
     ablations = [m for m in results["methods"] if m != "rr"] if "rr" in results["methods"] else []

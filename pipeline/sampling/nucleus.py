@@ -46,8 +46,9 @@ class NucleusLogitsWarper(LogitsProcessor):
             return scores
         filtered = torch.full_like(scores, -float("inf"))
         rows = torch.arange(scores.shape[0], device=scores.device)  # those still to filter
+        log_total = scores.logsumexp(-1, keepdim=True)  # each row's normaliser, over the vocabulary
         for k in self.candidates:
-            part, covered = self._from_top(scores[rows], min(k, scores.shape[-1]))
+            part, covered = self._from_top(scores[rows], log_total[rows], min(k, scores.shape[-1]))
             filtered[rows[covered]] = part[covered]
             rows = rows[~covered]
             if len(rows) == 0:
@@ -56,11 +57,13 @@ class NucleusLogitsWarper(LogitsProcessor):
         filtered[rows] = self.full_sort(input_ids[rows], scores[rows])
         return filtered
 
-    def _from_top(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _from_top(
+        self, scores: torch.Tensor, log_total: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row filtered from its `k` most likely tokens, and whether those hold its nucleus
         (the candidates' probabilities, normalised over the whole vocabulary, sum to at least top_p)."""
         top, index = scores.topk(k, dim=-1)
-        probs = (top - scores.logsumexp(-1, keepdim=True)).exp()
+        probs = (top - log_total).exp()
         above = probs.cumsum(-1) - probs  # the mass of the candidates more likely than each
         keep = above < self.top_p
         keep[:, 0] = True
