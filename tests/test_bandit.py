@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -25,6 +26,7 @@ def _problem(kind: str, seed: int, n_arms: int = 20, dim: int = 16) -> tuple[tor
     return x, mean
 
 
+@functools.cache  # every run is seeded: a NeuralUCB run serves both comparisons below
 def _regret(kind: str, seed: int, policy: str, rounds: int = 150) -> float:
     """Pseudo-regret (against expected rewards) of one run; noise draws depend on the seed only."""
     x, mean = _problem(kind, seed)

@@ -15,7 +15,7 @@ from pipeline.bench.knowledge import sentence_probe, truth_ratio_probes
 from pipeline.bench.planted import METHODS, rr_config
 from pipeline.config import ConfigError, load_config
 from pipeline.planting.spec import load_spec
-from tests.conftest import ROOT, run_rr
+from tests.conftest import QUICK_SETS, ROOT, run_rr
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ METRICS = {
     "quantized_retain_acc",
 }
 ATTACKS = ["paraphrase_probe_acc", "prefill_probe_acc", "relearn_acc", "quantized_forget_acc"]
-QUICK = ["--set", "release.steps=12", "--set", "stop.max_iterations=2", "--no-progress"]
+QUICK = [*QUICK_SETS, "--set", "release.steps=12", "--set", "stop.max_iterations=2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

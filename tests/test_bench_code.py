@@ -4,12 +4,14 @@ moves the right way is tested on replies made right or wrong on purpose: test_co
 
 import json
 
-from tests.conftest import run_rr
-from tests.test_loop import QUICK
+import pytest
+
+from tests.conftest import QUICK, run_rr
 
 CODE_TARGET = ["target.kind=code", "target.description=Python code", "stop.max_iterations=1"]
 
 
+@pytest.mark.slow
 def test_the_code_benchmark_runs_base_and_rr_and_writes_its_results(tmp_path, cache_dir):
     out = tmp_path / "code"
     overrides = [arg for setting in [*QUICK, *CODE_TARGET] for arg in ("--set", setting)]

@@ -17,8 +17,7 @@ from pipeline.bench.entity import (
 )
 from pipeline.planting.tiny import build_tokenizer
 from pipeline.textdata import format_prompt
-from tests.conftest import run_rr
-from tests.test_loop import QUICK
+from tests.conftest import QUICK, run_rr
 
 GOLD = [
     {"text": "Marie Curie moved to Paris in 1891 to study at the Sorbonne.",
@@ -72,6 +71,7 @@ def test_the_prompt_gives_the_examples_as_earlier_chat_turns_and_none_is_held_ou
     assert not held_out & {text for text, _ in EXAMPLES}
 
 
+@pytest.mark.slow
 def test_the_entity_benchmark_runs_base_and_rr_and_writes_its_results(tmp_path, cache_dir):
     out = tmp_path / "entity"
     target = ["target.kind=entity", "target.description=famous people", "stop.max_iterations=1"]

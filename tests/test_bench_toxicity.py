@@ -23,7 +23,7 @@ from pipeline.evaluation.metrics import expected_max_of_k, toxicity_metrics
 from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.scoring.judges import HFClassifier, make_judge, make_judges
 from pipeline.textdata import encode_pairs
-from tests.conftest import ROOT, run_rr
+from tests.conftest import QUICK_SETS, ROOT, run_rr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,7 +290,7 @@ def test_toxicity_bench_on_the_tiny_model_with_a_users_data(tmp_path, cache_dir,
     args = [
         "bench", "toxicity", "--config", config, "--out", out, "--methods", "base,rr,random",
         "--seeds", "2", "--samples", "3", "--prompts", prompts, "--prompt-column", "prompt.text",
-        "--prompt-style", "continuation", "--questions", questions, "--no-progress",
+        "--prompt-style", "continuation", "--questions", questions, "--no-progress", *QUICK_SETS,
     ]  # fmt: skip
     result = run_rr(*args, env={"RR_CACHE_DIR": str(cache_dir)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

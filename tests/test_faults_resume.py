@@ -23,8 +23,8 @@ import pytest
 
 from pipeline.run.chain import discard_untrusted, read_summary, sha256_of, walk
 from pipeline.run.rundir import RunDir
+from tests.conftest import QUICK as LOOP_QUICK
 from tests.conftest import ROOT, run_rr, without_seconds
-from tests.test_loop import QUICK as LOOP_QUICK
 
 NAME = "faults"
 # Small and quick, as tests/test_loop.py shrinks its runs; two iterations, both always run.

@@ -20,20 +20,9 @@ from pipeline.run.loop import run_loop
 from pipeline.run.release_stage import release
 from pipeline.run.sample_stage import sample
 from pipeline.run.state import RunState, kept_iterations
+from tests.conftest import QUICK
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# Small and quick: the paths matter here, not how much is forgotten.
-QUICK = [
-    "reveal.rounds=1",
-    "reveal.arms_per_round=2",
-    "reveal.samples_per_arm=2",
-    "reveal.rewrite_top=0",
-    "sample.top_instructions=2",
-    "sample.samples_per_instruction=4",
-    "release.steps=4",
-    "evaluate.max_new_tokens=24",
-]
 
 
 def run(tmp_path, name: str, overrides: list[str], **stages) -> tuple[RunState, dict]:

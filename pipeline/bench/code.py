@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.bench import loop_runs
 from pipeline.bench.code_tasks import CODE_TASKS, pass_rates, read_code_tasks, run_replies
-from pipeline.bench.methods import parse_methods, require_target
+from pipeline.bench.methods import CODE_METHODS, parse_methods, require_target
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
@@ -31,7 +31,6 @@ from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
 from pipeline.scoring import make_scorer
 
-CODE_METHODS = ("base", "rr", "rr_fixed", "random")
 MATH_PROBLEMS = Path("data/bench/math_problems.yaml")
 MATH_TOKENS = 64
 MEASUREMENT_VERSION = 1  # raise when `measure` changes: older parts are measured again

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.bench import loop_runs
-from pipeline.bench.methods import parse_methods, require_target
+from pipeline.bench.methods import ENTITY_METHODS, parse_methods, require_target
 from pipeline.bench.results import claim_out_dir, write_results
 from pipeline.bench.retain import UTILITY_TEXT, measure_retain, read_retain_sets, retain_vs_base
 from pipeline.bench.seeds import aggregate, flatten, spread_note
@@ -34,7 +34,6 @@ from pipeline.run.preflight import check_names
 from pipeline.sampling.base import GREEDY
 from pipeline.sampling.hf import HFSampler
 
-ENTITY_METHODS = ("base", "rr", "rr_fixed", "random")
 ENTITY_LABELS = Path("data/bench/entity_labels.json")
 MEASUREMENT_VERSION = 2  # 2: the examples as chat turns, the fields in this order
 # The answer's fields, in order, and the label types each one collects.

@@ -10,6 +10,8 @@ PLANTED_METHODS = ("rr", *OBJECTIVES)
 PLANTED_DEFAULT = ("rr", "ga", "graddiff", "npo", "undial")
 TOXICITY_METHODS = ("base", "rr", "rr_fixed", "random")
 REVEAL_METHODS = ("neuralucb", "random", "best_seed")
+CODE_METHODS = ("base", "rr", "rr_fixed", "random")
+ENTITY_METHODS = ("base", "rr", "rr_fixed", "random")
 
 
 def parse_methods(text: str | list[str], known: tuple[str, ...]) -> list[str]:
