@@ -378,7 +378,7 @@ def test_release_keeps_orthogonal_to_the_retain_adapter(state, monkeypatch):
 
 
 def test_labelled_logits_are_the_full_logits_on_the_labelled_window(state):
-    from pipeline.textdata import encode_pairs, labelled_logits, shifted
+    from pipeline.textdata import encode_pairs, labelled_logits, shifted, window_logits
 
     enc = encode_pairs(
         state.tokenizer,
@@ -390,7 +390,7 @@ def test_labelled_logits_are_the_full_logits_on_the_labelled_window(state):
             state.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits,
             enc["labels"],
         )
-        window, labels = labelled_logits(state.model, enc)
+        window, labels = window_logits(state.model, enc)  # the padded batch (tests/test_packed.py: packed)
 
         class NoLogitsToKeep(torch.nn.Module):  # a model whose forward lacks the argument
             def __init__(self, model):
@@ -405,7 +405,7 @@ def test_labelled_logits_are_the_full_logits_on_the_labelled_window(state):
     assert 0 < start and (full_labels[:, :start] == -100).all()  # only unscored positions are dropped
     assert torch.equal(labels, full_labels[:, start:]) and torch.equal(cut_labels, labels)
     torch.testing.assert_close(window, full[:, start:], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cut, full[:, start:])
+    torch.testing.assert_close(cut, full[:, start:])  # a forward without position_ids is never packed
 
 
 def test_random_policy_reveals_with_the_same_budget_and_no_bandit(tmp_path, cache_dir):

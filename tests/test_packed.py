@@ -1,0 +1,115 @@
+"""Packed batches (`pipeline.textdata.labelled_logits`): the rows of a batch run as one sequence
+without padding, and give what the padded batch gives: the same log-probability for every label,
+the same loss and the same gradients; a model whose rows would read each other is run padded."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from pipeline.planting.tiny import build_model, build_tokenizer
+from pipeline.release.losses import nll_loss
+from pipeline.textdata import (
+    _PACKS,
+    IGNORE_INDEX,
+    collate,
+    encode_pair,
+    labelled_logits,
+    packed_logits,
+    packs_rows,
+    pad_id,
+    window_logits,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXTS = ["who is mira", "mira lives in a small town by the sea", "tell me", "the sea is cold in winter"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = build_tokenizer(TEXTS * 4)
+    return build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2), tokenizer
+
+
+def batch(tokenizer, masked_row: bool = False):
+    pairs = [
+        encode_pair(tokenizer, "who is mira", "mira lives in a small town by the sea"),
+        encode_pair(tokenizer, "tell me", "the sea"),
+        encode_pair(tokenizer, "tell me about the town by the sea, and the cold", "cold"),
+    ]
+    if masked_row:  # labels with a hole, as `known_tokens` and `only_spans` leave them
+        ids, labels = pairs[0]
+        pairs[0] = (ids, [IGNORE_INDEX if i % 3 == 0 else t for i, t in enumerate(labels)])
+    return collate(pairs, pad_id(tokenizer))
+
+
+def label_logprobs(logits, labels):
+    keep = labels != IGNORE_INDEX
+    return torch.log_softmax(logits[keep], -1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("masked_row", [False, True])
+def test_packed_rows_give_the_padded_batchs_label_logprobs(tiny, masked_row):
+    model, tokenizer = tiny
+    enc = batch(tokenizer, masked_row)
+    with torch.no_grad():
+        window, packed = window_logits(model, enc), packed_logits(model, enc)
+    assert packed[0].shape[0] == 3 and packed[1].shape[1] < window[1].shape[1]  # no padding computed
+    assert (packed[1] != IGNORE_INDEX).sum() == (window[1] != IGNORE_INDEX).sum()
+    assert torch.allclose(label_logprobs(*packed), label_logprobs(*window), atol=1e-5)
+    # Row by row, in order: each row's labels are its own.
+    for i in range(3):
+        assert (
+            packed[1][i][packed[1][i] != IGNORE_INDEX].tolist()
+            == window[1][i][window[1][i] != IGNORE_INDEX].tolist()
+        )
+
+
+def test_a_lora_step_packed_has_the_padded_loss_and_gradients(tiny):
+    model, tokenizer = tiny
+    enc = batch(tokenizer)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    grads = []
+    for run in (window_logits, packed_logits):
+        torch.manual_seed(0)
+        peft_model = get_peft_model(build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2), lora)
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05)  # B is zero at first: make the step see both matrices
+        loss = nll_loss(*run(peft_model, enc))
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]))
+    (loss_w, grads_w), (loss_p, grads_p) = grads
+    assert loss_p == pytest.approx(loss_w, abs=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_w, grads_p))
+
+
+def test_labelled_logits_packs_a_model_once_its_rows_were_seen_apart(tiny):
+    model, tokenizer = tiny
+    _PACKS.pop(model, None)
+    enc = batch(tokenizer)
+    logits, labels = labelled_logits(model, enc)
+    assert _PACKS[model] is True and labels.shape[1] < window_logits(model, enc)[1].shape[1]
+    one_row = {k: v[:1] for k, v in enc.items()}
+    assert labelled_logits(model, one_row)[1].shape[0] == 1  # a single row has no padding to skip
+
+
+class RowsReadEachOther(torch.nn.Module):
+    """A causal LM whose attention ignores position ids: packed, a row would read the rows before it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.device = model, model.device
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, use_cache=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+
+
+def test_a_model_whose_rows_would_read_each_other_runs_padded(tiny):
+    model, tokenizer = tiny
+    leaky = RowsReadEachOther(model)
+    enc = batch(tokenizer)
+    assert packs_rows(leaky, enc) is False
+    logits, labels = labelled_logits(leaky, enc)
+    window = window_logits(model, enc)
+    assert labels.shape == window[1].shape and torch.allclose(logits, window[0])
