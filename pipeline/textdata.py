@@ -99,15 +99,23 @@ def labelled_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     small model (576 -> 49,152 for SmolLM2-135M) with the largest activations, so the model is asked
     for logits only where they predict a label (transformers' `logits_to_keep`).
 
-    A batch of several rows runs packed (`packed_logits`): the rows one after another in one
-    sequence, each attending only to itself, so no padding is computed. Row i of the result holds
-    row i's positions from the one before its first label on, in order, then zero logits labelled
-    IGNORE_INDEX: the losses read labelled positions only, so they take either layout. A model is
-    packed only once one batch gave the same log-probabilities both ways (`packs_rows`).
+    A batch of several rows, up to PACK_MAX_TOKENS tokens, runs packed (`packed_logits`): the rows
+    one after another in one sequence, each attending only to itself, so no padding is computed.
+    Row i of the result holds row i's positions from the one before its first label on, in order,
+    then zero logits labelled IGNORE_INDEX: the losses read labelled positions only, so they take
+    either layout. A model is packed only once one batch gave the same log-probabilities both ways
+    (`packs_rows`); a longer batch runs padded (`window_logits`).
     """
-    if enc["input_ids"].shape[0] > 1 and _right_padded(enc) and packs_rows(model, enc):
+    rows, tokens = enc["input_ids"].shape[0], int(enc["attention_mask"].sum())
+    if rows > 1 and tokens <= PACK_MAX_TOKENS and _right_padded(enc) and packs_rows(model, enc):
         return packed_logits(model, enc)
     return window_logits(model, enc)
+
+
+# A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations).
+# In `make demo` (dpo: 8-row batches of ~700 tokens) packing made the release no faster and the peak
+# 4.3 -> 5.5 GB; 4-row batches of ~350 tokens ran 1.05x the Trainer where padded ran 0.94x.
+PACK_MAX_TOKENS = 512
 
 
 def _right_padded(enc: dict[str, torch.Tensor]) -> bool:

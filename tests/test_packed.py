@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from pipeline import textdata
 from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.release.losses import nll_loss
 from pipeline.textdata import (
@@ -92,6 +93,13 @@ def test_labelled_logits_packs_a_model_once_its_rows_were_seen_apart(tiny):
     assert _PACKS[model] is True and labels.shape[1] < window_logits(model, enc)[1].shape[1]
     one_row = {k: v[:1] for k, v in enc.items()}
     assert labelled_logits(model, one_row)[1].shape[0] == 1  # a single row has no padding to skip
+
+
+def test_a_batch_longer_than_the_packing_limit_runs_padded(tiny, monkeypatch):
+    model, tokenizer = tiny
+    enc = batch(tokenizer)
+    monkeypatch.setattr(textdata, "PACK_MAX_TOKENS", int(enc["attention_mask"].sum()) - 1)
+    assert labelled_logits(model, enc)[1].shape == window_logits(model, enc)[1].shape
 
 
 class RowsReadEachOther(torch.nn.Module):
