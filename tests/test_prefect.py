@@ -19,7 +19,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import QUICK_SETS, ROOT, run_rr
+from tests.conftest import ROOT, run_rr
 
 pytestmark = pytest.mark.slow
 FLOW_TIMEOUT = 600
@@ -74,7 +74,7 @@ def served_run(server, tmp_path_factory, cache_dir):
     """configs/tiny.yaml run to the end against the server: (run directory, CompletedProcess)."""
     out = tmp_path_factory.mktemp("runs")
     done = run_rr(
-        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress", *QUICK_SETS,
+        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress",
         env={**server[1], "RR_CACHE_DIR": str(cache_dir)}, timeout=FLOW_TIMEOUT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -157,7 +157,7 @@ def test_a_run_killed_in_iteration_2_resumes_there_and_ends_with_the_same_adapte
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     command = [sys.executable, "-m", "rr", "unlearn", "configs/tiny.yaml", "--out", str(tmp_path),
-               "--name", "killed", "--no-progress", *QUICK_SETS]  # fmt: skip
+               "--name", "killed", "--no-progress"]  # fmt: skip
     run_dir = tmp_path / "killed"
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)  # fmt: skip
