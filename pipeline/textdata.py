@@ -114,7 +114,8 @@ def labelled_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 # A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations).
 # In `make demo` (dpo: 8-row batches of ~700 tokens) packing made the release no faster and the peak
-# 4.3 -> 5.5 GB; 4-row batches of ~350 tokens ran 1.05x the Trainer where padded ran 0.94x.
+# 4.3 -> 5.5 GB; 4-row batches of ~350 tokens packed (with the fused AdamW) ran 1.01-1.05x the
+# Trainer where padded ran 0.94x (`rr bench train`).
 PACK_MAX_TOKENS = 512
 
 
