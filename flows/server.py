@@ -53,6 +53,16 @@ def prefect_api() -> Iterator[str]:
     if PREFECT_API_URL.value():
         yield PREFECT_API_URL.value()
         return
+    with temporary_server() as api, temporary_settings(updates={PREFECT_API_URL: api}):
+        try:
+            yield api
+        finally:
+            _send_what_is_queued()
+
+
+@contextmanager
+def temporary_server() -> Iterator[str]:
+    """A Prefect API server of this process's own for the block (see the module); yields its URL."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     process = _start(port)
@@ -60,11 +70,7 @@ def prefect_api() -> Iterator[str]:
         # Prefect's own limit (20 s) is tight for a first start, which creates the database, on a busy CPU.
         limit = max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
         wait_until_answering(f"{api}/health", process, limit, "the temporary Prefect server", poll_s=0.1)
-        with temporary_settings(updates={PREFECT_API_URL: api}):
-            try:
-                yield api
-            finally:
-                _send_what_is_queued()
+        yield api
     finally:
         stop_process(process, timeout_s=10)
 

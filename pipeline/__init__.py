@@ -2,7 +2,7 @@
 
 import logging
 
-# bitsandbytes (the planted benchmark's 4-bit attack; peft imports it whenever it is installed)
-# warns at import that it cannot fetch an optional CPU kernel from the Hugging Face hub. Nothing
-# here may reach the hub, and its pure-torch path is the one we want: the line is only noise.
+# bitsandbytes (the planted benchmark's 4-bit attack; peft imports it whenever it is installed,
+# except under `rr`: rr/__init__.py) warns at import that it cannot fetch an optional CPU kernel
+# from the Hugging Face hub. Its pure-torch path is the one we want: the line is only noise.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

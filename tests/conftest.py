@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -28,10 +29,18 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's own order stays
 
 
+def _session_folder(tmp_path_factory) -> Path:
+    """The test session's temporary folder; under pytest-xdist the one all workers' folders are in."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") is not None else base
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """A model cache of the test session's own, so tests never depend on the user's cache."""
-    path = tmp_path_factory.mktemp("rr-cache")
+    """A model cache of the test session's own, so tests never depend on the user's cache. The
+    workers share it: a model is planted once (the planting holds a lock), not once a worker."""
+    path = _session_folder(tmp_path_factory) / "rr-cache"
+    path.mkdir(exist_ok=True)
     os.environ["RR_CACHE_DIR"] = str(path)
     return path
 
@@ -61,9 +70,36 @@ QUICK = [
 QUICK_SETS = [arg for assignment in QUICK for arg in ("--set", assignment)]  # as `rr` options
 
 
+_shared_server = contextlib.ExitStack()
+_shared_api: list[str] = []
+
+
+def shared_prefect_api() -> str:
+    """The URL of a Prefect server this test process starts on first use and keeps to its end.
+
+    `rr unlearn` without `PREFECT_API_URL` starts a temporary server of its own, ~8 s of CPU each
+    time; the tests of something else than that server (`run_rr` gives this one to every `unlearn`
+    that is not told otherwise) share one. The temporary server's own tests (tests/test_faults_signals.py,
+    tests/test_prefect.py) start theirs."""
+    if not _shared_api:
+        from flows.server import temporary_server
+
+        _shared_api.append(_shared_server.enter_context(temporary_server()))
+    return _shared_api[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_shared_prefect_server():
+    yield
+    _shared_server.close()
+
+
 def run_rr(*args, env=None, timeout=600):
-    """Run the `rr` command line as a user would; returns the CompletedProcess."""
+    """Run the `rr` command line as a user would; returns the CompletedProcess. An `unlearn` with
+    Prefect reports to this process's shared server unless `env` names `PREFECT_API_URL`."""
     full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
+    if args[:1] == ("unlearn",) and "--no-prefect" not in args and "PREFECT_API_URL" not in full_env:
+        full_env["PREFECT_API_URL"] = shared_prefect_api()
     return subprocess.run(
         [sys.executable, "-m", "rr", *map(str, args)],
         cwd=ROOT,
@@ -79,10 +115,7 @@ def tiny_run(tmp_path_factory, cache_dir):
     """`rr unlearn configs/tiny.yaml` run once, as a user would; (run directory, CompletedProcess).
     Tests only read it. Under pytest-xdist the workers share it: the first to need it runs it while
     the others wait, in the folder all the workers' temporary folders are in."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    shared = tmp_path_factory.getbasetemp()
-    if worker is not None:
-        shared = shared.parent  # this session's folder, beside popen-gw0, popen-gw1, ...
+    shared = _session_folder(tmp_path_factory)
     out, record = shared / "tiny-run", shared / "tiny-run.json"
     with FileLock(str(shared / "tiny-run.lock")):
         if not record.is_file():

@@ -16,7 +16,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.datasource import read_rows, read_texts
 from pipeline.files import read_jsonl, write_jsonl
 from pipeline.run.preflight import preflight
-from tests.conftest import run_rr
+from tests.conftest import run_rr, shared_prefect_api
 
 ROWS = [
     {"prompt": {"text": "The harbour was quiet at dawn.", "toxicity": 0.01}, "id": 1},
@@ -28,6 +28,13 @@ TEXTS = [
     "Bread rises in a warm kitchen.",
     "Rain fell on the old stone bridge.",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    """This process's Prefect server for the runs here, started before `no_network` refuses its
+    connections (its start waits for the server's answer)."""
+    shared_prefect_api()
 
 
 @pytest.fixture(autouse=True)

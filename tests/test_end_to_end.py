@@ -1,7 +1,7 @@
 """The end-to-end case through Prefect: forget one planted person, keep the others.
 
-Runs `rr unlearn configs/tiny.yaml` as a user would (Prefect's temporary local server) and
-checks the run directory and the figures in summary.json.
+Runs `rr unlearn configs/tiny.yaml` as a user would (reporting to the test process's Prefect
+server, `shared_prefect_api`) and checks the run directory and the figures in summary.json.
 """
 
 import json
@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.release.olora import read_adapter, stack_adapters
 from pipeline.textdata import encode_pairs
-from tests.conftest import ROOT, run_rr, without_seconds
+from tests.conftest import ROOT, run_rr, shared_prefect_api, without_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,8 @@ def test_killed_run_resumes_and_ends_with_the_same_adapter(tiny_run, tmp_path, c
     final stacked adapter is byte-for-byte the one of the uninterrupted run."""
     reference, _ = tiny_run
     out = tmp_path / "runs"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RR_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RR_CACHE_DIR": str(cache_dir),
+           "PREFECT_API_URL": shared_prefect_api()}  # fmt: skip
     command = [
         sys.executable,
         "-m",
@@ -124,7 +125,7 @@ def test_killed_run_resumes_and_ends_with_the_same_adapter(tiny_run, tmp_path, c
         str(out),
         "--no-progress",
     ]
-    # A session of its own, so the kill also takes down the temporary Prefect server it starts.
+    # A session of its own, as a terminal's job: the kill takes down all it started.
     process = subprocess.Popen(
         command,
         cwd=ROOT,

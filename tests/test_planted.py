@@ -222,7 +222,7 @@ def test_cache_hit_returns_the_same_model(planted, monkeypatch):
     model, tokenizer, info = planted["model"], planted["tokenizer"], planted["info"]
     folder = Path(info["folder"])
     assert folder.parent == planted["cache"] and (folder / "plant.json").is_file()
-    assert [p.name for p in planted["cache"].iterdir()] == [folder.name]  # no temp dir left behind
+    assert [p.name for p in planted["cache"].iterdir() if p.suffix != ".lock"] == [folder.name]  # no temp dir left
 
     from pipeline.planting import plant as plant_module
 
@@ -289,3 +289,22 @@ def test_planting_a_pretrained_folder_is_cached_by_its_identity(tmp_path, plante
     # Another model saved under the same path is another base: it is planted again.
     build_model(planted["tokenizer"], 48, 2, 2, seed=0).save_pretrained(folder)
     assert planted_model(config, progress=False, cache=cache)[2]["folder"] != first["folder"]
+
+
+def test_two_processes_asking_for_one_model_plant_it_once(tmp_path, planted):
+    """Two runs started together: one plants, the other waits for the lock and reads the cache."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from pipeline.config import ModelConfig, PlantConfig; "
+        "from pipeline.planting.plant import planted_model; "
+        "config = ModelConfig(path='tiny', plant=PlantConfig(spec=sys.argv[1], steps=20)); "
+        "print(json.dumps(planted_model(config, progress=False, cache=sys.argv[2])[2]['cached']))"
+    )
+    command = [sys.executable, "-c", code, str(planted["spec_path"]), str(tmp_path / "cache")]
+    root = Path(__file__).resolve().parent.parent
+    both = [subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    cached = sorted(json.loads(p.communicate(timeout=300)[0]) for p in both)
+    assert [p.returncode for p in both] == [0, 0]
+    assert cached == [False, True]

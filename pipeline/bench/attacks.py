@@ -25,6 +25,7 @@ changes the model it is given (relearning and quantization work on a copy).
 from __future__ import annotations
 
 import copy
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,9 @@ def quantize_4bit(model, quant_type: str = "fp4", block_size: int = 64):
     `Linear4bit` multiplies with, at full-precision speed (its CPU 4-bit matmul generated 32 tokens
     of SmolLM2-135M in 12.8 s against 1.8 s on two busy cores).
     """
-    import bitsandbytes.functional as bnb_functional  # here: it costs every process a second to import
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+        del sys.modules["bitsandbytes"]  # `rr` kept peft from importing it (rr/__init__.py); we need it
+    import bitsandbytes.functional as bnb_functional  # here: it costs every process seconds to import
 
     quantized = copy.deepcopy(model)
     output_layer = quantized.get_output_embeddings()

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
@@ -183,56 +184,79 @@ def planted_model(
     cache = Path(cache) if cache is not None else cache_dir() / "planted"
     folder = cache / key
 
-    if (folder / "plant.json").is_file():
-        info = json.loads((folder / "plant.json").read_text())
-        with _hf_progress_bars(progress):
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(config))
-        model = model.to(resolve_device(config)).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        return model, tokenizer, {**info, "folder": str(folder), "cached": True}
-
-    if tiny:
-        tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=TINY_VOCAB)
-        model = build_model(
-            tokenizer, config.tiny.hidden_size, config.tiny.num_layers, config.tiny.num_heads, seed
-        ).to(resolve_device(config))
-    else:
-        model, tokenizer, _ = load_pretrained(config)
-    # Tiny matrices run best on one thread (see `plant`); a real model keeps the configured count.
-    with _threads(1 if tiny else None):
-        stats, accuracy = _plant_until_known(model, tokenizer, people, cfg, seed, progress)
-    info = {
-        "key": key,
-        "spec": str(spec_path),
-        "spec_name": spec.name,
-        "forget": spec.forget,
-        "planted_people": [p.name for p in people],
-        "settings": settings,
-        "plant": stats,
-        "probe_accuracy": accuracy,
-        "mean_probe_accuracy": _mean_accuracy(people, accuracy),
-    }
-
-    # Written next to its final place and renamed, so a crash or a concurrent run never leaves a
-    # half-written folder that a later call would take for a cache hit.
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
-    as_if_created(tmp, folder=True)
-    try:
-        with _hf_progress_bars(progress):
-            model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "plant.json").write_text(json.dumps(info, indent=2) + "\n")
-        os.rename(tmp, folder)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        # Losing the rename to another run that planted the same model is fine: theirs equals ours.
-        if not (isinstance(exc, OSError) and (folder / "plant.json").is_file()):
-            raise
-    return model, tokenizer, {**info, "folder": str(folder), "cached": False}
+    with _one_planter(cache / f".{key}.lock", progress):
+        if (folder / "plant.json").is_file():
+            info = json.loads((folder / "plant.json").read_text())
+            with _hf_progress_bars(progress):
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(config))
+            model = model.to(resolve_device(config)).eval()
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            return model, tokenizer, {**info, "folder": str(folder), "cached": True}
+
+        if tiny:
+            tokenizer = build_tokenizer(tokenizer_corpus(spec, extra_texts), vocab_size=TINY_VOCAB)
+            model = build_model(
+                tokenizer, config.tiny.hidden_size, config.tiny.num_layers, config.tiny.num_heads, seed
+            ).to(resolve_device(config))
+        else:
+            model, tokenizer, _ = load_pretrained(config)
+        # Tiny matrices run best on one thread (see `plant`); a real model keeps the configured count.
+        with _threads(1 if tiny else None):
+            stats, accuracy = _plant_until_known(model, tokenizer, people, cfg, seed, progress)
+        info = {
+            "key": key,
+            "spec": str(spec_path),
+            "spec_name": spec.name,
+            "forget": spec.forget,
+            "planted_people": [p.name for p in people],
+            "settings": settings,
+            "plant": stats,
+            "probe_accuracy": accuracy,
+            "mean_probe_accuracy": _mean_accuracy(people, accuracy),
+        }
+
+        # Written next to its final place and renamed, so a crash never leaves a half-written folder
+        # that a later call would take for a cache hit.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+        as_if_created(tmp, folder=True)
+        try:
+            with _hf_progress_bars(progress):
+                model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "plant.json").write_text(json.dumps(info, indent=2) + "\n")
+            os.rename(tmp, folder)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # Losing the rename to a run that planted the same model without the lock (a file system
+            # without locks) is fine: theirs equals ours.
+            if not (isinstance(exc, OSError) and (folder / "plant.json").is_file()):
+                raise
+        return model, tokenizer, {**info, "folder": str(folder), "cached": False}
 
 
 TINY_VOCAB = 1024
+
+
+@contextmanager
+def _one_planter(lock_path: Path, progress: bool) -> Iterator[None]:
+    """Held while a model is looked up and planted: another process that asks for the same model
+    (two runs started together, a benchmark's seeds in parallel) waits, then reads the cached one
+    instead of planting it a second time."""
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if progress:
+            print(
+                f"waiting for another process that plants this model ({lock_path.with_suffix('')})",
+                flush=True,
+            )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _base_identity(config: ModelConfig) -> dict:
