@@ -222,7 +222,9 @@ def test_cache_hit_returns_the_same_model(planted, monkeypatch):
     model, tokenizer, info = planted["model"], planted["tokenizer"], planted["info"]
     folder = Path(info["folder"])
     assert folder.parent == planted["cache"] and (folder / "plant.json").is_file()
-    assert [p.name for p in planted["cache"].iterdir() if p.suffix != ".lock"] == [folder.name]  # no temp dir left
+    assert [p.name for p in planted["cache"].iterdir() if p.suffix != ".lock"] == [
+        folder.name
+    ]  # no temp dir left
 
     from pipeline.planting import plant as plant_module
 
