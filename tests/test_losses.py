@@ -114,6 +114,17 @@ def test_undial_matches_reference(beta):
     assert undial_loss(logits, labels, ref, beta=beta).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_reference_of_the_kept_positions_alone_gives_the_same_losses_and_stays_as_given():
+    logits, ref, labels = _batch(4)
+    keep = labels != IGNORE_INDEX
+    kept = ref[keep].clone()  # what ReferenceCache.batch gives: [N, V], row-major
+    torch.testing.assert_close(undial_loss(logits, labels, kept), undial_loss(logits, labels, ref))
+    torch.testing.assert_close(kl_to_ref(logits, kept, keep), kl_to_ref(logits, ref, keep))
+    torch.testing.assert_close(kept, ref[keep])  # UnDIAL's β adjustment works on a copy
+    with pytest.raises(ValueError, match="kept positions"):
+        undial_loss(logits, labels, kept[1:])
+
+
 def test_undial_beta_changes_the_target():
     logits, ref, labels = _batch(5)
     assert undial_loss(logits, labels, ref, beta=0.0).item() != pytest.approx(

@@ -30,6 +30,22 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(_float(logits), dim=-1)
 
 
+def _ref_at(ref_logits: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The reference logits at the kept positions [N, V], detached: picked from a [B, T, V] tensor
+    shaped like `logits`, or given as they are (`pipeline.release.reference` keeps only those rows,
+    in the row-major order of `keep`)."""
+    ref = ref_logits.detach()
+    if ref.shape == logits.shape:
+        return ref[keep]
+    n = int(keep.sum())
+    if ref.shape != (n, logits.shape[-1]):
+        raise ValueError(
+            f"ref_logits {tuple(ref.shape)} must match logits {tuple(logits.shape)} or be the {n} kept "
+            f"positions' [{n}, {logits.shape[-1]}]"
+        )
+    return ref
+
+
 def _check_shapes(logits: torch.Tensor, labels_or_mask: torch.Tensor, what: str) -> None:
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(labels_or_mask.shape):
         raise ValueError(
@@ -88,16 +104,16 @@ def undial_loss(
 
     and the loss is the mean of ℓ_t over kept positions. Unlike gradient ascent the target is a proper
     distribution, so the loss is bounded below by 0 and training does not diverge. With β = 0 it is
-    plain distillation to the reference (`kl_to_ref`).
+    plain distillation to the reference (`kl_to_ref`). `ref_logits`: [B, T, V] like `logits`, or the
+    kept positions' alone, [N, V] in the row-major order of `labels != IGNORE_INDEX`.
     """
     _check_shapes(logits, labels, "labels")
-    if ref_logits.shape != logits.shape:
-        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     keep = labels != IGNORE_INDEX
-    z, ref = logits[keep], _float(ref_logits.detach()[keep])  # [N, V]: only kept positions are scored
+    z, ref = logits[keep], _ref_at(ref_logits, logits, keep)  # [N, V]: only kept positions are scored
     if not len(z):
         return logits.sum() * 0.0
-    ref[torch.arange(len(ref)), labels[keep]] -= beta  # the indexing above made `ref` a copy
+    ref = ref.to(torch.float32, copy=True)  # adjusted in place below: never the caller's tensor
+    ref[torch.arange(len(ref)), labels[keep]] -= beta
     return _mean_kl(F.log_softmax(ref, dim=-1), _log_softmax(z))
 
 
@@ -106,15 +122,14 @@ def kl_to_ref(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor
 
     `(1/N) Σ_{(b,t): mask_bt} Σ_v p_ref[v] (log p_ref[v] − log p[v])`. The reference is detached: it is
     the frozen model we want to stay close to on retain data, not something to train.
-    `mask` is bool or 0/1 of shape [B, T].
+    `mask` is bool or 0/1 of shape [B, T]; `ref_logits` as in `undial_loss`.
     """
     _check_shapes(logits, mask, "mask")
-    if ref_logits.shape != logits.shape:
-        raise ValueError(f"ref_logits {tuple(ref_logits.shape)} must match logits {tuple(logits.shape)}")
     keep = mask != 0
+    ref = _ref_at(ref_logits, logits, keep)
     if not keep.any():
         return logits.sum() * 0.0
-    return _mean_kl(_log_softmax(ref_logits.detach()[keep]), _log_softmax(logits[keep]))
+    return _mean_kl(_log_softmax(ref), _log_softmax(logits[keep]))
 
 
 def _mean_kl(log_target: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,9 @@ def row_key(pair: tuple[list[int], list[int]]) -> tuple:
 
 class ReferenceCache:
     """`cache.batch(peft_model, pairs, labels, pad)` -> the reference for one training batch, in the
-    form its loss takes: logits shaped like the batch's shifted logits (zero at the positions
-    without a label, which no loss reads), or a [B] tensor of log-probs."""
+    form its loss takes: the logits at the batch's labelled positions, [N, V] in the row-major order
+    of `labels != IGNORE_INDEX` (what a loss would pick from a [B, T, V] tensor, without building
+    one), or a [B] tensor of log-probs."""
 
     def __init__(self, kind: str, budget_bytes: int, teacher_of: dict | None = None, blend=None):
         if kind not in KINDS:
@@ -82,7 +83,8 @@ class ReferenceCache:
         self.kept_bytes += size
 
     def batch(self, peft_model, pairs: list, labels: torch.Tensor, pad: int) -> torch.Tensor:
-        """The reference for `pairs` (a training batch) whose shifted labels are `labels` [B, W]."""
+        """The reference for `pairs` (a training batch) whose shifted labels are `labels` [B, W] (their
+        device is the reference's)."""
         keys = [row_key(p) for p in pairs]
         missing = list(dict.fromkeys(k for k in keys if k not in self.kept))
         fresh: dict[tuple, torch.Tensor] = {}
@@ -95,8 +97,4 @@ class ReferenceCache:
         rows = [self.kept.get(k, fresh.get(k)) for k in keys]
         if self.kind == "sequence":
             return torch.stack(rows).to(labels.device)
-        keep = labels != IGNORE_INDEX
-        reference = torch.zeros((*labels.shape, rows[0].shape[-1]), device=labels.device)
-        for i, row in enumerate(rows):
-            reference[i, keep[i]] = row.to(labels.device)
-        return reference
+        return torch.cat(rows).to(labels.device)
