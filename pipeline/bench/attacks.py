@@ -189,6 +189,22 @@ def relearn_accuracy(
 # --- 4-bit quantization ------------------------------------------------------------------------------
 
 
+def _bitsandbytes_functional():
+    """`bitsandbytes.functional`, imported here: the import costs seconds, so `rr` keeps it out of
+    its process (rr/__init__.py), and on CPUs with AVX512-BF16 it would download a kernel from the
+    Hugging Face hub. Offline while it imports, it takes its pure-torch path, as with no network."""
+    import huggingface_hub.constants as hub
+
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+        del sys.modules["bitsandbytes"]
+    offline, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True
+    try:
+        import bitsandbytes.functional
+    finally:
+        hub.HF_HUB_OFFLINE = offline
+    return bitsandbytes.functional
+
+
 def quantize_4bit(model, quant_type: str = "fp4", block_size: int = 64):
     """A copy of `model` with every linear layer's weights rounded to 4 bits by bitsandbytes.
 
@@ -203,9 +219,7 @@ def quantize_4bit(model, quant_type: str = "fp4", block_size: int = 64):
     `Linear4bit` multiplies with, at full-precision speed (its CPU 4-bit matmul generated 32 tokens
     of SmolLM2-135M in 12.8 s against 1.8 s on two busy cores).
     """
-    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
-        del sys.modules["bitsandbytes"]  # `rr` kept peft from importing it (rr/__init__.py); we need it
-    import bitsandbytes.functional as bnb_functional  # here: it costs every process seconds to import
+    bnb_functional = _bitsandbytes_functional()
 
     quantized = copy.deepcopy(model)
     output_layer = quantized.get_output_embeddings()
