@@ -31,9 +31,13 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    """This process's Prefect server for the runs here, started before `no_network` refuses its
-    connections (its start waits for the server's answer)."""
+def before_the_network_is_refused():
+    """What this test process itself connects to, done before `no_network` refuses connections:
+    starting its Prefect server for the runs here (the start waits for its answer), and importing
+    peft, which imports bitsandbytes, which asks the hub for a CPU kernel (`rr` blocks that import:
+    rr/__init__.py; this test process is not `rr`)."""
+    import peft  # noqa: F401
+
     shared_prefect_api()
 
 
