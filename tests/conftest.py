@@ -1,8 +1,11 @@
 import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,18 +113,83 @@ def run_rr(*args, env=None, timeout=600):
     )
 
 
+SESSION_SERVER = "prefect-server.json"  # in the session folder: the session server's pid, API and home
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, cache_dir):
-    """`rr unlearn configs/tiny.yaml` run once, as a user would; (run directory, CompletedProcess).
-    Tests only read it. Under pytest-xdist the workers share it: the first to need it runs it while
-    the others wait, in the folder all the workers' temporary folders are in."""
+def session_server(tmp_path_factory) -> tuple[str, dict]:
+    """A Prefect server started by `rr ui`, as a user starts one, for the whole test session:
+    (API URL, environment for `rr`). The tiny run reports to it and tests/test_prefect.py reads that
+    run back from it. Under pytest-xdist the first worker to need it starts it in a session of its
+    own, so it outlives that worker; the controller stops it when every worker is done."""
+    shared = _session_folder(tmp_path_factory)
+    record = shared / SESSION_SERVER
+    with FileLock(str(shared / "prefect-server.lock")):
+        if not record.is_file():
+            home = shared / "prefect-home"
+            home.mkdir(exist_ok=True)
+            port = _free_port()
+            env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            env.pop("PREFECT_API_URL", None)
+            with open(home / "server.log", "w") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "rr", "ui", "--port", str(port)],
+                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            api = f"http://127.0.0.1:{port}/api"
+            deadline = time.monotonic() + 120
+            while not _answers(f"{api}/health"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    log_tail = (home / "server.log").read_text()[-3000:]
+                    pytest.fail(f"the Prefect server did not start:\n{log_tail}")
+                time.sleep(0.5)
+            record.write_text(json.dumps({"pid": process.pid, "api": api, "home": str(home)}))
+    server = json.loads(record.read_text())
+    return server["api"], {"PREFECT_API_URL": server["api"], "PREFECT_HOME": server["home"]}
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def pytest_sessionfinish(session):
+    """The controller (or a run without workers) stops the session's Prefect server, if one started."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        return
+    record = _session_folder(session.config._tmp_path_factory) / SESSION_SERVER
+    if record.is_file():
+        pid = json.loads(record.read_text())["pid"]
+        # `rr ui` stops its server on SIGTERM (tests/test_faults_signals.py).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        record.unlink()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir, session_server):
+    """`rr unlearn configs/tiny.yaml` run once, as a user would, reporting to the session's Prefect
+    server; (run directory, CompletedProcess). Tests only read it. Under pytest-xdist the workers
+    share it: the first to need it runs it while the others wait, in the folder all the workers'
+    temporary folders are in."""
     shared = _session_folder(tmp_path_factory)
     out, record = shared / "tiny-run", shared / "tiny-run.json"
     with FileLock(str(shared / "tiny-run.lock")):
         if not record.is_file():
             result = run_rr(
                 "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress",
-                env={"RR_CACHE_DIR": str(cache_dir)},
+                env={**session_server[1], "RR_CACHE_DIR": str(cache_dir)},
             )  # fmt: skip
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
             record.write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))

@@ -6,6 +6,7 @@ the forget person, the retain-only model does not, every method's metrics are pr
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,12 +149,17 @@ def part_files(out: Path) -> list[Path]:
     return sorted(out.glob("parts/*.json")) + sorted(out.glob("seed*/parts/*.json"))
 
 
-def test_planted_bench_seeds_give_mean_and_spread(tmp_path, cache_dir):
+def test_planted_bench_seeds_give_mean_and_spread(planted_bench, tmp_path, cache_dir):
+    # A second seed added to the one-seed benchmark's folder: seed 0's loop and oracle are reused.
     out = tmp_path / "seeds"
+    shutil.copytree(planted_bench[0], out)
+    seed0 = {p: p.stat().st_mtime_ns for p in (out / "seed0").rglob("*") if p.is_file()}
     args = ["bench", "planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--out", out,
             "--methods", "rr,ga", "--seeds", "2", *QUICK]  # fmt: skip
     result = run_rr(*args, env={"RR_CACHE_DIR": str(cache_dir)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.count("running the loop") == 1  # seed 1's
+    assert {p: p.stat().st_mtime_ns for p in seed0} == seed0  # seed 0 neither looped nor measured again
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1] and len(results["per_seed"]) == 2
     for method in ("rr", "ga"):

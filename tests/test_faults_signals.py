@@ -91,6 +91,12 @@ def test_ctrl_c_to_the_group_and_sigterm_leave_nothing_running_and_the_run_resum
         described,
         "--set",
         "stop.min_iterations=3",  # three iterations whatever the scores: the test stops it in the third
+        # What is tested is how it stops and resumes, not how much it forgets: shorter releases.
+        # (Fewer samples, as in conftest's QUICK, can leave an iteration nothing to forget: the run ends.)
+        "--set",
+        "release.steps=10",
+        "--set",
+        "evaluate.max_new_tokens=24",
     ]
     run_dir = tmp_path / "runs" / "tiny"
 

@@ -1,4 +1,4 @@
-"""The flow against a real Prefect server on loopback, started here as `rr ui` starts it.
+"""The flow against a real Prefect server on loopback, started as `rr ui` starts it (the session's).
 
 The tiny run and its task runs end Completed, with the artifacts the UI shows; a run killed with
 SIGKILL in iteration 2 resumes there and ends with the same adapters as an uninterrupted run; a
@@ -10,54 +10,23 @@ target unlearned on top of the first (`base_run`) measures the first again.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_rr
+from tests.conftest import ROOT, run_rr, without_seconds
 
 pytestmark = pytest.mark.slow
 FLOW_TIMEOUT = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A Prefect server of the module's own, started by `rr ui`: (API URL, environment for `rr`)."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rr", "ui", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"the Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-    yield api, {"PREFECT_API_URL": api, "PREFECT_HOME": str(home)}
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+def server(session_server):
+    """The session's Prefect server, started by `rr ui` (tests/conftest.py): (API URL, environment for `rr`)."""
+    return session_server
 
 
 @pytest.fixture()
@@ -70,15 +39,10 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def served_run(server, tmp_path_factory, cache_dir):
-    """configs/tiny.yaml run to the end against the server: (run directory, CompletedProcess)."""
-    out = tmp_path_factory.mktemp("runs")
-    done = run_rr(
-        "unlearn", "configs/tiny.yaml", "--out", out, "--no-progress",
-        env={**server[1], "RR_CACHE_DIR": str(cache_dir)}, timeout=FLOW_TIMEOUT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out / "tiny", done
+def served_run(tiny_run):
+    """configs/tiny.yaml run to the end against the server (the session's tiny run): (run directory,
+    CompletedProcess)."""
+    return tiny_run
 
 
 def _flow_runs(client, name: str):
@@ -182,7 +146,12 @@ def test_a_run_killed_in_iteration_2_resumes_there_and_ends_with_the_same_adapte
     assert "resuming" in again.stdout and "after iteration 1" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in iteration_1} == iteration_1  # iteration 1 not recomputed
 
+    # The same run as the uninterrupted one: every figure (each stage is seeded) and every adapter.
     uninterrupted = served_run[0]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert without_seconds(resumed["history"]) == without_seconds(
+        json.loads((uninterrupted / "summary.json").read_text())["history"]
+    )
     for part in ("iter_1/adapter", "iter_2/adapter", "adapter"):
         ours = load_file(run_dir / part / "adapter_model.safetensors")
         theirs = load_file(uninterrupted / part / "adapter_model.safetensors")
@@ -220,21 +189,31 @@ def test_a_second_target_on_top_of_the_first_measures_the_first_again(
     assert "Earlier target" in (tmp_path / "second" / "report.md").read_text()
 
 
-def test_rr_schedule_serves_a_deployment_with_the_schedule(server, client):
+def test_rr_schedule_serves_a_deployment_with_the_schedule(server, client, tmp_path):
     env = {**os.environ, **server[1], "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    serving = subprocess.Popen(
-        [sys.executable, "-m", "rr", "schedule", "configs/tiny.yaml", "--interval", "3600", "--name", "hourly"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    log = tmp_path / "schedule.log"
+    with open(log, "w") as output:  # a file, not a pipe nobody reads: a full pipe would block the server
+        serving = subprocess.Popen(
+            [sys.executable, "-m", "rr", "schedule", "configs/tiny.yaml", "--interval", "3600", "--name", "hourly"],
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     try:
-        deployment = _wait_for_deployment(client, "unlearn/hourly", serving)
+        deployment = _wait_for_deployment(client, "unlearn/hourly", serving, log)
         (schedule,) = deployment.schedules
         assert schedule.schedule.interval.total_seconds() == 3600
         assert deployment.parameters["config"]["name"] == "tiny"
         assert "target:knowledge" in deployment.tags
     finally:
         os.killpg(serving.pid, signal.SIGTERM)
-        serving.wait(timeout=30)
+        stopped = time.monotonic()
+        try:
+            serving.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
+            raise AssertionError(
+                f"rr schedule still serving 60 s after SIGTERM:\n{log.read_text()[-3000:]}"
+            ) from None
+    print(f"rr schedule stopped {time.monotonic() - stopped:.1f} s after SIGTERM")
 
 
 def test_rr_schedule_deploys_to_a_work_pool_with_a_cron_schedule(server, client):
@@ -340,12 +319,12 @@ def test_the_ui_screenshot_script_renders_the_flow_run_page(served_run, server, 
     print(f"screenshots: {shots}")
 
 
-def _wait_for_deployment(client, name: str, process, timeout: float = 120):
+def _wait_for_deployment(client, name: str, process, log, timeout: float = 120):
     from prefect.exceptions import ObjectNotFound
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
         try:
             return client.read_deployment_by_name(name)
         except ObjectNotFound:

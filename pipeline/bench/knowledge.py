@@ -12,8 +12,6 @@ import re
 import statistics
 import warnings
 
-from scipy.stats import ks_2samp
-
 from pipeline.bench import attacks
 from pipeline.bench.metrics import auc, forget_quality, min_k_percent_score, privleak, truth_ratios, verbmem
 from pipeline.evaluation.metrics import perplexity
@@ -126,6 +124,8 @@ def compare(raw: dict, planted: dict, retain_only: dict) -> dict:
 
 def ks_resolution(n: int) -> tuple[float, int]:
     """Two-sample KS, n against n: (the smallest p-value, at D = 1; the least k with p < 0.05 at D = k/n)."""
+    from scipy.stats import ks_2samp  # here: scipy.stats takes ~1 s to import
+
     p_value = lambda k: float(ks_2samp(range(n), [i + k for i in range(n)]).pvalue)  # noqa: E731
     with warnings.catch_warnings():  # scipy falls back from its exact p-value for large n, and says so
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -19,7 +19,6 @@ import re
 
 import numpy as np
 import torch
-from scipy.stats import ks_2samp
 
 from pipeline.planting.spec import Probe
 from pipeline.sampling.base import SamplingParams
@@ -92,6 +91,8 @@ def forget_quality(forget_ratios: list[float], reference_ratios: list[float]) ->
     A high p-value means the two distributions cannot be told apart: the unlearned model looks like
     one that never learned the forget set. A low one means it is still measurably different.
     """
+    from scipy.stats import ks_2samp  # here: scipy.stats takes ~1 s to import, and few runs need it
+
     if not forget_ratios or not reference_ratios:
         raise ValueError("forget_quality: both samples of truth ratios must be non-empty")
     return float(ks_2samp(forget_ratios, reference_ratios).pvalue)

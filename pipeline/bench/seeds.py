@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import statistics
 
-from scipy.stats import ttest_rel
-
 SD = "_sd"  # metrics[key + SD] is the spread of metrics[key] over the seeds
 
 
@@ -72,6 +70,8 @@ def compare_to(values: list[float], reference: list[float]) -> tuple[float, floa
         return difference, None
     if max(differences) - min(differences) <= 1e-9:  # equal up to rounding: nothing to test
         return difference, None
+    from scipy.stats import ttest_rel  # here: scipy.stats takes ~1 s to import
+
     return difference, float(ttest_rel(values, reference).pvalue)
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.config import ConfigError
-from pipeline.models import dtype_name
 from pipeline.sampling.base import Sampler
 
 
 def engine_dtype(config) -> str:
     """The dtype a vLLM engine runs in: `sampler.dtype`, else the model's."""
+    # Imported here: it imports transformers (a second), which a config that fails its checks
+    # (pipeline.run.preflight imports this table) never needs.
+    from pipeline.models import dtype_name
+
     return config.sampler.dtype or dtype_name(config.model)
 
 
