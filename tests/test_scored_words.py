@@ -7,9 +7,9 @@ from profanity_check import predict_prob
 from pipeline.config import ConfigError, load_config
 from pipeline.release.known_tokens import only_spans
 from pipeline.release.train import NothingKnown, _selected_labels
-from pipeline.run.sample_stage import with_target_spans
+from pipeline.run.sample_stage import with_replaced_alternatives, with_target_spans
 from pipeline.scoring import make_scorer
-from pipeline.scoring.attribution import deciding_words
+from pipeline.scoring.attribution import deciding_words, replaced
 from pipeline.textdata import IGNORE_INDEX, encode_pair
 
 X = IGNORE_INDEX
@@ -89,3 +89,36 @@ def test_the_sample_stage_marks_the_words_a_knowledge_scorer_keeps_a_reply_for()
     [row] = with_target_spans(rows, scorer, threshold=0.3)
     assert row["response"] == rows[0]["response"] and "target_spans" not in rows[0]
     assert " ".join(words(row["response"], row["target_spans"])) in target.names[0]
+
+
+def test_an_entity_scorer_names_every_person_where_deleting_words_finds_none():
+    scorer = make_scorer(load_config("configs/entity.yaml").target)  # spaCy's trained pipeline
+    text = "Danny Devers first met Billy O'Reilly at Las Vegas in December 1991."
+    # Either name alone keeps the reply about a person: greedy deletion has nothing to point at.
+    assert deciding_words(scorer, text, below=0.5) == []
+    [row] = with_target_spans(
+        [{"instruction": "Tell me a story.", "response": text, "score": 1.0}], scorer, 0.5
+    )
+    assert words(text, row["target_spans"]) == ["Danny Devers", "Billy O'Reilly"]
+
+
+def test_the_replaced_alternative_differs_from_its_reply_only_where_the_target_is():
+    text = "Danny Devers first met Billy O'Reilly at Las Vegas."
+    rows = [
+        {"instruction": "Tell me a story.", "response": text, "target_spans": [[0, 12], [23, 37]]},
+        {"instruction": "Tell me a story.", "response": "They met at Las Vegas.", "target_spans": []},
+    ]
+    assert replaced(text, [(23, 37), (0, 12)], "someone") == "someone first met someone at Las Vegas."
+    (paired,) = with_replaced_alternatives(rows, "someone")  # a row with no span has no twin
+    assert paired["alternative"] == "someone first met someone at Las Vegas." and paired["response"] == text
+
+
+def test_dpo_takes_replaced_alternatives_as_its_pairs_but_not_both_kinds_at_once():
+    from pipeline.run.preflight import check_names
+
+    replacing = ["release.method=dpo", "sample.alternative_replacement=someone"]
+    check_names(load_config("configs/entity.yaml", replacing))  # a chosen side is named: accepted
+    with pytest.raises(ConfigError, match="trains on pairs"):
+        check_names(load_config("configs/entity.yaml", ["release.method=dpo"]))
+    with pytest.raises(ConfigError, match="set one"):
+        load_config("configs/entity.yaml", [*replacing, "sample.alternative_threshold=0.1"])

@@ -189,6 +189,11 @@ class SampleConfig(Section):
     # dpo's chosen side: each forget row's `alternative`, a reply to the same instructions that
     # scores below alternative_threshold, or a fallback text when an iteration has none (None: off).
     alternative_threshold: float | None = Field(None, ge=0, le=1)
+    # Or the forget reply itself with the words its score rests on replaced (an entity target's
+    # names by "someone"): a pair that differs only where the target is.
+    alternative_replacement: str | None = Field(
+        None, description="dpo's chosen side: the forget reply with its target's words replaced by this"
+    )
     fallback_alternatives: list[str] = ["I don't know.", "I'm not sure about that.", "I'd rather not say."]
     retain_prompts: Path = Path("prompts/retain.yaml")
     retain_subjects: list[str] = Field(
@@ -201,6 +206,10 @@ class SampleConfig(Section):
 
     @model_validator(mode="after")
     def _alternatives_below_forget(self) -> SampleConfig:
+        if self.alternative_threshold is not None and self.alternative_replacement is not None:
+            raise ValueError(
+                "alternative_threshold and alternative_replacement both choose dpo's chosen side: set one"
+            )
         if (self.alternative_threshold or 0) > self.relevance_threshold:
             raise ValueError(
                 f"alternative_threshold ({self.alternative_threshold}) must not be above "

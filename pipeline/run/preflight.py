@@ -55,11 +55,15 @@ def preflight(config: RunConfig) -> None:
 
 def check_names(config: RunConfig) -> None:
     """The objective, the sampler and the judges the config names are rows of their tables."""
-    if objective_named(config.release.method).paired and config.sample.alternative_threshold is None:
+    sample = config.sample
+    if objective_named(config.release.method).paired and (
+        sample.alternative_threshold is None and sample.alternative_replacement is None
+    ):
         raise ConfigError(
             f"release.method {config.release.method} trains on pairs: set sample.alternative_threshold "
             "(the target score below which a reply to a forget instruction is a clean alternative), "
-            "e.g. 0.1"
+            "e.g. 0.1, or sample.alternative_replacement (the forget reply with its target's words "
+            "replaced by it)"
         )
     if objective_named(config.release.method).swaps_names and config.target.kind != "knowledge":
         raise ConfigError(

@@ -31,7 +31,7 @@ def release(state: RunState, t: int) -> dict:
     trainable = [row for row in forget if row.get("alternative")] if paired else forget
     if not trainable:
         if forget:
-            reason = "no reply below sample.alternative_threshold to pair the forget samples with"
+            reason = "no alternative to pair the forget samples with (sample.alternative_threshold)"
         else:
             reason = "no forget samples above the relevance threshold"
         return _skipped(files.release, reason)

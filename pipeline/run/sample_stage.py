@@ -6,8 +6,10 @@ than `sample.draw_again_below` are kept; retain rows are replies to neutral inst
 below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are dropped and both
 sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
 and `iter_t/retain.jsonl`. With `sample.alternative_threshold`, each forget row also carries an
-`alternative`: a clean reply of the model's own to the same instruction (the chosen side of `dpo`);
-with `release.scored_words_only`, `target_spans`: the words its score rests on (`scoring.attribution`).
+`alternative`: a clean reply of the model's own to the same instruction (the chosen side of `dpo`),
+or with `sample.alternative_replacement` the reply itself with its target's words replaced; with
+either of those or `release.scored_words_only`, `target_spans`: the words its score rests on
+(`scoring.attribution`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pipeline.files import read_jsonl, write_jsonl
 from pipeline.run.state import RunState
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
-from pipeline.scoring.attribution import deciding_words
+from pipeline.scoring.attribution import replaced, target_spans
 
 # Far above any iteration's seed offset (101 a step), so no draw repeats another iteration's seed.
 DRAW_SEED_STEP = 100_003
@@ -45,10 +47,12 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
         candidates += forget_rows(state, t, instructions, draw=draws)
         forget, draws = relevant(state, candidates), draws + 1
     forget = forget[: cfg.max_forget_samples]
-    if state.config.release.scored_words_only:
+    if state.config.release.scored_words_only or cfg.alternative_replacement is not None:
         forget = with_target_spans(forget, state.scorer, cfg.relevance_threshold)
     if cfg.alternative_threshold is not None:
         forget = with_alternatives(forget, candidates, cfg.alternative_threshold, cfg.fallback_alternatives)
+    if cfg.alternative_replacement is not None:
+        forget = with_replaced_alternatives(forget, cfg.alternative_replacement)
     retain = retain_rows(state, t)
     write_jsonl(files.retain, retain)
     write_jsonl(files.forget, forget)
@@ -94,11 +98,26 @@ def relevant(state: RunState, rows: list[dict]) -> list[dict]:
 
 
 def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
-    """Each row with `target_spans`: the words its score rests on, whose deletion takes it below
-    `threshold` (`scoring.attribution`; `release.scored_words_only` trains on those alone)."""
+    """Each row with `target_spans`: the words its score rests on (`scoring.attribution`;
+    `release.scored_words_only` trains on those alone, `sample.alternative_replacement` replaces them)."""
+    texts, scores = [r["response"] for r in rows], [r.get("score") for r in rows]
+    spans = target_spans(scorer, texts, threshold, scores)
+    return [{**row, "target_spans": [list(span) for span in found]} for row, found in zip(rows, spans)]
+
+
+def with_replaced_alternatives(forget: list[dict], replacement: str) -> list[dict]:
+    """Each forget row with an `alternative`: its own reply with its `target_spans` replaced by
+    `replacement`. The pair differs only where the target is, so dpo's preference is about those
+    words and not about everything else two different replies differ in. A row whose spans were
+    not found has no such twin and is left out."""
     return [
-        {**row, "target_spans": deciding_words(scorer, row["response"], threshold, score=row.get("score"))}
-        for row in rows
+        {
+            **row,
+            "alternative": replaced(row["response"], row["target_spans"], replacement),
+            "alternative_score": None,
+        }
+        for row in forget
+        if row["target_spans"]
     ]
 
 

@@ -50,6 +50,23 @@ def deciding_words(
     return gone
 
 
+def target_spans(scorer, texts: list[str], below: float, scores: list[float | None]) -> list[list[Span]]:
+    """The spans each text's score rests on: the scorer's own where it can say (an NER scorer
+    knows where each entity is: its `spans(texts)`), else `deciding_words`. Greedy deletion cannot
+    find them where any one of several spans suffices (two people named: deleting either name leaves
+    a person), which is the common case for an entity target."""
+    if callable(getattr(scorer, "spans", None)):
+        return [sorted(spans) for spans in scorer.spans(texts)]
+    return [deciding_words(scorer, text, below, score=score) for text, score in zip(texts, scores)]
+
+
+def replaced(text: str, spans: list[Span], replacement: str) -> str:
+    """`text` with every span replaced by `replacement` (from the end, so that earlier offsets stay valid)."""
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
+
+
 def _without(text: str, spans: list[Span]) -> str:
     """`text` with the spans deleted (from the end, so that earlier offsets stay valid)."""
     for start, end in sorted(spans, reverse=True):

@@ -58,3 +58,11 @@ class EntityScorer:
 
     def __call__(self, texts: list[str]) -> list[float]:
         return [float(any(ent.label_ == self.label for ent in doc.ents)) for doc in self.nlp.pipe(texts)]
+
+    def spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Each text's entities of the label, as character spans [start, end) in order: where the
+        score comes from (`scoring.attribution.target_spans`)."""
+        return [
+            [(ent.start_char, ent.end_char) for ent in doc.ents if ent.label_ == self.label]
+            for doc in self.nlp.pipe(texts)
+        ]
