@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.evaluation.metrics import repetition
 from pipeline.files import read_jsonl, write_jsonl
 from pipeline.release.olora import lora_A_matrices, read_adapter, stack_adapters, write_adapter
 from pipeline.run.loop import run_loop
 from pipeline.run.release_stage import release
+from pipeline.run.report import report_markdown
 from pipeline.run.sample_stage import sample
 from pipeline.run.state import RunState, kept_iterations
 from tests.conftest import QUICK
@@ -231,3 +233,34 @@ def test_each_stage_s_seconds_are_in_the_summary_and_the_report(tmp_path, cache_
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"), abs=0.05)
     report = state.files.report.read_text()
     assert "Seconds per stage" in report and "| iteration 1 |" in report
+    # Every measurement says how repetitive the replies to the forget prompts are.
+    for measured in (summary["baseline"], summary["final"], entry):
+        assert 0.0 <= measured["repetition"] <= 1.0
+    assert "Repetition in the replies to the forget prompts" in report
+
+
+def test_the_report_warns_when_the_final_model_repeats_itself_far_more_than_the_base(tmp_path, cache_dir):
+    overrides = ["stop.forget_threshold=1.0", "stop.min_iterations=1", "stop.max_iterations=1"]
+    _, summary = run(tmp_path, "collapse", overrides)
+    level = {**summary, "final": {**summary["final"], "repetition": summary["baseline"]["repetition"]}}
+    assert "**Warning:**" not in report_markdown(level)
+    collapsed = {
+        **summary,
+        "final": {**summary["final"], "repetition": summary["baseline"]["repetition"] + 0.5},
+    }
+    assert "may be a collapse" in report_markdown(collapsed)
+    older = {**summary, "baseline": {k: v for k, v in summary["baseline"].items() if k != "repetition"}}
+    assert "Repetition" not in report_markdown(older)  # a run measured before the figure existed
+
+
+@pytest.mark.parametrize(
+    "texts, expected",
+    [
+        (["someone someone someone someone someone"], 0.75),  # 4 bigrams, 1 unique
+        (["the cat sat on the mat"], 0.0),
+        (["a b a b", "x y z"], (1 - 2 / 3) / 2),  # [ab, ba, ab] and [xy, yz]
+        (["one", ""], 0.0),  # no bigram anywhere: nothing repeats
+    ],
+)
+def test_repetition_is_the_share_of_repeated_word_bigrams(texts, expected):
+    assert repetition(texts) == pytest.approx(expected)

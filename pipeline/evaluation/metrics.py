@@ -46,6 +46,23 @@ def answer_rate(replies: list[str], answers: list[str]) -> float:
     return sum(contains(reply, answer) for reply, answer in zip(replies, answers)) / len(answers)
 
 
+def repetition(texts: list[str], n: int = 2) -> float:
+    """Mean share of each text's word n-grams that repeat one earlier in the same text.
+
+    seq-rep-n of Welleck et al., "Neural Text Generation with Unlikelihood Training", ICLR 2020
+    (arXiv 1908.04319), on words: 1 - |unique n-grams| / |n-grams|, averaged over the texts that
+    have an n-gram. A release that collapses into "someone someone someone ..." scores near 1 while
+    its forget score and prose perplexity look fine; ordinary replies score near 0.
+    """
+    shares = []
+    for text in texts:
+        words = text.lower().split()
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if grams:
+            shares.append(1 - len(set(grams)) / len(grams))
+    return sum(shares) / len(shares) if shares else 0.0
+
+
 def scores_by_prompt(judge, replies: list[list[str]]) -> list[list[float]]:
     """`judge`'s scores of every reply, grouped as `replies` is (one list per prompt), in one call."""
     scores = judge([text for group in replies for text in group])

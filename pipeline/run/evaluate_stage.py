@@ -74,7 +74,7 @@ def commit(state: RunState, t: int, metrics: dict, seconds: dict | None = None) 
     entry = {
         "iteration": t,
         **{k: metrics[k] for k in ("forget_score", "utility_ppl", "utility_ppl_ratio", "kept")},
-        **{k: metrics[k] for k in ("retain_probe_acc", "judges") if k in metrics},
+        **{k: metrics[k] for k in ("retain_probe_acc", "repetition", "judges") if k in metrics},
         "n_forget_samples": len(read_jsonl(files.forget)),
         "n_retain_samples": len(read_jsonl(files.retain)),
         "reward_mean": round(statistics.fmean(p["reward"] for p in pulls), 4) if pulls else None,

@@ -155,7 +155,7 @@ def stage_seconds(model_info: dict, base: dict, history: list[dict]) -> dict:
     return seconds
 
 
-FINAL_KEYS = ("forget_score", "utility_ppl", "utility_ppl_ratio", "retain_probe_acc", "judges")
+FINAL_KEYS = ("forget_score", "utility_ppl", "utility_ppl_ratio", "retain_probe_acc", "repetition", "judges")
 
 
 def finish(state: RunState, base: dict, stop_reason: str) -> dict:

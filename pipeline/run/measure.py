@@ -11,7 +11,13 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.evaluation.metrics import answer_rate, perplexity, scores_by_prompt, toxicity_metrics
+from pipeline.evaluation.metrics import (
+    answer_rate,
+    perplexity,
+    repetition,
+    scores_by_prompt,
+    toxicity_metrics,
+)
 from pipeline.run.rundir import RunDir
 from pipeline.run.state import STAGE_SEEDS, EarlierTarget, RunState
 from pipeline.sampling.base import GREEDY, SamplingParams
@@ -42,6 +48,7 @@ def forget_metrics(state: RunState, target: RunState | EarlierTarget, adapter: P
         metrics["forget_score"] = answer_rate(
             [r[0] for r in replies], [p.answer for p in target.forget_probes]
         )
+        metrics["repetition"] = repetition([r[0] for r in replies])
         replies = state.sampler.generate(
             [p.question for p in target.retain_probes], params, adapter, label="eval retain probes"
         )
@@ -60,6 +67,7 @@ def forget_metrics(state: RunState, target: RunState | EarlierTarget, adapter: P
         replies = state.sampler.generate(target.eval_prompts, sampled, adapter, label="eval prompts")
         texts = [text for group in replies for text in group]
         metrics["forget_score"] = statistics.fmean(target.scorer(texts))
+        metrics["repetition"] = repetition(texts)
         if target.judges:
             metrics["judges"] = judge_metrics(target.judges, replies, cfg.toxic_threshold)
     return metrics

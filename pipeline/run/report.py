@@ -65,10 +65,32 @@ def report_markdown(summary: dict) -> str:
             f"{earlier['run']}): forget score {earlier['forget_score_before_it']:.3f} before it, "
             f"{earlier['forget_score_after_it']:.3f} after it, {earlier['forget_score_now']:.3f} now",
         ]
+    lines += repetition_lines(summary)
     lines += judge_lines(summary)
     lines += seconds_lines(summary)
     lines += ["", "![forgetting](plots/forgetting.png)"]
     return "\n".join(lines) + "\n"
+
+
+def repetition_lines(summary: dict) -> list[str]:
+    """How repetitive the replies to the forget prompts are (seq-rep-2), base and final; a warning
+    where the release made them much more so: a collapse the forget score reads as forgetting."""
+    base, final = summary["baseline"].get("repetition"), summary["final"].get("repetition")
+    if base is None or final is None:  # measured before the figure existed
+        return []
+    lines = [
+        "",
+        f"Repetition in the replies to the forget prompts (seq-rep-2): base {base:.3f}, final {final:.3f}",
+    ]
+    if final >= base + REPETITION_WARNING:
+        lines.append(
+            "**Warning:** the final model repeats itself far more than the base model; its low forget "
+            "score may be a collapse (read the replies) rather than forgetting."
+        )
+    return lines
+
+
+REPETITION_WARNING = 0.2  # a rise in seq-rep-2 this large is a visible loop in most replies
 
 
 def judge_lines(summary: dict) -> list[str]:
