@@ -116,9 +116,12 @@ def test_the_replaced_alternative_differs_from_its_reply_only_where_the_target_i
 def test_dpo_takes_replaced_alternatives_as_its_pairs_but_not_both_kinds_at_once():
     from pipeline.run.preflight import check_names
 
-    replacing = ["release.method=dpo", "sample.alternative_replacement=someone"]
-    check_names(load_config("configs/entity.yaml", replacing))  # a chosen side is named: accepted
-    with pytest.raises(ConfigError, match="trains on pairs"):
-        check_names(load_config("configs/entity.yaml", ["release.method=dpo"]))
+    dpo = ["release.method=dpo", "sample.alternative_threshold=null"]
+    check_names(load_config("configs/entity.yaml", [*dpo, "sample.alternative_replacement=someone"]))
+    with pytest.raises(ConfigError, match="trains on pairs"):  # no chosen side named
+        check_names(load_config("configs/entity.yaml", [*dpo, "sample.alternative_replacement=null"]))
     with pytest.raises(ConfigError, match="set one"):
-        load_config("configs/entity.yaml", [*replacing, "sample.alternative_threshold=0.1"])
+        load_config(
+            "configs/entity.yaml",
+            ["sample.alternative_replacement=someone", "sample.alternative_threshold=0.1"],
+        )
