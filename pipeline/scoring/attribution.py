@@ -68,7 +68,4 @@ def replaced(text: str, spans: list[Span], replacement: str) -> str:
 
 
 def _without(text: str, spans: list[Span]) -> str:
-    """`text` with the spans deleted (from the end, so that earlier offsets stay valid)."""
-    for start, end in sorted(spans, reverse=True):
-        text = text[:start] + text[end:]
-    return text
+    return replaced(text, spans, "")
