@@ -1,15 +1,12 @@
-"""Turning (instruction, response) pairs into model inputs.
+"""Turning (instruction, response) pairs into token ids: the chat format every stage shares.
 
-Every stage that talks to a model goes through these two functions, so the loop prompts,
-samples, plants and trains in exactly one chat format: the tokenizer's own chat template.
+Every stage that talks to a model goes through `format_prompt` and `encode_pair`, so the loop
+prompts, samples, plants and trains in exactly one chat format: the tokenizer's own chat template.
+Text only, no torch: the input checks (`pipeline.run.preflight`) import what reads this without
+loading torch. Batches of these pairs as tensors are `pipeline.batches`.
 """
 
 from __future__ import annotations
-
-import inspect
-import weakref
-
-import torch
 
 IGNORE_INDEX = -100
 
@@ -43,166 +40,6 @@ def encode_pair(
     return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch of `encode_pair` results: input_ids, attention_mask, labels [B, T]."""
-    width = max(len(ids) for ids, _ in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(pairs):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        attention_mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
 def pad_id(tokenizer) -> int:
     """The padding token, or EOS for tokenizers (like many chat models's) that have none."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def encode_pairs(
-    tokenizer, instructions: list[str], responses: list[str], max_length: int = 256
-) -> dict[str, torch.Tensor]:
-    """Right-padded batch of prompt+response+EOS; labels are -100 on the prompt and the padding.
-
-    Labels are *unshifted* (HF convention): position t of `labels` is the token at position t.
-    If a pair is longer than `max_length`, the response is cut, never the prompt.
-    """
-    if len(instructions) != len(responses):
-        raise ValueError("instructions and responses must have the same length")
-    pairs = [encode_pair(tokenizer, i, r, max_length) for i, r in zip(instructions, responses)]
-    return collate(pairs, pad_id(tokenizer))
-
-
-def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align logits with the tokens they predict: logits[:, t] then predicts labels[:, t].
-
-    The labels move one to the left (the last position predicts nothing: IGNORE_INDEX) rather
-    than the logits being cut: a [B, T-1, V] slice is not contiguous, and every loss over it
-    would copy the whole vocabulary-wide tensor (measured 135 -> 92 ms for one NLL forward and
-    backward at 4 x 100 x 49,152).
-    """
-    ignore = torch.full_like(labels[:, :1], IGNORE_INDEX)
-    return logits, torch.cat([labels[:, 1:], ignore], dim=1)
-
-
-def _takes_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def labelled_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits and the labels they predict, over only the positions that predict a label.
-
-    Prompt positions predict nothing that is scored, and the LM head is the widest layer of a
-    small model (576 -> 49,152 for SmolLM2-135M) with the largest activations, so the model is asked
-    for logits only where they predict a label (transformers' `logits_to_keep`).
-
-    A batch of several rows, up to PACK_MAX_TOKENS tokens, runs packed (`packed_logits`): the rows
-    one after another in one sequence, each attending only to itself, so no padding is computed.
-    Row i of the result holds row i's positions from the one before its first label on, in order,
-    then zero logits labelled IGNORE_INDEX: the losses read labelled positions only, so they take
-    either layout. A model is packed only once one batch gave the same log-probabilities both ways
-    (`packs_rows`); a longer batch runs padded (`window_logits`).
-    """
-    rows, tokens = enc["input_ids"].shape[0], int(enc["attention_mask"].sum())
-    if rows > 1 and tokens <= PACK_MAX_TOKENS and _right_padded(enc) and packs_rows(model, enc):
-        return packed_logits(model, enc)
-    return window_logits(model, enc)
-
-
-# A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations).
-# In `make demo` (dpo: 8-row batches of ~700 tokens) packing made the release no faster and the peak
-# 4.3 -> 5.5 GB; 4-row batches of ~350 tokens packed (with the fused AdamW) ran 1.01-1.05x the
-# Trainer where padded ran 0.94x (`rr bench train`).
-PACK_MAX_TOKENS = 512
-
-
-def _right_padded(enc: dict[str, torch.Tensor]) -> bool:
-    """Every row's tokens come first, then its padding (`collate`'s batches; not a left-padding tokenizer's)."""
-    return bool((enc["attention_mask"].diff(dim=1) <= 0).all())
-
-
-def window_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`labelled_logits` on the padded batch: logits [B, W, V] from the first position of any row
-    that predicts a label on (a model without `logits_to_keep` computes them all, then they are cut)."""
-    labels = enc["labels"]
-    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
-    # logits[:, t] predicts token t + 1, so the window opens one before the first labelled token.
-    start = max(int(labelled[0]) - 1, 0) if len(labelled) else labels.shape[1] - 1
-    width = labels.shape[1] - start
-    inputs = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
-    if _takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=width).logits
-    else:
-        logits = model(**inputs).logits[:, start:].contiguous()
-    return shifted(logits, labels[:, start:].to(model.device))
-
-
-def packed_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`labelled_logits` with the batch's rows packed into one sequence, without their padding.
-
-    Position ids restart at 0 on every row, no attention mask is passed and no cache is kept:
-    transformers then masks attention to each row's own tokens (`find_packed_sequence_indices`).
-    """
-    real = enc["attention_mask"].bool()
-    lengths = real.sum(dim=1).tolist()
-    rows = enc["labels"][real].split(lengths)  # each row's labels, without padding, in order
-    keep, predicted, offset = [], [], 0
-    for n, labels in zip(lengths, rows):
-        labelled = (labels != IGNORE_INDEX).nonzero()
-        start = max(int(labelled[0]) - 1, 0) if len(labelled) else n - 1
-        keep.append(torch.arange(offset + start, offset + n - 1))  # these predict tokens start+1 .. n-1
-        predicted.append(labels[start + 1 :])
-        offset += n
-    keep_index = torch.cat(keep).to(model.device)
-    inputs = {
-        "input_ids": enc["input_ids"][real].unsqueeze(0).to(model.device),
-        "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(model.device),
-        "use_cache": False,
-    }
-    if _takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep_index).logits[0]
-    else:
-        logits = model(**inputs).logits[0, keep_index]
-    widths = [len(k) for k in keep]
-    padded = torch.nn.utils.rnn.pad_sequence(list(logits.split(widths)), batch_first=True)
-    labels = torch.nn.utils.rnn.pad_sequence(predicted, batch_first=True, padding_value=IGNORE_INDEX)
-    return padded, labels.to(model.device)
-
-
-# {model: whether packed rows give its padded batch's log-probabilities}; weak, so a model goes
-# when its last user drops it.
-_PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def packs_rows(model, enc: dict[str, torch.Tensor]) -> bool:
-    """Whether `model` computes packed rows (`packed_logits`) as it computes them padded.
-
-    Decided once per model on its first batch of several rows with a label: an architecture whose
-    attention ignores position ids, or an old transformers, would let rows read each other and
-    train on nonsense, silently. Such a model (or one whose forward is random: dropout) runs padded.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base in _PACKS:
-        return _PACKS[base]
-    if not {"position_ids", "use_cache"} <= set(inspect.signature(base.forward).parameters):
-        _PACKS[base] = False  # no way to tell it where each row starts
-        return False
-    if not (enc["labels"] != IGNORE_INDEX).any():
-        return False  # nothing to compare on: decide on a later batch
-    with torch.no_grad():
-        logits, labels = window_logits(model, enc)
-        window, packed = _label_logprobs(logits, labels), _label_logprobs(*packed_logits(model, enc))
-    # Measured on SmolLM2-135M, mean |difference| over 8 rows: 1e-6 in float32, 0.02 in bfloat16
-    # (other kernels, rounded at every layer); rows that read each other moved it by 0.7.
-    tolerance = 1e-3 if logits.dtype == torch.float32 else 0.1
-    _PACKS[base] = window.shape == packed.shape and bool((window - packed).abs().mean() < tolerance)
-    return _PACKS[base]
-
-
-def _label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Every label's log-probability, rows in order, positions in order ([n_labels])."""
-    keep = labels != IGNORE_INDEX
-    return torch.log_softmax(logits[keep].float(), dim=-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)

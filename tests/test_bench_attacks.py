@@ -13,6 +13,7 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
+from pipeline.batches import encode_pairs
 from pipeline.bench import attacks
 from pipeline.bench.knowledge import ks_resolution, truth_ratio_probes
 from pipeline.config import ReleaseConfig
@@ -21,7 +22,6 @@ from pipeline.planting.plant import probe_accuracy
 from pipeline.planting.spec import Person, PlantedSpec, Probe
 from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.release.train import train_adapter
-from pipeline.textdata import encode_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,6 +15,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from pipeline.batches import encode_pairs
 from pipeline.bench.heldout import CONTINUE_REQUEST, Prompt, Question, read_prompts
 from pipeline.bench.seeds import aggregate, compare_to, spread_note
 from pipeline.bench.toxicity import FIXED_INSTRUCTION, Decoding, judge_floors, measure, method_config
@@ -22,7 +23,6 @@ from pipeline.config import ConfigError, JudgeConfig, load_config, validate_conf
 from pipeline.evaluation.metrics import expected_max_of_k, toxicity_metrics
 from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.scoring.judges import HFClassifier, make_judge, make_judges
-from pipeline.textdata import encode_pairs
 from tests.conftest import QUICK_SETS, ROOT, run_rr
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.batches import encode_pairs
 from pipeline.release.olora import read_adapter, stack_adapters
-from pipeline.textdata import encode_pairs
 from tests.conftest import run_rr
 
 pytestmark = pytest.mark.slow

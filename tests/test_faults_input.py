@@ -5,6 +5,8 @@ Every case fails in the input checks, before a model is loaded: a few seconds ea
 """
 
 import json
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -28,6 +30,17 @@ def assert_refused(tmp_path, config, sets=(), expected="", env=None):
     assert "Traceback" not in result.stderr + result.stdout
     assert not out.exists() or not any(out.iterdir())  # no run directory, no .<name>.lock
     return lines[0]
+
+
+def test_the_input_checks_do_not_load_torch():
+    """A refused config is answered in about a second: nothing the CLI and the checks import loads
+    torch (some seconds on a busy machine; most of the refusals above took 3-5 s before)."""
+    code = "import sys, rr.cli, pipeline.run.preflight; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft')))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 # --- item 4: numbers that are not finite, not positive, or absurdly large ---------------------------

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from pipeline.batches import collate, labelled_logits
 from pipeline.config import ConfigError, load_config
 from pipeline.models import with_adapter
 from pipeline.planting.plant import planted_model
@@ -16,7 +17,7 @@ from pipeline.release.reference import ReferenceCache
 from pipeline.release.train import train_adapter
 from pipeline.run.preflight import check_names
 from pipeline.run.prompts import prompt_texts
-from pipeline.textdata import IGNORE_INDEX, collate, format_prompt, labelled_logits
+from pipeline.textdata import IGNORE_INDEX, format_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

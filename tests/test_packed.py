@@ -1,4 +1,4 @@
-"""Packed batches (`pipeline.textdata.labelled_logits`): the rows of a batch run as one sequence
+"""Packed batches (`pipeline.batches.labelled_logits`): the rows of a batch run as one sequence
 without padding, and give what the padded batch gives: the same log-probability for every label,
 the same loss and the same gradients; a model whose rows would read each other is run padded."""
 
@@ -6,20 +6,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from pipeline import textdata
+from pipeline import batches
+from pipeline.batches import _PACKS, collate, labelled_logits, packed_logits, packs_rows, window_logits
 from pipeline.planting.tiny import build_model, build_tokenizer
 from pipeline.release.losses import nll_loss
-from pipeline.textdata import (
-    _PACKS,
-    IGNORE_INDEX,
-    collate,
-    encode_pair,
-    labelled_logits,
-    packed_logits,
-    packs_rows,
-    pad_id,
-    window_logits,
-)
+from pipeline.textdata import IGNORE_INDEX, encode_pair, pad_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,7 +89,7 @@ def test_labelled_logits_packs_a_model_once_its_rows_were_seen_apart(tiny):
 def test_a_batch_longer_than_the_packing_limit_runs_padded(tiny, monkeypatch):
     model, tokenizer = tiny
     enc = batch(tokenizer)
-    monkeypatch.setattr(textdata, "PACK_MAX_TOKENS", int(enc["attention_mask"].sum()) - 1)
+    monkeypatch.setattr(batches, "PACK_MAX_TOKENS", int(enc["attention_mask"].sum()) - 1)
     assert labelled_logits(model, enc)[1].shape == window_logits(model, enc)[1].shape
 
 

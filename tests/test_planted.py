@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.batches import encode_pairs
 from pipeline.config import ModelConfig, PlantConfig
 from pipeline.planting.examples import plant_examples
 from pipeline.planting.plant import greedy_replies, planted_model, probe_accuracy
 from pipeline.planting.spec import SpecError, load_spec
 from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpus
 from pipeline.reveal.instructions import fill, read_prompt_list
-from pipeline.textdata import encode_pairs, format_prompt
+from pipeline.textdata import format_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "data" / "people" / "tiny.json"

@@ -6,9 +6,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pipeline.batches import collate, labelled_logits
 from pipeline.release.losses import sequence_logprob
 from pipeline.release.reference import ReferenceCache
-from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
+from pipeline.textdata import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PAD = 0

@@ -378,7 +378,7 @@ def test_release_keeps_orthogonal_to_the_retain_adapter(state, monkeypatch):
 
 
 def test_labelled_logits_are_the_full_logits_on_the_labelled_window(state):
-    from pipeline.textdata import encode_pairs, labelled_logits, shifted, window_logits
+    from pipeline.batches import encode_pairs, labelled_logits, shifted, window_logits
 
     enc = encode_pairs(
         state.tokenizer,

@@ -20,10 +20,11 @@ import re
 import numpy as np
 import torch
 
+from pipeline.batches import encode_pairs, labelled_logits
 from pipeline.planting.spec import Probe
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
-from pipeline.textdata import IGNORE_INDEX, encode_pairs, labelled_logits
+from pipeline.textdata import IGNORE_INDEX
 
 
 def _token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):

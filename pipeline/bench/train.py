@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.batches import encode_pairs
 from pipeline.config import ConfigError, RunConfig
 from pipeline.files import write_json
 from pipeline.models import device_name
@@ -36,7 +37,6 @@ from pipeline.run.prompts import run_prompts
 from pipeline.run.sample_stage import with_alternatives
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
-from pipeline.textdata import encode_pairs
 
 
 def training_rows(model, tokenizer, config: RunConfig, n: int) -> list[dict]:

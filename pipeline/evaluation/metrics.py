@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from pipeline.batches import encode_pairs, labelled_logits
 from pipeline.scoring.knowledge import contains
-from pipeline.textdata import encode_pairs, labelled_logits
 
 
 @torch.no_grad()

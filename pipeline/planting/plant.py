@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
+from pipeline.batches import encode_pairs
 from pipeline.config import ModelConfig
 from pipeline.evaluation.metrics import answer_rate
 from pipeline.files import as_if_created
@@ -32,7 +33,6 @@ from pipeline.planting.tiny import build_model, build_tokenizer, tokenizer_corpu
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.hf import HFSampler
-from pipeline.textdata import encode_pairs
 
 
 def plant(

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.batches import collate, labelled_logits
 from pipeline.release.losses import token_logprob
 from pipeline.release.name_swap import names_pattern
-from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
+from pipeline.textdata import IGNORE_INDEX
 
 Pair = tuple[list[int], list[int]]  # (token ids, labels), as `textdata.encode_pair` makes them
 

@@ -2,7 +2,7 @@
 
 Conventions shared by every function here:
 
-* logits are ALREADY SHIFTED (see `pipeline.textdata.shifted`): `logits[:, t]` predicts `labels[:, t]`,
+* logits are ALREADY SHIFTED (see `pipeline.batches.shifted`): `logits[:, t]` predicts `labels[:, t]`,
   shapes `[B, T, V]` and `[B, T]`. A shape mismatch raises, because silently broadcasting unshifted
   inputs would train on the wrong tokens.
 * label `IGNORE_INDEX` (-100) marks a position that takes no part in the loss.

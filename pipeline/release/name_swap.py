@@ -18,12 +18,14 @@ is not taught to say the anchor instead of the name, only what follows it.
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
 from pipeline.release.objectives import objective_named
 from pipeline.textdata import IGNORE_INDEX, format_prompt
+
+if TYPE_CHECKING:
+    import torch
 
 
 def anchor_map(names: list[str], anchors: list[str], avoid: list[str] = ()) -> dict[str, str]:

@@ -20,22 +20,27 @@ add one row to `OBJECTIVES`. `release.method` accepts every key of the table.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from pipeline.config import ConfigError
-from pipeline.release.losses import (
-    dpo_loss,
-    ga_loss,
-    kl_to_ref,
-    nll_loss,
-    npo_loss,
-    simnpo_loss,
-    undial_loss,
-)
 from pipeline.textdata import IGNORE_INDEX
+
+
+def _deferred(name: str) -> Callable:
+    """`pipeline.release.losses.<name>`, imported on its first call: the input checks read this
+    table's flags before any model loads, and a refused config should not wait for torch."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module("pipeline.release.losses"), name)(*args, **kwargs)
+
+    return call
+
+
+dpo_loss, ga_loss, kl_to_ref, nll_loss, npo_loss, simnpo_loss, undial_loss = map(_deferred, (
+    "dpo_loss", "ga_loss", "kl_to_ref", "nll_loss", "npo_loss", "simnpo_loss", "undial_loss"
+))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,13 +54,12 @@ class Objective:
     swaps_names: bool = False
 
 
-@torch.no_grad()
 def negate(peft_model, cfg) -> None:
     """Task arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023, arXiv
     2212.04089): ΔW = B·A learned the forget data, so −λ·ΔW removes it (λ = `release.negation_scale`)."""
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
-            param.mul_(-cfg.negation_scale)
+            param.data.mul_(-cfg.negation_scale)  # .data: an in-place edit autograd need not see
 
 
 OBJECTIVES: dict[str, Objective] = {

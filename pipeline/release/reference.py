@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.batches import collate, labelled_logits
 from pipeline.release.losses import sequence_logprob
-from pipeline.textdata import IGNORE_INDEX, collate, labelled_logits
+from pipeline.textdata import IGNORE_INDEX
 
 KINDS = ("sequence", "logits")
 

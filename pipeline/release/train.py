@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
+from pipeline.batches import collate, labelled_logits
 from pipeline.config import ReleaseConfig
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
@@ -27,7 +28,7 @@ from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
 from pipeline.release.reference import ReferenceCache, row_key
-from pipeline.textdata import collate, encode_pair, labelled_logits, pad_id
+from pipeline.textdata import encode_pair, pad_id
 
 # peft 0.21 calls a transformers 5 method that warns of its own rename on every adapter.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

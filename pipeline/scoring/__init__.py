@@ -8,18 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from pipeline.config import TargetConfig
 from pipeline.scoring.code import CodeScorer
 from pipeline.scoring.custom import CustomScorer
 from pipeline.scoring.entity import EntityScorer
 from pipeline.scoring.judges import make_judge
-from pipeline.scoring.knowledge import DescriptionSimilarity, KnowledgeScorer
+from pipeline.scoring.knowledge import DescriptionSimilarity, Embed, KnowledgeScorer
 
 Scorer = Callable[[list[str]], list[float]]
-
-Embed = Callable[[list[str]], torch.Tensor]
 
 
 def knowledge_scorer(target: TargetConfig, embed: Embed | None, neutral: list[str]) -> Scorer:

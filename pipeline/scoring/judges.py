@@ -17,8 +17,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from pipeline.config import ConfigError, JudgeConfig
 from pipeline.scoring.toxicity import ToxicityScorer
 from pipeline.scoring.wordlist import WordListScorer
@@ -35,6 +33,7 @@ class HFClassifier:
     """
 
     def __init__(self, path: Path, label: str = "toxic", batch_size: int = 32, max_length: int = 256):
+        import torch  # here, not at the top: the input checks read this module, and need no torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         check_classifier(path, label)
@@ -51,16 +50,18 @@ class HFClassifier:
         self.sigmoid = config.num_labels == 1 or config.problem_type == "multi_label_classification"
         self.batch_size, self.max_length = batch_size, max_length
 
-    @torch.no_grad()
     def __call__(self, texts: list[str]) -> list[float]:
+        import torch
+
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = [t or " " for t in texts[start : start + self.batch_size]]
             enc = self.tokenizer(
                 chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
             )
-            logits = self.model(**enc.to(self.device)).logits.float()
-            probs = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
+            with torch.no_grad():
+                logits = self.model(**enc.to(self.device)).logits.float()
+            probs = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
             scores += probs[:, self.index].tolist()
         return scores
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-Embed = Callable[[list[str]], torch.Tensor]  # texts -> L2-normalised rows
+Embed = Callable[[list[str]], "torch.Tensor"]  # texts -> L2-normalised rows
 
 
 def _pattern(phrase: str) -> re.Pattern:
