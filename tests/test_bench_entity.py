@@ -3,6 +3,7 @@ sentence, or an organisation among the people, is a false positive), and the ben
 and rr end to end on the planted tiny model with an entity target."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,16 @@ def test_the_prompt_gives_the_examples_as_earlier_chat_turns_and_none_is_held_ou
         format_prompt(tokenizer, turns[:-1])
     held_out = {s["text"] for s in json.loads(ENTITY_LABELS.read_text())["sentences"]}
     assert not held_out & {text for text, _ in EXAMPLES}
+
+
+def test_no_shipped_prompt_holds_a_held_out_sentence():
+    # Reveal and retain instructions are what the loop samples from and trains on (configs/entity.yaml's
+    # retain set asks for places and organisations in the benchmark's own answer form): none may
+    # hold a sentence the benchmark scores (a place name both mention, as Madrid, is no sentence).
+    sentences = [s["text"].lower() for s in json.loads(ENTITY_LABELS.read_text())["sentences"]]
+    for path in sorted(Path("prompts").glob("*.yaml")):
+        text = " ".join(path.read_text().lower().split())
+        assert not [s for s in sentences if s in text], path
 
 
 @pytest.mark.slow
