@@ -12,10 +12,10 @@ import torch
 from pipeline.textdata import IGNORE_INDEX, encode_pair, pad_id
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(pairs: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
     """Right-padded batch of `encode_pair` results: input_ids, attention_mask, labels [B, T]."""
     width = max(len(ids) for ids, _ in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(pairs), width), pad, dtype=torch.long)
     labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
     for i, (ids, lab) in enumerate(pairs):
