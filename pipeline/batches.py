@@ -63,24 +63,52 @@ def labelled_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     small model (576 -> 49,152 for SmolLM2-135M) with the largest activations, so the model is asked
     for logits only where they predict a label (transformers' `logits_to_keep`).
 
-    A batch of several rows, up to PACK_MAX_TOKENS tokens, runs packed (`packed_logits`): the rows
-    one after another in one sequence, each attending only to itself, so no padding is computed.
+    A batch of several rows runs packed (`packed_logits`): the rows one after another in one
+    sequence, each attending only to itself, so no padding is computed; a batch of more than
+    PACK_MAX_TOKENS tokens as several such sequences, consecutive rows up to that many tokens each.
     Row i of the result holds row i's positions from the one before its first label on, in order,
     then zero logits labelled IGNORE_INDEX: the losses read labelled positions only, so they take
     either layout. A model is packed only once one batch gave the same log-probabilities both ways
-    (`packs_rows`); a longer batch runs padded (`window_logits`).
+    (`packs_rows`); otherwise the batch runs padded (`window_logits`).
     """
-    rows, tokens = enc["input_ids"].shape[0], int(enc["attention_mask"].sum())
-    if rows > 1 and tokens <= PACK_MAX_TOKENS and _right_padded(enc) and packs_rows(model, enc):
+    if enc["input_ids"].shape[0] == 1 or not _right_padded(enc) or not packs_rows(model, enc):
+        return window_logits(model, enc)
+    groups = _packs(enc["attention_mask"].sum(dim=1).tolist(), PACK_MAX_TOKENS)
+    if len(groups) == 1:
         return packed_logits(model, enc)
-    return window_logits(model, enc)
+    parts = [packed_logits(model, {k: v[group] for k, v in enc.items()}) for group in groups]
+    width = max(logits.shape[1] for logits, _ in parts)
+    logits = torch.cat([_padded_to(logits, width, 0.0) for logits, _ in parts])
+    labels = torch.cat([_padded_to(labels, width, IGNORE_INDEX) for _, labels in parts])
+    return logits, labels
 
 
-# A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations).
-# In `make demo` (dpo: 8-row batches of ~700 tokens) packing made the release no faster and the peak
-# 4.3 -> 5.5 GB; 4-row batches of ~350 tokens packed (with the fused AdamW) ran 1.01-1.05x the
-# Trainer where padded ran 0.94x (`rr bench train`).
+# A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations),
+# so a long batch is packed into several sequences of at most this many tokens. In `make demo` (dpo:
+# 8-row batches of ~700 tokens) one packed sequence made the release no faster and the peak 4.3 ->
+# 5.5 GB; 4-row batches of ~350 tokens packed (with the fused AdamW) ran 1.01-1.05x the Trainer where
+# padded ran 0.94x (`rr bench train`).
 PACK_MAX_TOKENS = 512
+
+
+def _packs(lengths: list[int], max_tokens: int) -> list[slice]:
+    """Consecutive runs of rows of at most `max_tokens` tokens together (a longer row alone)."""
+    groups, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > max_tokens:
+            groups.append(slice(start, i))
+            start, total = i, 0
+        total += n
+    return [*groups, slice(start, len(lengths))]
+
+
+def _padded_to(values: torch.Tensor, width: int, fill) -> torch.Tensor:
+    """`values` [B, W, ...] padded with `fill` along dim 1 to `width` positions."""
+    missing = width - values.shape[1]
+    if missing == 0:
+        return values
+    shape = (values.shape[0], missing, *values.shape[2:])
+    return torch.cat([values, values.new_full(shape, fill)], dim=1)
 
 
 def _right_padded(enc: dict[str, torch.Tensor]) -> bool:
@@ -98,7 +126,11 @@ def window_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     width = labels.shape[1] - start
     inputs = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
     if _takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=width).logits
+        # Positions as a tensor, not the count `width`: transformers then gathers them into a new
+        # contiguous tensor instead of slicing a view, and torch's CPU bfloat16 matmul takes a slow
+        # path for the LM head on a strided view (forward and backward 3.6x slower: issue 22).
+        window = torch.arange(start, labels.shape[1], device=model.device)
+        logits = model(**inputs, logits_to_keep=window).logits
     else:
         logits = model(**inputs).logits[:, start:].contiguous()
     return shifted(logits, labels[:, start:].to(model.device))

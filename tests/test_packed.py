@@ -57,12 +57,14 @@ def test_packed_rows_give_the_padded_batchs_label_logprobs(tiny, masked_row):
         )
 
 
-def test_a_lora_step_packed_has_the_padded_loss_and_gradients(tiny):
+def test_a_lora_step_packed_has_the_padded_loss_and_gradients(tiny, monkeypatch):
     model, tokenizer = tiny
     enc = batch(tokenizer)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    # Packed into two sequences as well: the first row, then the other two.
+    monkeypatch.setattr(batches, "PACK_MAX_TOKENS", int(enc["attention_mask"][0].sum()))
     grads = []
-    for run in (window_logits, packed_logits):
+    for run in (window_logits, packed_logits, labelled_logits):
         torch.manual_seed(0)
         peft_model = get_peft_model(build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2), lora)
         for p in peft_model.parameters():
@@ -71,9 +73,10 @@ def test_a_lora_step_packed_has_the_padded_loss_and_gradients(tiny):
         loss = nll_loss(*run(peft_model, enc))
         loss.backward()
         grads.append((loss.item(), [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]))
-    (loss_w, grads_w), (loss_p, grads_p) = grads
-    assert loss_p == pytest.approx(loss_w, abs=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_w, grads_p))
+    (loss_w, grads_w), *others = grads
+    for loss_p, grads_p in others:
+        assert loss_p == pytest.approx(loss_w, abs=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_w, grads_p))
 
 
 def test_labelled_logits_packs_a_model_once_its_rows_were_seen_apart(tiny):
@@ -86,11 +89,23 @@ def test_labelled_logits_packs_a_model_once_its_rows_were_seen_apart(tiny):
     assert labelled_logits(model, one_row)[1].shape[0] == 1  # a single row has no padding to skip
 
 
-def test_a_batch_longer_than_the_packing_limit_runs_padded(tiny, monkeypatch):
+@pytest.mark.parametrize("limit", ["first row", "two rows"])
+def test_a_batch_longer_than_the_packing_limit_packs_into_several_sequences(tiny, monkeypatch, limit):
     model, tokenizer = tiny
-    enc = batch(tokenizer)
-    monkeypatch.setattr(batches, "PACK_MAX_TOKENS", int(enc["attention_mask"].sum()) - 1)
-    assert labelled_logits(model, enc)[1].shape == window_logits(model, enc)[1].shape
+    enc = batch(tokenizer, masked_row=True)
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    max_tokens = lengths[0] if limit == "first row" else lengths[0] + lengths[1]
+    monkeypatch.setattr(batches, "PACK_MAX_TOKENS", max_tokens)
+    groups = batches._packs(lengths, max_tokens)
+    assert len(groups) >= 2 and [i for g in groups for i in range(3)[g]] == [0, 1, 2]
+    assert all(sum(lengths[g]) <= max_tokens or len(lengths[g]) == 1 for g in groups)  # a longer row alone
+    with torch.no_grad():
+        logits, labels = labelled_logits(model, enc)
+        window = window_logits(model, enc)
+    assert labels.shape[0] == 3 and labels.shape[1] < window[1].shape[1]
+    assert torch.allclose(label_logprobs(logits, labels), label_logprobs(*window), atol=1e-5)
+    for i in range(3):  # each row's labels its own, in order, whichever sequence it ran in
+        assert labels[i][labels[i] != IGNORE_INDEX].tolist() == window[1][i][window[1][i] != IGNORE_INDEX].tolist()
 
 
 class RowsReadEachOther(torch.nn.Module):
