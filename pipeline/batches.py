@@ -123,10 +123,9 @@ def window_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
     # logits[:, t] predicts token t + 1, so the window opens one before the first labelled token.
     start = max(int(labelled[0]) - 1, 0) if len(labelled) else labels.shape[1] - 1
-    width = labels.shape[1] - start
     inputs = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
     if _takes_logits_to_keep(model):
-        # Positions as a tensor, not the count `width`: transformers then gathers them into a new
+        # Positions as a tensor, not a count: transformers then gathers them into a new
         # contiguous tensor instead of slicing a view, and torch's CPU bfloat16 matmul takes a slow
         # path for the LM head on a strided view (forward and backward 3.6x slower: issue 22).
         window = torch.arange(start, labels.shape[1], device=model.device)

@@ -105,7 +105,10 @@ def test_a_batch_longer_than_the_packing_limit_packs_into_several_sequences(tiny
     assert labels.shape[0] == 3 and labels.shape[1] < window[1].shape[1]
     assert torch.allclose(label_logprobs(logits, labels), label_logprobs(*window), atol=1e-5)
     for i in range(3):  # each row's labels its own, in order, whichever sequence it ran in
-        assert labels[i][labels[i] != IGNORE_INDEX].tolist() == window[1][i][window[1][i] != IGNORE_INDEX].tolist()
+        assert (
+            labels[i][labels[i] != IGNORE_INDEX].tolist()
+            == window[1][i][window[1][i] != IGNORE_INDEX].tolist()
+        )
 
 
 class RowsReadEachOther(torch.nn.Module):
