@@ -2,6 +2,7 @@
 
 import copy
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,9 +12,9 @@ from transformers import TopPLogitsWarper
 from pipeline.config import ModelConfig, PlantConfig
 from pipeline.planting.spec import load_spec
 from pipeline.run.model import load_model
-from pipeline.sampling.base import GREEDY, SamplingParams, eos_ids, prompt_token_ids
+from pipeline.sampling.base import GREEDY, SamplingParams
 from pipeline.sampling.hf import HFSampler
-from pipeline.sampling.nucleus import NucleusLogitsWarper
+from pipeline.sampling.nucleus import NucleusLogitsWarper, NucleusSampler
 
 QUESTION = "Tell me about Mira Castellane."
 
@@ -127,20 +128,38 @@ def test_the_nucleus_without_a_full_sort_is_transformers_top_p(top_p, spread):
     assert cascade.rows_sorted == 0 and moved.sum(-1).max() <= 1
 
 
-def test_sampled_replies_are_those_of_generate_with_its_own_top_p(tiny):
-    # One row a batch, so each reply is one `generate` call drawing from the same seeded stream.
-    model, tokenizer = tiny
-    params = SamplingParams(n=4, temperature=1.5, top_p=0.9, max_new_tokens=16, seed=5)
-    ours = HFSampler(model, tokenizer, batch_size=1, progress=False).generate(["Say hello."], params)[0]
-    ids = torch.tensor([prompt_token_ids(tokenizer, ["Say hello."])[0]])
-    expected = []
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize(
+    "candidates", [(64,), (2,)]
+)  # the nucleus among the candidates; wider: the whole row
+def test_the_draw_follows_the_nucleus_probabilities(temperature, candidates):
+    probs = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
+    scores = torch.full((4000, 300), -30.0)
+    scores[:, :5] = probs.log()
+    tempered = (scores[0] / temperature).softmax(-1)
+    above = tempered.cumsum(-1) - tempered
+    nucleus = tempered * (above < 0.8)  # transformers' rule: kept while the mass before is under top-p
+    expected = nucleus / nucleus.sum()
+    draw = NucleusSampler(temperature, 0.8, candidates=candidates)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        for _ in range(4):
-            out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.5,
-                top_p=0.9, top_k=None, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos_ids(model.generation_config, tokenizer),
-            )  # fmt: skip
-            expected.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
-    assert ours == expected and len(set(ours)) > 1
+        torch.manual_seed(0)
+        out = draw(torch.zeros(4000, 1, dtype=torch.long), scores)
+    assert (torch.isfinite(out).sum(-1) == 1).all() and (out[torch.isfinite(out)] == 0).all()
+    counts = torch.bincount(out.argmax(-1), minlength=300).float() / 4000
+    assert counts[expected == 0].sum() == 0  # nothing outside the nucleus, ever
+    assert torch.allclose(counts, expected, atol=0.03), (counts[:5], expected[:5])
+
+
+def test_sampled_replies_take_the_drawn_token_and_follow_the_seed(tiny):
+    model, tokenizer = tiny
+    prompts = [QUESTION, "Describe a sunny day."]
+    sampler = HFSampler(model, tokenizer, batch_size=4, progress=False)
+    # A nucleus of the most likely token alone: generate must take the drawn token, so it is greedy.
+    narrowest = SamplingParams(n=1, temperature=1.0, top_p=1e-6, max_new_tokens=16, seed=3)
+    assert sampler.generate(prompts, narrowest) == sampler.generate(
+        prompts, replace(GREEDY, max_new_tokens=16)
+    )
+    params = SamplingParams(n=4, temperature=1.5, top_p=0.9, max_new_tokens=16, seed=5)
+    first, again = sampler.generate(prompts, params), sampler.generate(prompts, params)
+    assert first == again and len(set(first[1])) > 1
+    assert sampler.generate(prompts, replace(params, seed=6)) != first

@@ -17,7 +17,7 @@ from transformers import LogitsProcessorList
 from pipeline.models import with_adapter
 from pipeline.progress import progress_bar
 from pipeline.sampling.base import SamplingParams, adapter_key, eos_ids, prompt_token_ids
-from pipeline.sampling.nucleus import NucleusLogitsWarper
+from pipeline.sampling.nucleus import NucleusSampler
 from pipeline.textdata import pad_id
 
 
@@ -56,8 +56,8 @@ class HFSampler:
         requests.sort(key=lambda r: len(r[1]))
         outputs: list[list[str]] = [[] for _ in instructions]
         sampling = params.temperature > 0
-        # Temperature and top-p through our warper, which sorts no full vocabulary (nucleus.py).
-        warper = NucleusLogitsWarper(params.temperature, params.top_p) if sampling else None
+        # Temperature, top-p and the draw are ours (nucleus.py): generate itself runs greedy.
+        draw = NucleusSampler(params.temperature, params.top_p) if sampling else None
         pad = pad_id(tok)
         stop_ids = eos_ids(model.generation_config, tok)
         n_tokens = 0
@@ -74,12 +74,11 @@ class HFSampler:
                     **inputs,
                     max_new_tokens=params.max_new_tokens,
                     min_new_tokens=params.min_new_tokens or None,
-                    do_sample=sampling,
-                    # 1.0: generate adds no warper of its own (nor the model's generation_config's)
-                    temperature=1.0 if sampling else None,
-                    top_p=1.0 if sampling else None,
+                    do_sample=False,  # greedy: it takes the one token `draw` left finite
+                    temperature=None,
+                    top_p=None,
                     top_k=None,
-                    logits_processor=LogitsProcessorList([warper] if warper else []),
+                    logits_processor=LogitsProcessorList([draw] if draw else []),
                     eos_token_id=stop_ids,
                     pad_token_id=pad,
                 )

@@ -11,9 +11,11 @@ the same: a token is kept when the tokens more likely than it hold less than `to
 (Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR 2020), the most likely token
 always; the two differ only by float rounding exactly at the cut.
 
-`generate` runs a custom processor before its own temperature warper, and top-p must see the
-tempered scores, so this warper divides by the temperature itself (as `TemperatureLogitsWarper`
-does) and `generate` is given temperature 1.0 and top_p 1.0 (which add no warper of its own).
+The warper divides by the temperature itself (as `TemperatureLogitsWarper` does), so top-p sees
+the tempered scores. `NucleusSampler` then draws each row's token from its nucleus alone and
+leaves only that token finite, and `generate` runs greedy: its own sampling draws a random number
+for every token of the vocabulary (`torch.multinomial`: 54 ms a step for 64 rows of 49,152 tokens
+on two CPU cores, a third of a sampling step in bfloat16), ours for the nucleus's few hundred.
 """
 
 from __future__ import annotations
@@ -70,3 +72,21 @@ class NucleusLogitsWarper(LogitsProcessor):
         filtered = torch.full_like(scores, -float("inf"))
         filtered.scatter_(-1, index, top.masked_fill(~keep, -float("inf")))
         return filtered, probs.sum(-1) >= self.top_p
+
+
+class NucleusSampler(LogitsProcessor):
+    """Draws each row's next token from its nucleus (`NucleusLogitsWarper`) with torch's generator;
+    the scores it returns are -inf but at that token, so a greedy `generate` takes it."""
+
+    def __init__(self, temperature: float, top_p: float, candidates: tuple[int, ...] = CANDIDATES) -> None:
+        self.warper = NucleusLogitsWarper(temperature, top_p, candidates)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        filtered = self.warper(input_ids, scores)
+        widest = int(torch.isfinite(filtered).sum(-1).max())  # the largest nucleus in the batch
+        if widest > self.warper.candidates[-1]:  # top-p 1, or a row sorted in full: the whole row
+            drawn = torch.multinomial(filtered.float().softmax(-1), 1)
+        else:
+            top, index = filtered.topk(max(widest, 1), dim=-1)
+            drawn = index.gather(-1, torch.multinomial(top.float().softmax(-1), 1))
+        return torch.full_like(scores, -float("inf")).scatter_(-1, drawn, 0.0)
