@@ -41,52 +41,70 @@ class NucleusLogitsWarper(LogitsProcessor):
         self.full_sort = TopPLogitsWarper(top_p)
         self.rows_sorted = 0  # rows whose nucleus was wider than every candidate set
 
+    def tempered(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperature if self.temperature != 1.0 else scores
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.temperature != 1.0:
-            scores = scores / self.temperature
+        scores = self.tempered(scores)
         if self.top_p >= 1:
             return scores
         filtered = torch.full_like(scores, -float("inf"))
-        rows = torch.arange(scores.shape[0], device=scores.device)  # those still to filter
-        log_total = scores.logsumexp(-1, keepdim=True)  # each row's normaliser, over the vocabulary
-        for k in self.candidates:
-            part, covered = self._from_top(scores[rows], log_total[rows], min(k, scores.shape[-1]))
-            filtered[rows[covered]] = part[covered]
-            rows = rows[~covered]
-            if len(rows) == 0:
-                return filtered
-        self.rows_sorted += len(rows)
-        filtered[rows] = self.full_sort(input_ids[rows], scores[rows])
+        groups, wide = self.nuclei(scores)
+        for rows, top, index, keep in groups:
+            part = torch.full(
+                (len(rows), scores.shape[-1]), -float("inf"), dtype=scores.dtype, device=scores.device
+            )
+            filtered[rows] = part.scatter_(-1, index, top.masked_fill(~keep, -float("inf")))
+        if len(wide):
+            self.rows_sorted += len(wide)
+            filtered[wide] = self.full_sort(input_ids[wide], scores[wide])
         return filtered
 
-    def _from_top(
-        self, scores: torch.Tensor, log_total: torch.Tensor, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row filtered from its `k` most likely tokens, and whether those hold its nucleus
-        (the candidates' probabilities, normalised over the whole vocabulary, sum to at least top_p)."""
-        top, index = scores.topk(k, dim=-1)
-        probs = (top - log_total).exp()
-        above = probs.cumsum(-1) - probs  # the mass of the candidates more likely than each
-        keep = above < self.top_p
-        keep[:, 0] = True
-        filtered = torch.full_like(scores, -float("inf"))
-        filtered.scatter_(-1, index, top.masked_fill(~keep, -float("inf")))
-        return filtered, probs.sum(-1) >= self.top_p
+    def nuclei(self, scores: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:
+        """The rows' nuclei from their most likely tokens: a list of (rows, top, index, keep), one
+        for each candidate set that holds some rows' nuclei (their k highest `scores` [n, k], those
+        tokens' ids, and which of them are in the nucleus), and the rows wider than every set.
+
+        A set holds a row's nucleus when the candidates' probabilities, normalised over the whole
+        vocabulary, sum to at least top_p; a token is in it when the candidates more likely than it
+        hold less than top_p, the most likely always."""
+        rows = torch.arange(scores.shape[0], device=scores.device)  # those still to place
+        log_total = scores.logsumexp(-1, keepdim=True)  # each row's normaliser, over the vocabulary
+        groups = []
+        for k in self.candidates:
+            top, index = scores[rows].topk(min(k, scores.shape[-1]), dim=-1)
+            probs = (top - log_total[rows]).exp()
+            keep = probs.cumsum(-1) - probs < self.top_p
+            keep[:, 0] = True
+            covered = probs.sum(-1) >= self.top_p
+            groups.append((rows[covered], top[covered], index[covered], keep[covered]))
+            rows = rows[~covered]
+            if len(rows) == 0:
+                break
+        return groups, rows
 
 
 class NucleusSampler(LogitsProcessor):
-    """Draws each row's next token from its nucleus (`NucleusLogitsWarper`) with torch's generator;
-    the scores it returns are -inf but at that token, so a greedy `generate` takes it."""
+    """Draws each row's next token from its nucleus (`NucleusLogitsWarper.nuclei`) with torch's
+    generator; the scores it returns are -inf but at that token, so a greedy `generate` takes it.
+    A row's draw is among its candidates; only a row wider than every candidate set, or top-p 1,
+    draws over the whole vocabulary."""
 
     def __init__(self, temperature: float, top_p: float, candidates: tuple[int, ...] = CANDIDATES) -> None:
         self.warper = NucleusLogitsWarper(temperature, top_p, candidates)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        filtered = self.warper(input_ids, scores)
-        widest = int(torch.isfinite(filtered).sum(-1).max())  # the largest nucleus in the batch
-        if widest > self.warper.candidates[-1]:  # top-p 1, or a row sorted in full: the whole row
-            drawn = torch.multinomial(filtered.float().softmax(-1), 1)
+        scores = self.warper.tempered(scores).float()
+        if self.warper.top_p >= 1:
+            drawn = torch.multinomial(scores.softmax(-1), 1)
         else:
-            top, index = filtered.topk(max(widest, 1), dim=-1)
-            drawn = index.gather(-1, torch.multinomial(top.float().softmax(-1), 1))
+            drawn = torch.empty((scores.shape[0], 1), dtype=torch.long, device=scores.device)
+            groups, wide = self.warper.nuclei(scores)
+            for rows, top, index, keep in groups:
+                weights = (top - top[:, :1]).exp() * keep  # each candidate's probability, up to a factor
+                drawn[rows] = index.gather(-1, torch.multinomial(weights, 1))
+            if len(wide):
+                self.warper.rows_sorted += len(wide)
+                filtered = self.warper.full_sort(input_ids[wide], scores[wide])
+                drawn[wide] = torch.multinomial(filtered.softmax(-1), 1)
         return torch.full_like(scores, -float("inf")).scatter_(-1, drawn, 0.0)
