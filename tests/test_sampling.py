@@ -128,10 +128,9 @@ def test_the_nucleus_without_a_full_sort_is_transformers_top_p(top_p, spread):
     assert cascade.rows_sorted == 0 and moved.sum(-1).max() <= 1
 
 
+# The nucleus of 3 tokens lies among 64 candidates, or is wider than 2: then the row's full sort.
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize(
-    "candidates", [(64,), (2,)]
-)  # the nucleus among the candidates; wider: the whole row
+@pytest.mark.parametrize("candidates", [(64,), (2,)])
 def test_the_draw_follows_the_nucleus_probabilities(temperature, candidates):
     probs = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
     scores = torch.full((4000, 300), -30.0)
