@@ -128,7 +128,7 @@ def test_the_nucleus_without_a_full_sort_is_transformers_top_p(top_p, spread):
     assert cascade.rows_sorted == 0 and moved.sum(-1).max() <= 1
 
 
-# The nucleus of 3 tokens lies among 64 candidates, or is wider than 2: then the row's full sort.
+# The nucleus (3 tokens, 4 at temperature 2) lies among 64 candidates, or is wider than 2: a full sort.
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("candidates", [(64,), (2,)])
 def test_the_draw_follows_the_nucleus_probabilities(temperature, candidates):
