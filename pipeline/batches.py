@@ -5,6 +5,7 @@ model's logits at the positions that predict a label.
 from __future__ import annotations
 
 import inspect
+import itertools
 import weakref
 
 import torch
@@ -73,14 +74,7 @@ def labelled_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     """
     if enc["input_ids"].shape[0] == 1 or not _right_padded(enc) or not packs_rows(model, enc):
         return window_logits(model, enc)
-    groups = _packs(enc["attention_mask"].sum(dim=1).tolist(), PACK_MAX_TOKENS)
-    if len(groups) == 1:
-        return packed_logits(model, enc)
-    parts = [packed_logits(model, {k: v[group] for k, v in enc.items()}) for group in groups]
-    width = max(logits.shape[1] for logits, _ in parts)
-    logits = torch.cat([_padded_to(logits, width, 0.0) for logits, _ in parts])
-    labels = torch.cat([_padded_to(labels, width, IGNORE_INDEX) for _, labels in parts])
-    return logits, labels
+    return packed_logits(model, enc, PACK_MAX_TOKENS)
 
 
 # A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations),
@@ -100,15 +94,6 @@ def _packs(lengths: list[int], max_tokens: int) -> list[slice]:
             start, total = i, 0
         total += n
     return [*groups, slice(start, len(lengths))]
-
-
-def _padded_to(values: torch.Tensor, width: int, fill) -> torch.Tensor:
-    """`values` [B, W, ...] padded with `fill` along dim 1 to `width` positions."""
-    missing = width - values.shape[1]
-    if missing == 0:
-        return values
-    shape = (values.shape[0], missing, *values.shape[2:])
-    return torch.cat([values, values.new_full(shape, fill)], dim=1)
 
 
 def _right_padded(enc: dict[str, torch.Tensor]) -> bool:
@@ -135,8 +120,11 @@ def window_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     return shifted(logits, labels[:, start:].to(model.device))
 
 
-def packed_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`labelled_logits` with the batch's rows packed into one sequence, without their padding.
+def packed_logits(
+    model, enc: dict[str, torch.Tensor], max_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`labelled_logits` with the batch's rows packed into one sequence, without their padding; with
+    `max_tokens`, into one sequence for each run of consecutive rows of at most that many tokens.
 
     Position ids restart at 0 on every row, no attention mask is passed and no cache is kept:
     transformers then masks attention to each row's own tokens (`find_packed_sequence_indices`).
@@ -144,25 +132,30 @@ def packed_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     real = enc["attention_mask"].bool()
     lengths = real.sum(dim=1).tolist()
     rows = enc["labels"][real].split(lengths)  # each row's labels, without padding, in order
-    keep, predicted, offset = [], [], 0
+    ids = enc["input_ids"][real].split(lengths)
+    starts, predicted = [], []
     for n, labels in zip(lengths, rows):
         labelled = (labels != IGNORE_INDEX).nonzero()
-        start = max(int(labelled[0]) - 1, 0) if len(labelled) else n - 1
-        keep.append(torch.arange(offset + start, offset + n - 1))  # these predict tokens start+1 .. n-1
-        predicted.append(labels[start + 1 :])
-        offset += n
-    keep_index = torch.cat(keep).to(model.device)
-    inputs = {
-        "input_ids": enc["input_ids"][real].unsqueeze(0).to(model.device),
-        "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(model.device),
-        "use_cache": False,
-    }
-    if _takes_logits_to_keep(model):
-        logits = model(**inputs, logits_to_keep=keep_index).logits[0]
-    else:
-        logits = model(**inputs).logits[0, keep_index]
-    widths = [len(k) for k in keep]
-    padded = torch.nn.utils.rnn.pad_sequence(list(logits.split(widths)), batch_first=True)
+        starts.append(max(int(labelled[0]) - 1, 0) if len(labelled) else n - 1)
+        predicted.append(labels[starts[-1] + 1 :])  # what positions start .. n-2 predict
+    row_logits = []
+    for group in _packs(lengths, max_tokens or sum(lengths)):
+        offsets = [0, *itertools.accumulate(lengths[group])][:-1]
+        keep = [torch.arange(o + s, o + n - 1) for o, s, n in zip(offsets, starts[group], lengths[group])]
+        keep_index = torch.cat(keep).to(model.device)
+        inputs = {
+            "input_ids": torch.cat(ids[group]).unsqueeze(0).to(model.device),
+            "position_ids": torch.cat([torch.arange(n) for n in lengths[group]])
+            .unsqueeze(0)
+            .to(model.device),
+            "use_cache": False,
+        }
+        if _takes_logits_to_keep(model):
+            logits = model(**inputs, logits_to_keep=keep_index).logits[0]
+        else:
+            logits = model(**inputs).logits[0, keep_index]
+        row_logits += logits.split([len(k) for k in keep])
+    padded = torch.nn.utils.rnn.pad_sequence(row_logits, batch_first=True)
     labels = torch.nn.utils.rnn.pad_sequence(predicted, batch_first=True, padding_value=IGNORE_INDEX)
     return padded, labels.to(model.device)
 
