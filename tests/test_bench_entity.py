@@ -3,7 +3,6 @@ sentence, or an organisation among the people, is a false positive), and the ben
 and rr end to end on the planted tiny model with an entity target."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ from pipeline.bench.entity import (
 )
 from pipeline.planting.tiny import build_tokenizer
 from pipeline.textdata import format_prompt
-from tests.conftest import QUICK, run_rr
+from tests.conftest import QUICK, ROOT, run_rr
 
 GOLD = [
     {"text": "Marie Curie moved to Paris in 1891 to study at the Sorbonne.",
@@ -77,7 +76,7 @@ def test_no_shipped_prompt_holds_a_held_out_sentence():
     # retain set asks for places and organisations in the benchmark's own answer form): none may
     # hold a sentence the benchmark scores (a place name both mention, as Madrid, is no sentence).
     sentences = [s["text"].lower() for s in json.loads(ENTITY_LABELS.read_text())["sentences"]]
-    for path in sorted(Path("prompts").glob("*.yaml")):
+    for path in sorted((ROOT / "prompts").glob("*.yaml")):
         text = " ".join(path.read_text().lower().split())
         assert not [s for s in sentences if s in text], path
 
