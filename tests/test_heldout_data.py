@@ -116,6 +116,7 @@ def test_the_loop_prompts_are_found():
     for name in [
         "prompts/toxicity.yaml",
         "prompts/retain.yaml",
+        "prompts/retain_questions.yaml",
         "prompts/rewrite.yaml",
         "data/eval/toxicity.yaml",
     ]:
