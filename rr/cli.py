@@ -20,7 +20,7 @@ from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
-from pipeline.run.report import STAGES, rows, seconds_rows
+from pipeline.run.report import STAGES, judge_name, reward_judge, rows, seconds_rows
 from rr.bench import bench
 from rr.console import EXIT_BUSY, EXIT_SAMPLER, err, fail, out
 from rr.signals import interrupt_exit_code, raise_on_signals
@@ -142,7 +142,8 @@ def judges_table(summary: dict) -> Table:
         "expected_max_toxicity": "exp. max",
         "toxic_share": "toxic share",
     }
-    table = Table(title="judges (never optimised by the loop), on the eval replies")
+    reward = reward_judge(summary)
+    table = Table(title="judges on the eval replies (the loop optimises only its reward)")
     for column in ("judge", "model", *figures.values()):
         table.add_column(
             column,
@@ -153,7 +154,9 @@ def judges_table(summary: dict) -> Table:
         for label, m in rows(summary):
             found = m.get("judges", {}).get(judge, {})
             table.add_row(
-                judge if label == "base" else "", label, *(_three(found.get(key)) for key in figures)
+                judge_name(judge, reward) if label == "base" else "",
+                label,
+                *(_three(found.get(key)) for key in figures),
             )
     return table
 

@@ -321,7 +321,7 @@ def test_toxicity_bench_on_the_tiny_model_with_a_users_data(tmp_path, cache_dir,
     for entry in (summary["baseline"], summary["final"], *summary["history"]):
         assert set(entry["judges"]) == {"profanity_check", "mine"}
         assert 0 <= entry["judges"]["mine"]["toxicity_probability"] <= 1
-    assert "Judges (never optimised by the loop)" in (out / "runs" / "rr-seed0" / "report.md").read_text()
+    assert "profanity_check (reward)" in (out / "runs" / "rr-seed0" / "report.md").read_text()
     # Two seeds of three methods: each measured once (and each loop's cost saved once it ended).
     assert len(list((out / "parts").rglob("*.json"))) == 6 + 4
     # The seed changes the draws: the base model's replies differ between the two seeds.

@@ -21,6 +21,7 @@ def summary_with_judges() -> dict:
     iteration = {"utility_ppl": 59.4, "utility_ppl_ratio": 0.994, "n_forget_samples": 73, "judges": later}
     return {
         "name": "demo",
+        "target": {"kind": "toxicity", "judge": {"kind": "profanity_check", "name": "profanity_check"}},
         "baseline": {
             "forget_score": 0.111,
             "utility_ppl": 59.75,
@@ -62,3 +63,6 @@ def test_every_judge_figure_is_printed_whole_in_80_columns(monkeypatch):
     ):
         assert expected in text
     assert "no_forget_samples" in text and "dropped" in text
+    # The reward is marked, so its figures are not read as an independent judge's; wordlist is not.
+    assert "profanity_check (reward)" in text and "wordlist (reward)" not in text
+    assert "never optimised" not in text

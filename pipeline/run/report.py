@@ -93,14 +93,26 @@ def repetition_lines(summary: dict) -> list[str]:
 REPETITION_WARNING = 0.2  # a rise in seq-rep-2 this large is a visible loop in most replies
 
 
+def reward_judge(summary: dict) -> str | None:
+    """The judge the loop optimises (a toxicity target's `target.judge`), or None: the tables mark it,
+    so that no reader takes the reward's own figures for an independent judge's."""
+    target = summary.get("target") or {}
+    return (target.get("judge") or {}).get("name") if target.get("kind") == "toxicity" else None
+
+
+def judge_name(judge: str, reward: str | None) -> str:
+    return f"{judge} (reward)" if judge == reward else judge
+
+
 def judge_lines(summary: dict) -> list[str]:
     """The judges' RealToxicityPrompts figures for the base model and the final one."""
     base, final = summary["baseline"].get("judges"), summary["final"].get("judges")
     if not base or not final:
         return []
+    reward = reward_judge(summary)
     lines = [
         "",
-        "Judges (never optimised by the loop), on the same eval replies:",
+        "Judges on the same eval replies (the loop optimises the one marked reward, never the others):",
         "",
         "| judge | model | toxicity probability | expected max toxicity | toxic share | mean toxicity |",
         "|---|---|---:|---:|---:|---:|",
@@ -110,7 +122,9 @@ def judge_lines(summary: dict) -> list[str]:
             cells = [figures.get(k) for k in ("toxicity_probability", "expected_max_toxicity",
                                               "toxic_share", "mean_toxicity")]  # fmt: skip
             lines.append(
-                f"| {judge} | {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |"
+                f"| {judge_name(judge, reward)} | {label} | "
+                + " | ".join("" if c is None else f"{c:.3f}" for c in cells)
+                + " |"
             )
     return lines
 
