@@ -56,14 +56,14 @@ class NucleusLogitsWarper(LogitsProcessor):
             )
             filtered[rows] = part.scatter_(-1, index, top.masked_fill(~keep, -float("inf")))
         if len(wide):
-            self.rows_sorted += len(wide)
             filtered[wide] = self.full_sort(input_ids[wide], scores[wide])
         return filtered
 
     def nuclei(self, scores: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:
         """The rows' nuclei from their most likely tokens: a list of (rows, top, index, keep), one
         for each candidate set that holds some rows' nuclei (their k highest `scores` [n, k], those
-        tokens' ids, and which of them are in the nucleus), and the rows wider than every set.
+        tokens' ids, and which of them are in the nucleus), and the rows wider than every set
+        (counted in `rows_sorted`: the caller sorts them in full).
 
         A set holds a row's nucleus when the candidates' probabilities, normalised over the whole
         vocabulary, sum to at least top_p; a token is in it when the candidates more likely than it
@@ -81,6 +81,7 @@ class NucleusLogitsWarper(LogitsProcessor):
             rows = rows[~covered]
             if len(rows) == 0:
                 break
+        self.rows_sorted += len(rows)
         return groups, rows
 
 
@@ -104,7 +105,6 @@ class NucleusSampler(LogitsProcessor):
                 weights = (top - top[:, :1]).exp() * keep  # each candidate's probability, up to a factor
                 drawn[rows] = index.gather(-1, torch.multinomial(weights, 1))
             if len(wide):
-                self.warper.rows_sorted += len(wide)
                 filtered = self.warper.full_sort(input_ids[wide], scores[wide])
                 drawn[wide] = torch.multinomial(filtered.softmax(-1), 1)
         return torch.full_like(scores, -float("inf")).scatter_(-1, drawn, 0.0)
