@@ -111,6 +111,19 @@ def test_run_prompts_ask_about_each_name(tmp_path):
     assert any("Tobias Wrenfield" in e for e in evals)
 
 
+def test_retain_prompts_are_one_file_or_several_read_in_order(tmp_path):
+    from pipeline.run.prompts import run_prompts
+
+    a = write(tmp_path, 'kind: retain\ninstructions: ["Describe a kite.", "Name a river."]\n', "a.yaml")
+    b = write(tmp_path, 'kind: retain\ninstructions: ["What do bees make?"]\n', "b.yaml")
+    one = load_config(write(tmp_path, MINIMAL + f"sample:\n  retain_prompts: {a}\n"))
+    both = load_config(write(tmp_path, MINIMAL + f"sample:\n  retain_prompts: [{a}, {b}]\n"))
+    assert run_prompts(one)[1] == ["Describe a kite.", "Name a river."]
+    assert run_prompts(both)[1] == ["Describe a kite.", "Name a river.", "What do bees make?"]
+    with pytest.raises(ConfigError, match="sample.retain_prompts: file not found: .*missing.yaml"):
+        load_config(write(tmp_path, MINIMAL + f"sample:\n  retain_prompts: [{a}, {tmp_path}/missing.yaml]\n"))
+
+
 def test_same_experiment_ignores_the_thread_count(tmp_path):
     path = write(tmp_path, "target:\n  kind: toxicity\n")
     saved = load_config(path).to_yaml()

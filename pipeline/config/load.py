@@ -96,17 +96,17 @@ def validate_config(data: dict, source: str = "config") -> RunConfig:
 
 def check_paths(config: RunConfig, source: str) -> None:
     """Files the run will read must exist before anything is written."""
-    needed = {
-        "reveal.prompts": config.reveal_prompts_path(),
-        "evaluate.eval_prompts": config.eval_prompts_path(),
-        "sample.retain_prompts": config.resolve(config.sample.retain_prompts),
-        "reveal.rewrite_prompts": config.resolve(config.reveal.rewrite_prompts),
-    }
+    needed = [
+        ("reveal.prompts", config.reveal_prompts_path()),
+        ("evaluate.eval_prompts", config.eval_prompts_path()),
+        *[("sample.retain_prompts", config.resolve(path)) for path in config.sample.retain_prompts],
+        ("reveal.rewrite_prompts", config.resolve(config.reveal.rewrite_prompts)),
+    ]
     if config.model.plant is not None:
         config.model.plant.spec = config.resolve(config.model.plant.spec)
-        needed["model.plant.spec"] = config.model.plant.spec
+        needed.append(("model.plant.spec", config.model.plant.spec))
     else:
-        needed["evaluate.retain_text"] = config.resolve(config.evaluate.retain_text)
-    for field, file in needed.items():
+        needed.append(("evaluate.retain_text", config.resolve(config.evaluate.retain_text)))
+    for field, file in needed:
         if not file.is_file():
             raise ConfigError(f"{source}: {field}: file not found: {file}")

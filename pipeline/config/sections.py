@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import (  # noqa: F401  (re-exported: callers import them from here)
     MAX_BATCH,
@@ -195,7 +195,9 @@ class SampleConfig(Section):
         None, description="dpo's chosen side: the forget reply with its target's words replaced by this"
     )
     fallback_alternatives: list[str] = ["I don't know.", "I'm not sure about that.", "I'd rather not say."]
-    retain_prompts: Path = Path("prompts/retain.yaml")
+    retain_prompts: list[Path] = Field(
+        [Path("prompts/retain.yaml")], description="neutral instruction files (one, or a list read in order)"
+    )
     retain_subjects: list[str] = Field(
         [],
         description="names the model must keep knowing: the reveal templates filled with each ask for retain samples",
@@ -203,6 +205,11 @@ class SampleConfig(Section):
     retain_samples_per_instruction: int = Field(2, ge=0, le=MAX_TEXTS)
     max_retain_samples: int = Field(64, ge=0, le=MAX_TEXTS)
     generation: GenerationConfig = GenerationConfig()
+
+    @field_validator("retain_prompts", mode="before")
+    @classmethod
+    def _one_file_or_several(cls, value):
+        return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _alternatives_below_forget(self) -> SampleConfig:

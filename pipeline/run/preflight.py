@@ -17,6 +17,7 @@ from pipeline.release.objectives import objective_named
 from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import check_base_run
 from pipeline.run.chain import read_summary, summary_problem, walk
+from pipeline.run.prompts import read_retain_prompts
 from pipeline.run.rundir import RunDir
 from pipeline.sampling import check_backend
 from pipeline.scoring.judges import check_judge
@@ -44,7 +45,7 @@ def preflight(config: RunConfig) -> None:
 
         make_scorer(config.target)
     read_prompt_list(config.reveal_prompts_path(), field="reveal.prompts")
-    read_prompt_list(config.resolve(config.sample.retain_prompts), field="sample.retain_prompts")
+    read_retain_prompts(config)
     read_prompt_list(config.resolve(config.reveal.rewrite_prompts), field="reveal.rewrite_prompts")
     read_prompt_list(config.eval_prompts_path(), "prompts", field="evaluate.eval_prompts")
     if reads_retain_text(config, spec):

@@ -18,13 +18,16 @@ def run_prompts(config: RunConfig) -> tuple[list[str], list[str], list[str]]:
     arms = dedupe([i for subject in subjects for i in fill(templates, subject)])
     # Retain instructions: neutral ones, plus the reveal templates asked about what must be kept.
     kept_subjects = [fill(templates, subject) for subject in config.sample.retain_subjects]
-    retain = dedupe(
-        read_prompt_list(config.resolve(config.sample.retain_prompts))
-        + [i for group in kept_subjects for i in group]
-    )
+    retain = dedupe(read_retain_prompts(config) + [i for group in kept_subjects for i in group])
     eval_templates = read_prompt_list(config.eval_prompts_path(), "prompts")
     evals = dedupe([p for subject in subjects for p in fill(eval_templates, subject)])
     return arms, retain, evals
+
+
+def read_retain_prompts(config: RunConfig) -> list[str]:
+    """The neutral instructions of every `sample.retain_prompts` file, in order."""
+    files = [config.resolve(path) for path in config.sample.retain_prompts]
+    return [text for file in files for text in read_prompt_list(file, field="sample.retain_prompts")]
 
 
 def prompt_texts(config: RunConfig) -> tuple[str, ...]:

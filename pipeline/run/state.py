@@ -10,11 +10,10 @@ from pipeline.files import read_lines
 from pipeline.planting.examples import plant_questions
 from pipeline.planting.spec import load_spec
 from pipeline.reveal.features import embed_texts
-from pipeline.reveal.instructions import read_prompt_list
 from pipeline.run.base_run import base_chain
 from pipeline.run.model import load_run_model
 from pipeline.run.preflight import check_names, read_retain_corpus
-from pipeline.run.prompts import run_prompts
+from pipeline.run.prompts import read_retain_prompts, run_prompts
 from pipeline.run.rundir import RunDir
 from pipeline.sampling import make_sampler
 from pipeline.sampling.chat import ChatClient
@@ -101,7 +100,7 @@ def target_scorer(config: RunConfig, state: RunState):
     return make_scorer(
         config.target,
         embed=lambda texts: embed_texts(state.model, state.tokenizer, texts),
-        neutral=read_prompt_list(config.resolve(config.sample.retain_prompts)),
+        neutral=read_retain_prompts(config),
     )
 
 
