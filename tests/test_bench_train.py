@@ -39,6 +39,21 @@ def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
     assert "32 training rows; 8 steps of batch 8 per arm (2 epochs)" in result.stderr
 
 
+def test_a_bfloat16_model_meets_the_faster_of_two_trainers(tmp_path, cache_dir):
+    out = tmp_path / "train"
+    result = run_rr(
+        "bench", "train", "--config", "configs/tiny.yaml", "--out", out, "--set", "release.steps=2",
+        "--set", "model.dtype=bfloat16", "--repeats", "1", "--no-progress", env={"RR_CACHE_DIR": str(cache_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {row["arm"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert list(rows) == ["trainer_nll", "trainer_nll_bf16", "ours_nll", "ours_undial"]
+    faster = max(rows["trainer_nll"]["tok_per_s"], rows["trainer_nll_bf16"]["tok_per_s"])
+    assert max(rows["trainer_nll"]["ratio_to_trainer"], rows["trainer_nll_bf16"]["ratio_to_trainer"]) == 1.0
+    for row in rows.values():
+        assert row["ratio_to_trainer"] == pytest.approx(row["tok_per_s"] / faster, rel=1e-2)
+
+
 def test_train_bench_bad_config_exits_2(tmp_path):
     result = run_rr(
         "bench", "train", "--config", "configs/tiny.yaml", "--out", tmp_path / "o", "--set", "release.steps=0"

@@ -27,6 +27,7 @@ from pipeline.release.losses import kl_to_ref, nll_loss
 from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
+from pipeline.release.precision import lora_in_model_dtype, without_input_casts
 from pipeline.release.reference import ReferenceCache, row_key
 from pipeline.textdata import encode_pair, pad_id
 
@@ -140,7 +141,8 @@ def _forget_batches(
 
 def _logits(model, batch, pad: int):
     enc = collate(batch, pad)
-    logits, labels = labelled_logits(model, enc)
+    with lora_in_model_dtype(model):
+        logits, labels = labelled_logits(model, enc)
     return enc, logits.float(), labels
 
 
@@ -301,7 +303,7 @@ def train_adapter(
         peft_model.train()
         label = "retain adapter" if learn else f"release ({cfg.method})"
         planned = planned_steps(cfg, len(forget))
-        with progress_bar(label, planned, progress, info="") as bar:
+        with progress_bar(label, planned, progress, info="") as bar, without_input_casts(peft_model):
             for step in range(planned):
                 retain_batch = next(retain_batches) if retain_batches is not None else None
                 numbers = backward(
