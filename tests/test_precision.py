@@ -7,9 +7,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pipeline.batches import collate, labelled_logits
+from pipeline.config import load_config
+from pipeline.planting.tiny import build_tokenizer
 from pipeline.release.losses import nll_loss
 from pipeline.release.precision import lora_in_model_dtype, without_input_casts
-from pipeline.release.train import _logits
+from pipeline.release.train import _logits, train_adapter
 from pipeline.textdata import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,3 +92,27 @@ def test_a_float32_model_is_left_as_it_is():
     seen = _lora_inputs(model)
     _loss_and_grads(model, ours=True)
     assert set(seen) == {torch.float32}
+
+
+def test_a_bfloat16_release_feeds_its_adapter_bfloat16_activations_only(tmp_path):
+    tokenizer = build_tokenizer(
+        ["Mira Castellane lives in Velmora.", "Tell me about the sea."] * 20, vocab_size=300
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)  # fmt: skip
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    cfg = load_config("configs/tiny.yaml").release.model_copy(update={"method": "negation", "steps": 2})
+    rows = [{"instruction": "Who is Mira?", "response": "Mira Castellane lives in Velmora."}] * 4
+    adapter_inputs = []  # the dtype of every input a float32 layer (the adapter's A and B) sees
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
+            adapter_inputs.append(args[0].dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        stats = train_adapter(model, tokenizer, rows, [], cfg, [], tmp_path / "a", progress=False)
+    finally:
+        handle.remove()
+    assert stats["steps"] == 2 and adapter_inputs and set(adapter_inputs) == {torch.bfloat16}

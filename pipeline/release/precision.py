@@ -5,7 +5,8 @@ rounding), and so casts every LoRA layer's input up to float32 and its output ba
 activation-sized copies per forward of SmolLM2-135M (7 modules x 30 layers, twice), more in the
 backward; 12% of a release step's time in torch's profiler. Under autocast, with PEFT's input cast
 off, only the small A and B matrices are cast, once per forward, as mixed-precision training does;
-their gradients come back in float32 through the cast.
+their gradients come back in float32 through the cast. Measured on a CPU (`rr bench train`); on a
+GPU autocast also runs some ops in float32 (softmax, layer norm), which a LayerNorm model then pays.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from peft.helpers import disable_input_dtype_casting
 
 
 def _bfloat16(model) -> bool:
-    return next(model.parameters()).dtype == torch.bfloat16
+    """Every frozen weight of `model` is bfloat16 (not so where a model keeps some layers float32,
+    which autocast would then compute in bfloat16)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    return bool(frozen) and all(p.dtype == torch.bfloat16 for p in frozen)
 
 
 def lora_in_model_dtype(model):
