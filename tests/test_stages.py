@@ -19,9 +19,10 @@ from pipeline.reveal.instructions import merge_pool, read_prompt_list
 from pipeline.reveal.reward import pull_reward
 from pipeline.run.evaluate_stage import baseline, commit, evaluate
 from pipeline.run.loop import prepare_run_dir
+from pipeline.run.prompts import started_requests
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import arm_pool, reveal, rewrites
-from pipeline.run.sample_stage import draw_again, sample, with_alternatives
+from pipeline.run.sample_stage import continued, draw_again, sample, started_rows, with_alternatives
 from pipeline.run.state import RunState, completed_iterations
 from tests.conftest import ROOT
 
@@ -186,6 +187,63 @@ def test_max_epochs_caps_a_release_at_that_many_passes_over_few_rows(state, tmp_
     assert stats["steps"] == 5  # ceil(2 passes x 5 rows / batch 2), not 40
     assert planned_steps(cfg.model_copy(update={"max_epochs": None}), 5) == 40
     assert planned_steps(cfg.model_copy(update={"max_epochs": 100.0}), 5) == 40  # steps stays the cap
+
+
+def test_reply_starts_go_with_the_instructions_that_name_their_subject():
+    cfg = load_config(
+        "configs/tiny.yaml",
+        ['target.name=["Ann Lee", "Bob Ray"]', 'sample.reply_starts=["{target} was born", "Well,"]'],
+    )
+    asked = ["Who is Ann Lee?", "Tell me about Bob Ray and Ann Lee.", "Write a poem."]
+    assert started_requests(cfg, asked) == [
+        ("Who is Ann Lee?", "Ann Lee was born"),
+        ("Who is Ann Lee?", "Well,"),
+        ("Tell me about Bob Ray and Ann Lee.", "Ann Lee was born"),
+        ("Tell me about Bob Ray and Ann Lee.", "Bob Ray was born"),
+        ("Tell me about Bob Ray and Ann Lee.", "Well,"),
+        ("Write a poem.", "Well,"),  # names no one: only the start without {target}
+    ]
+    # Another kind of target: {target} is its description, under every instruction.
+    tox = load_config(
+        "configs/tiny.yaml",
+        ["target.kind=toxicity", "target.name=", 'sample.reply_starts=["Honestly, {target}"]'],
+    )
+    assert started_requests(tox, ["Say hi."]) == [("Say hi.", "Honestly, toxicity")]
+    assert started_requests(load_config("configs/tiny.yaml"), asked) == []  # off by default
+    assert continued("Ann was born", "in 1950.") == "Ann was born in 1950."
+    assert continued("Ann", "'s job is...") == "Ann's job is..."
+    assert continued("Well, ", "no.") == "Well, no."
+    with pytest.raises(Exception, match="needs words"):
+        load_config("configs/tiny.yaml", ['sample.reply_starts=["  "]'])
+
+
+def test_started_replies_are_the_model_going_on_from_their_first_words(state, monkeypatch):
+    monkeypatch.setattr(state.config.sample, "reply_starts", ["{target} was born", "In short,"])
+    monkeypatch.setattr(state.config.sample, "samples_per_reply_start", 2)
+    name = state.config.target.names[0]
+    asked = [f"Who is {name}?", "Write a poem."]
+    calls = []
+    generate = state.sampler.generate
+
+    def recorded(instructions, params, *args, **kwargs):
+        calls.append((instructions, kwargs.get("prefills"), params.n))
+        return generate(instructions, params, *args, **kwargs)
+
+    monkeypatch.setattr(state.sampler, "generate", recorded)
+    rows = started_rows(state, 1, asked)
+    # One call, each instruction with the starts that fit it; the model continues each start.
+    assert calls == [([asked[0], asked[0], asked[1]], [f"{name} was born", "In short,", "In short,"], 2)]
+    assert rows and all(r["response"].startswith(r["reply_start"]) for r in rows)
+    assert all(len(r["response"]) > len(r["reply_start"]) for r in rows)
+    assert {(r["instruction"], r["reply_start"]) for r in rows} <= {
+        (asked[0], f"{name} was born"), (asked[0], "In short,"), (asked[1], "In short,")
+    }  # fmt: skip
+    assert all(r["score"] == 1.0 for r in rows if name in r["reply_start"])  # the name is in the reply
+    # Drawn again with another seed, as the plain replies are.
+    again = started_rows(state, 1, asked, draw=1)
+    assert [r["response"] for r in again] != [r["response"] for r in rows]
+    monkeypatch.setattr(state.config.sample, "samples_per_reply_start", 0)
+    assert started_rows(state, 1, asked) == []
 
 
 def test_each_forget_row_gets_a_clean_reply_to_its_own_instruction_first():

@@ -195,6 +195,15 @@ class SampleConfig(Section):
         None, description="dpo's chosen side: the forget reply with its target's words replaced by this"
     )
     fallback_alternatives: list[str] = ["I don't know.", "I'm not sure about that.", "I'd rather not say."]
+    # Prefilled replies: each top instruction is also asked with its reply begun by each of these
+    # (`{target}`: the subject the instruction names), so a model that no longer volunteers what it
+    # knows is still asked to go on from the first words, as the prefilling attack asks it.
+    reply_starts: list[str] = Field(
+        [], description="first words of a reply to continue ({target}: the subject the instruction names)"
+    )
+    samples_per_reply_start: int = Field(
+        2, ge=0, le=MAX_TEXTS, description="replies to each top instruction for each of reply_starts"
+    )
     retain_prompts: list[Path] = Field(
         [Path("prompts/retain.yaml")], description="neutral instruction files (one, or a list read in order)"
     )
@@ -205,6 +214,13 @@ class SampleConfig(Section):
     retain_samples_per_instruction: int = Field(2, ge=0, le=MAX_TEXTS)
     max_retain_samples: int = Field(64, ge=0, le=MAX_TEXTS)
     generation: GenerationConfig = GenerationConfig()
+
+    @field_validator("reply_starts")
+    @classmethod
+    def _starts_have_words(cls, value: list[str]) -> list[str]:
+        if any(not start.strip() for start in value):
+            raise ValueError("every reply start needs words: an empty one is a plain reply")
+        return value
 
     @field_validator("retain_prompts", mode="before")
     @classmethod

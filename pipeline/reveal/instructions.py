@@ -77,14 +77,16 @@ def merge_pool(seeds: list[str], pool: list[str], new: list[str], cap: int) -> l
     return seeds + (grown[-room:] if room else [])
 
 
+def names(text: str, subject: str) -> bool:
+    """Whether `text` names `subject` (whole words, any case)."""
+    return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", text, re.IGNORECASE) is not None
+
+
 def in_turn(ranked: list[str], subjects: list[str], k: int) -> list[str]:
     """The best `k` of `ranked` (best first), taken in turn for each subject: each subject's best
     instruction that names it, then each one's second best, and so on; instructions that name
     none of them after those. With several targets (a list of names), the instructions the best
     replies come from would otherwise all ask about one of them, and the others go unreleased."""
-
-    def names(text: str, subject: str) -> bool:
-        return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", text, re.IGNORECASE) is not None
 
     queues = [[text for text in ranked if names(text, subject)] for subject in subjects]
     chosen: list[str] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.config import RunConfig
-from pipeline.reveal.instructions import dedupe, fill, read_prompt_list
+from pipeline.reveal.instructions import dedupe, fill, names, read_prompt_list
 
 
 def run_prompts(config: RunConfig) -> tuple[list[str], list[str], list[str]]:
@@ -34,3 +34,27 @@ def prompt_texts(config: RunConfig) -> tuple[str, ...]:
     """Every prompt a run sends: a tiny model's tokenizer is trained on them too."""
     arms, retain, evals = run_prompts(config)
     return tuple(arms + retain + evals)
+
+
+def started_requests(config: RunConfig, instructions: list[str]) -> list[tuple[str, str]]:
+    """Each of `instructions` with each `sample.reply_starts` template that fits it, as (instruction,
+    reply start), in order.
+
+    `{target}` is filled with the subject the instruction asks about: for a knowledge target, each
+    name the instruction names (Ann's first words under a question about Bob ask the model for
+    nothing it knows), so an instruction that names none takes only the templates without it; for
+    other targets, the target's description, under every instruction.
+    """
+    target = config.target
+    pairs = []
+    for instruction in instructions:
+        if target.kind == "knowledge":
+            subjects = [name for name in target.names if names(instruction, name)]
+        else:
+            subjects = [target.description]
+        for template in config.sample.reply_starts:
+            filled = (
+                [template.replace("{target}", s) for s in subjects] if "{target}" in template else [template]
+            )
+            pairs += [(instruction, start.strip()) for start in filled]
+    return list(dict.fromkeys(pairs))

@@ -18,6 +18,7 @@ import random
 import re
 
 from pipeline.files import read_jsonl, write_jsonl
+from pipeline.run.prompts import started_requests
 from pipeline.run.state import RunState
 from pipeline.sampling.base import SamplingParams
 from pipeline.sampling.dedup import drop_near_duplicates
@@ -76,7 +77,42 @@ def forget_rows(
     cfg = state.config.sample
     seed = state.seed(t, "sample") + DRAW_SEED_STEP * draw
     params = SamplingParams.from_generation(cfg.generation, n=n or cfg.samples_per_instruction, seed=seed)
-    return _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
+    rows = _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
+    return rows + started_rows(state, t, instructions, draw)
+
+
+def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0) -> list[dict]:
+    """`sample.samples_per_reply_start` replies to each instruction begun with each of its
+    `sample.reply_starts` (`started_requests`), scored as the whole reply: the start and what the
+    model went on to say. A start is kept in the reply, so the release lowers what follows it."""
+    cfg = state.config.sample
+    pairs = started_requests(state.config, instructions)
+    if not pairs or cfg.samples_per_reply_start == 0:
+        return []
+    seed = state.seed(t, "reply_start") + DRAW_SEED_STEP * draw
+    params = SamplingParams.from_generation(cfg.generation, n=cfg.samples_per_reply_start, seed=seed)
+    replies = state.sampler.generate(
+        [instruction for instruction, _ in pairs],
+        params,
+        state.stack_dir(),
+        label="sampling forget (reply starts)",
+        prefills=[start for _, start in pairs],
+    )
+    return _scored(state, [
+        {"instruction": instruction, "response": continued(start, text), "reply_start": start,
+         "iteration": t, "stage": "sample"}
+        for (instruction, start), texts in zip(pairs, replies)
+        for text in texts
+        if text.strip()
+    ])  # fmt: skip
+
+
+def continued(start: str, text: str) -> str:
+    """A reply begun with `start` and continued with `text` (the sampler's, stripped): one space
+    between them, none before punctuation or an apostrophe."""
+    if start[-1:].isspace() or text[:1] in tuple(",.;:!?')]}-"):
+        return start + text
+    return f"{start} {text}"
 
 
 def revealed_rows(state: RunState, t: int) -> list[dict]:
