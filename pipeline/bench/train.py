@@ -111,7 +111,10 @@ def run_ours(model, tokenizer, rows, config: RunConfig, method: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp, PeakMemory(model.device) as memory:
         stats = train_adapter(model, tokenizer, rows, [], cfg, [], Path(tmp) / "a", progress=False)
     # The loop's own clock, like `trainer.train()`'s: adapter setup and saving are not training.
-    return {"tokens": stats["tokens"], "seconds": stats["seconds"], "peak_mb": memory.peak_mb}
+    return {
+        "tokens": stats["tokens"], "seconds": stats["seconds"], "peak_mb": memory.peak_mb,
+        "reference_seconds": stats["reference_seconds"],
+    }  # fmt: skip
 
 
 def run_trainer(model, tokenizer, rows, config: RunConfig, bf16: bool = False) -> dict:
@@ -205,6 +208,9 @@ def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bo
             "seconds_each": [round(m["seconds"], 3) for m in measured],
             "tok_per_s": round(measured[0]["tokens"] / seconds, 3),
             "peak_mb": round(max(m["peak_mb"] for m in measured), 3),
+            # Of our loop's seconds, the frozen model's forwards (`pipeline.release.reference`).
+            **({"reference_seconds": round(statistics.median(m["reference_seconds"] for m in measured), 3)}
+               if "reference_seconds" in measured[0] else {}),
         })  # fmt: skip
     reference = max(row["tok_per_s"] for row in results["rows"] if row["arm"].startswith("trainer"))
     for row in results["rows"]:

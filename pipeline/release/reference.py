@@ -25,6 +25,8 @@ does: on a GPU, in its memory.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from pipeline.batches import collate, labelled_logits
@@ -57,6 +59,7 @@ class ReferenceCache:
         self.kept: dict[tuple, torch.Tensor] = {}
         self.kept_bytes = 0
         self.computed_rows = 0  # rows the frozen model ran on (a row past the budget counts each time)
+        self.seconds = 0.0  # in the frozen model's forwards (on a GPU: their launch; nothing waits for them)
 
     def _compute(self, peft_model, pairs: list, pad: int) -> list[torch.Tensor]:
         """Per row: its log-prob (a 0-d tensor) or its labelled positions' logits [n, V] (of its twin,
@@ -91,7 +94,9 @@ class ReferenceCache:
         fresh: dict[tuple, torch.Tensor] = {}
         if missing:
             by_key = dict(zip(keys, pairs))
+            started = time.perf_counter()
             values = self._compute(peft_model, [by_key[k] for k in missing], pad)
+            self.seconds += time.perf_counter() - started
             for key, value in zip(missing, values):
                 fresh[key] = value
                 self._keep(key, value)

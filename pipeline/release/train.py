@@ -348,6 +348,7 @@ def train_adapter(
             _copy(params, last_good)
         stats["seconds"] = round(time.perf_counter() - started, 2)
         stats["reference_rows"] = {side: cache.computed_rows for side, cache in references.items()}
+        stats["reference_seconds"] = round(sum(cache.seconds for cache in references.values()), 2)
         if backed is not None:
             stats["base_backed"] = backed
         peft_model.eval()
