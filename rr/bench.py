@@ -231,7 +231,7 @@ def bench_train(
 
         results = run_train_bench(cfg, out_dir, repeats, progress, log=err.print)
     table = Table(title=f"release training throughput ({results['device']})")
-    for column in ("arm", "tokens", "seconds", "of them frozen model", "tok/s", "x Trainer", "peak MB"):
+    for column in ("arm", "tokens", "seconds", "frozen s", "tok/s", "x Trainer", "peak MB"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for row in results["rows"]:
         table.add_row(

@@ -37,7 +37,7 @@ def test_train_bench_compares_like_with_like(tmp_path, cache_dir):
     assert "reference_seconds" not in rows["trainer_nll"] and rows["ours_nll"]["reference_seconds"] == 0
     assert 0 < rows["ours_undial"]["reference_seconds"] < rows["ours_undial"]["seconds"]
     assert results["device"].startswith(("cpu: ", "cuda: "))
-    assert "x Trainer" in result.stdout and "frozen model" in result.stdout
+    assert "x Trainer" in result.stdout and "frozen s" in result.stdout
     assert results["training_rows"] == 32 and results["epochs"] == 2
     assert "32 training rows; 8 steps of batch 8 per arm (2 epochs)" in result.stderr
 

@@ -55,6 +55,10 @@ def test_shipped_configs_are_valid():
             "target:\n  kind: toxicity\nsample:\n  relevance_threshold: 0.3\n  alternative_threshold: 0.4\n",
             "alternative_threshold (0.4) must not be above relevance_threshold (0.3)",
         ),
+        (  # YAML's reader would keep the second block only, dropping the first's lr unseen
+            "target:\n  kind: toxicity\nrelease:\n  lr: 0.005\nseed: 1\nrelease:\n  steps: 5\n",
+            "`release` is given twice (line 3 and line 6): merge the two",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, text, expected):
@@ -146,3 +150,19 @@ def test_a_run_saved_before_a_new_field_existed_is_the_same_experiment():
     assert not config.same_experiment(yaml.safe_dump(saved))
     saved["reveal"]["gone_field"] = 1
     assert not config.same_experiment(yaml.safe_dump(saved))
+
+
+def test_a_misspelt_placeholder_is_refused_before_the_run(tmp_path):
+    from pipeline.run.preflight import preflight
+
+    prompts = tmp_path / "p.yaml"
+    prompts.write_text('instructions:\n  - "Tell me about {targt}."\n')
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"reveal.prompts={prompts}"])
+    with pytest.raises(ConfigError, match=r"reveal.prompts: .*\{targt\}.*did you mean \{target\}"):
+        preflight(config)
+    # Braces of the text's own (code, say) are not placeholders and reach the model as written.
+    prompts.write_text('instructions:\n  - "Explain {x: 1} in Python, {target}."\n')
+    preflight(load_config(ROOT / "configs" / "tiny.yaml", [f"reveal.prompts={prompts}"]))
+    starts = load_config(ROOT / "configs" / "tiny.yaml", ['sample.reply_starts=["{taget} was"]'])
+    with pytest.raises(ConfigError, match=r"sample.reply_starts: .*did you mean \{target\}"):
+        preflight(starts)

@@ -22,11 +22,32 @@ def _first_error(error: ValidationError) -> str:
     return f"{field}: {message}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: YAML's own reader keeps the
+    last, so a second `release:` block would silently drop every setting of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"`{key}` is given twice (line {seen[key]} and line "
+                    f"{key_node.start_mark.line + 1}): merge the two", key_node.start_mark,
+                )  # fmt: skip
+            if isinstance(key, str | int | float | bool):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, field: str) -> Any:
-    """A YAML file's data; a missing, binary or malformed file is a one-line ConfigError naming `field`."""
+    """A YAML file's data; a missing, binary or malformed file, or one giving a key twice, is a
+    one-line ConfigError naming `field`."""
     text = read_text(path, field)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{field}: {path}: invalid YAML{_yaml_problem(exc)}") from None
 

@@ -6,19 +6,37 @@ the target's description. The pool is deduplicated, seeds keep their order.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
 from pipeline.config import ConfigError, read_yaml
 
 
-def read_prompt_list(path: Path, key: str = "instructions", field: str = "prompt file") -> list[str]:
-    """The `key` list of a prompt file; any problem is a one-line ConfigError naming `field`."""
+def read_prompt_list(
+    path: Path, key: str = "instructions", field: str = "prompt file", placeholders: tuple = ("target",)
+) -> list[str]:
+    """The `key` list of a prompt file; any problem is a one-line ConfigError naming `field`,
+    among them a misspelt placeholder (`misspelt_placeholder`)."""
     data = read_yaml(path, field)
     items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items) or not items:
         raise ConfigError(f"{field}: {path}: `{key}` must be a non-empty list of strings")
+    for item in items:
+        wrong = misspelt_placeholder(item, placeholders)
+        if wrong:
+            raise ConfigError(f"{field}: {path}: {item!r} has {wrong}")
     return items
+
+
+def misspelt_placeholder(text: str, placeholders: tuple = ("target",)) -> str | None:
+    """What is wrong when `text` holds a `{word}` close to one of `placeholders` but not it
+    (`{targt}` would reach the model as it is), else None. Other braces are the text's own (code)."""
+    for name in re.findall(r"\{(\w+)\}", text):
+        close = difflib.get_close_matches(name.lower(), placeholders, n=1, cutoff=0.6)
+        if name not in placeholders and close:
+            return f"{{{name}}}, which is not a placeholder: did you mean {{{close[0]}}}?"
+    return None
 
 
 def fill(templates: list[str], target: str) -> list[str]:

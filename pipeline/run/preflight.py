@@ -14,7 +14,7 @@ from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import PlantedSpec, load_spec
 from pipeline.release.name_swap import run_anchor_map
 from pipeline.release.objectives import objective_named
-from pipeline.reveal.instructions import read_prompt_list
+from pipeline.reveal.instructions import misspelt_placeholder, read_prompt_list
 from pipeline.run.base_run import check_base_run
 from pipeline.run.chain import read_summary, summary_problem, walk
 from pipeline.run.prompts import read_retain_prompts
@@ -45,8 +45,15 @@ def preflight(config: RunConfig) -> None:
 
         make_scorer(config.target)
     read_prompt_list(config.reveal_prompts_path(), field="reveal.prompts")
+    for start in config.sample.reply_starts:
+        if misspelt_placeholder(start):
+            raise ConfigError(f"sample.reply_starts: {start!r} has {misspelt_placeholder(start)}")
     read_retain_prompts(config)
-    read_prompt_list(config.resolve(config.reveal.rewrite_prompts), field="reveal.rewrite_prompts")
+    read_prompt_list(
+        config.resolve(config.reveal.rewrite_prompts),
+        field="reveal.rewrite_prompts",
+        placeholders=("instruction",),
+    )
     read_prompt_list(config.eval_prompts_path(), "prompts", field="evaluate.eval_prompts")
     if reads_retain_text(config, spec):
         read_lines(config.resolve(config.evaluate.retain_text), "evaluate.retain_text")

@@ -27,7 +27,11 @@ def run_prompts(config: RunConfig) -> tuple[list[str], list[str], list[str]]:
 def read_retain_prompts(config: RunConfig) -> list[str]:
     """The neutral instructions of every `sample.retain_prompts` file, in order."""
     files = [config.resolve(path) for path in config.sample.retain_prompts]
-    return [text for file in files for text in read_prompt_list(file, field="sample.retain_prompts")]
+    return [
+        text
+        for file in files
+        for text in read_prompt_list(file, field="sample.retain_prompts", placeholders=())
+    ]
 
 
 def prompt_texts(config: RunConfig) -> tuple[str, ...]:

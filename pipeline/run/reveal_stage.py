@@ -108,7 +108,7 @@ def rewrites(state: RunState, t: int, instructions: list[str]) -> list[str]:
     cfg = state.config
     if not instructions or cfg.reveal.rewrite_top == 0:
         return []
-    templates = read_prompt_list(cfg.resolve(cfg.reveal.rewrite_prompts))
+    templates = read_prompt_list(cfg.resolve(cfg.reveal.rewrite_prompts), placeholders=("instruction",))
     requests = [tpl.replace("{instruction}", ins) for ins in instructions for tpl in templates]
     if state.rewriter is not None:
         replies = state.rewriter.reply(requests, seed=state.seed(t, "rewrite"))
