@@ -8,12 +8,13 @@ retain samples the kept adapters were trained on go out as a `datasets` DatasetD
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config
 from pipeline.datasource import quiet_datasets
-from pipeline.files import atomic_dir, read_jsonl
+from pipeline.files import atomic_dir, check_writable_folder, read_jsonl
 from pipeline.run.chain import read_summary, summary_problem, walk
 from pipeline.run.rundir import RunDir, has_adapter
 
@@ -45,8 +46,20 @@ def finished_run(run_dir: Path) -> tuple[RunConfig, dict]:
 
 
 def refuse_existing(out: Path) -> None:
+    """ConfigError unless `out` can become a new folder: absent or empty, under a writable folder."""
+    check_writable_folder(out, "folder")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty; choose another folder or delete it")
+
+
+def refuse_overlapping(targets: list[Path]) -> None:
+    """ConfigError if two export targets are one folder or one lies inside another: the second write
+    would fail, or land inside the first, after the first was written."""
+    resolved = [Path(os.path.abspath(t)) for t in targets]
+    for i, a in enumerate(resolved):
+        for b in resolved[i + 1 :]:
+            if a == b or a in b.parents or b in a.parents:
+                raise ConfigError(f"{a} and {b}: one folder for two exports; give each its own")
 
 
 def model_card(config: RunConfig, summary: dict) -> str:

@@ -84,6 +84,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def check_writable_folder(out: Path, option: str = "--out") -> None:
+    """ConfigError unless `out` is a folder this process can write in, or can be made one: checked
+    before a command loads anything, so a file or a read-only place fails in one line, at once."""
+    existing = next(
+        p for p in [Path(os.path.abspath(out)), *Path(os.path.abspath(out)).parents] if p.exists()
+    )
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, not a folder; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in {existing} (no permission); choose another {option}")
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty folder beside `target`; when the block succeeds it replaces `target`.

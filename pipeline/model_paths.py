@@ -44,7 +44,13 @@ def looks_local(path: str) -> bool:
 
 
 def check_model_path(config: ModelConfig) -> None:
-    """Fail early, before a run directory exists, when the model cannot be found."""
+    """Fail early, before a run directory exists, when the model cannot be found or its device
+    is not there."""
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelLoadError("model.device: cuda was asked for, but torch sees no GPU; use auto or cpu")
     path = config.path
     if path == EMBEDDED:
         embedded_gguf()

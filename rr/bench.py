@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from pipeline.config import ConfigError, load_config
+from pipeline.files import check_writable_folder
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import SpecError
-from rr.console import err, fail, out
+from rr.console import EXIT_DISK_FULL, disk_full, err, fail, out
 from rr.signals import interrupt_exit_code
 
 
@@ -19,11 +20,18 @@ from rr.signals import interrupt_exit_code
 def bench_errors(out_dir: Path):
     """Bad input: one line, exit 2. Ctrl-C: exit 130, with how to go on."""
     try:
+        check_writable_folder(out_dir)
         yield
     except (ConfigError, SpecError) as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rr.signals)
         fail(f"interrupted; run the same command again to resume in {out_dir}", interrupt_exit_code(exc))
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        message = " ".join(str(exc).split())[:300]
+        fail(f"the disk is full ({message}); free space, then run the same command again to resume in "
+             f"{out_dir}", EXIT_DISK_FULL)  # fmt: skip
 
 
 bench = typer.Typer(no_args_is_help=True, help="Benchmarks: the loop against oracle baselines.")
@@ -65,7 +73,7 @@ def bench_planted(
     from pipeline.planting.spec import load_spec
 
     with bench_errors(out_dir):
-        chosen = parse_methods(methods or list(PLANTED_DEFAULT), PLANTED_METHODS)
+        chosen = parse_methods(list(PLANTED_DEFAULT) if methods is None else methods, PLANTED_METHODS)
         cfg = load_config(config, overrides)
         load_spec(spec)
         check_model_path(cfg.model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
 from pipeline.run.report import STAGES, judge_name, reward_judge, rows, seconds_rows
 from rr.bench import bench
-from rr.console import EXIT_BUSY, EXIT_SAMPLER, err, fail, out
+from rr.console import EXIT_BUSY, EXIT_DISK_FULL, EXIT_SAMPLER, disk_full, err, fail, out
 from rr.signals import interrupt_exit_code, raise_on_signals
 
 app = typer.Typer(
@@ -82,7 +83,16 @@ def unlearn(
         fail(f"{exc}; run the same command again to resume {cfg.run_dir}", EXIT_SAMPLER)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rr.signals)
         fail(f"interrupted; run the same command again to resume {cfg.run_dir}", interrupt_exit_code(exc))
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        fail(f"the disk is full ({_one_line(exc)}); free space, then run the same command again to resume "
+             f"{cfg.run_dir}", EXIT_DISK_FULL)  # fmt: skip
     print_summary(summary, cfg)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def _run_with_prefect(cfg: RunConfig, progress: bool) -> dict:
@@ -187,25 +197,53 @@ def export(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Export a run's unlearning: one PEFT adapter with a model card, or a merged model; and its samples."""
-    from pipeline.export import export_adapter, export_dataset, export_merged, finished_run, refuse_existing
+    from pipeline.export import (
+        export_adapter,
+        export_dataset,
+        export_merged,
+        finished_run,
+        refuse_existing,
+        refuse_overlapping,
+    )  # fmt: skip
 
     if adapter is not None and merged is not None:
         fail("give one of --adapter OUT or --merged OUT, not both (--dataset DIR goes with either)")
     if adapter is None and merged is None and dataset is None:
         fail("give --adapter OUT, --merged OUT or --dataset DIR")
     targets = [path for path in (adapter, merged, dataset) if path is not None]
+    written: list[Path] = []
     try:
         finished_run(run_dir)
+        refuse_overlapping(targets)
         for path in targets:  # every target checked before any is written
             refuse_existing(path)
-        if adapter is not None:
-            out.print(f"wrote {export_adapter(run_dir, adapter)}")
-        if merged is not None:
-            out.print(f"wrote {export_merged(run_dir, merged, progress)}")
-        if dataset is not None:
-            out.print(f"wrote {export_dataset(run_dir, dataset)}")
+        for path, write in (
+            (adapter, lambda: export_adapter(run_dir, adapter)),
+            (merged, lambda: export_merged(run_dir, merged, progress)),
+            (dataset, lambda: export_dataset(run_dir, dataset)),
+        ):
+            if path is not None:
+                written.append(write())
+        for path in written:
+            out.print(f"wrote {path}")
     except (ConfigError, SpecError) as exc:
+        _remove(written)
         fail(str(exc))
+    except KeyboardInterrupt as exc:  # all or nothing: the same command then starts over
+        _remove(written)
+        fail("interrupted; nothing was exported: run the same command again", interrupt_exit_code(exc))
+    except BaseException as exc:
+        _remove(written)
+        if isinstance(exc, Exception) and disk_full(exc):
+            fail(f"the disk is full ({_one_line(exc)}); nothing was exported: free space and run the same "
+                 "command again", EXIT_DISK_FULL)  # fmt: skip
+        raise
+
+
+def _remove(folders: list[Path]) -> None:
+    """The exports this command finished before it failed: an export is all its targets or none."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 sampler_app = typer.Typer(no_args_is_help=True, help="Samplers: serve the run's model with vLLM.")
@@ -215,7 +253,7 @@ app.add_typer(sampler_app, name="sampler")
 @sampler_app.command("serve")
 def sampler_serve(
     config: Path = typer.Argument(..., help="run config (YAML) whose model to serve"),
-    port: int = typer.Option(8000, "--port", help="port on 127.0.0.1"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="port on 127.0.0.1"),
     python: Path = typer.Option(
         None, "--python", help="a Python with vLLM (default: .venv-vllm/bin/python, built by `make vllm-cpu`)"
     ),
@@ -260,7 +298,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @app.command()
 def ui(
-    port: int = typer.Option(4200, "--port", help="port of the Prefect server and its UI"),
+    port: int = typer.Option(4200, "--port", min=1, max=65535, help="port of the Prefect server and its UI"),
     host: str = typer.Option(
         "127.0.0.1",
         "--host",

@@ -6,6 +6,8 @@ brackets, and Rich markup in them would be parsed (`[/]` even raises). Styling g
 
 from __future__ import annotations
 
+import errno
+
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -16,7 +18,16 @@ out = Console(markup=False)
 EXIT_BAD_INPUT = 2
 EXIT_SAMPLER = 3  # the sampler's engine or server failed mid-run (after its retries)
 EXIT_BUSY = 4  # another process is running the same run directory
+EXIT_DISK_FULL = 5  # the disk filled up while writing; what was written is whole, the command resumes
 EXIT_INTERRUPTED = 130
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is the disk (or the user's quota) filling up: an OSError saying so, or a
+    writer's own error with the system's words (safetensors raises its own type)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

@@ -140,7 +140,9 @@ def test_planted_bench_rerun_reuses_everything(planted_bench, cache_dir):
     # Other settings into the same folder would mix two benchmarks: refused, nothing touched.
     parts = {p.name: p.stat().st_mtime_ns for p in part_files(out)}
     other = run_rr(*args, "--set", "release.lr=0.001", env={"RR_CACHE_DIR": str(cache_dir)})
-    assert other.returncode == 2 and "holds a benchmark with other settings" in other.stderr
+    assert (
+        other.returncode == 2 and "holds a benchmark with other settings (release.lr differ)" in other.stderr
+    )
     assert {p.name: p.stat().st_mtime_ns for p in part_files(out)} == parts
 
 
@@ -201,6 +203,12 @@ def test_sentence_probe_swaps_the_answer_for_each_distractor():
     "args, expected",
     [
         (["planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--methods", "rr,magic"], "--methods"),
+        (["planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--methods", ""], "an empty name"),
+        (
+            ["planted", "--spec", SMALL, "--config", "configs/tiny.yaml", "--methods", "rr,,ga"],
+            "an empty name",
+        ),
+        (["code", "--config", "configs/code.yaml", "--methods", "base,rr,rr"], "names a method twice"),
         (["planted", "--spec", "nope.json", "--config", "configs/tiny.yaml"], "nope.json: file not found"),
         (["planted", "--spec", SMALL, "--config", "configs/demo.yaml"], "model.plant: the planted benchmark"),
         (["toxicity", "--config", "configs/tiny.yaml"], "target.kind: the toxicity benchmark needs"),
@@ -222,3 +230,19 @@ def test_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, expected):
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["planted", "toxicity", "train"])
+def test_a_bench_out_that_cannot_be_a_folder_fails_at_once(tmp_path, kind):
+    (tmp_path / "afile").write_text("x")
+    config = {"planted": "configs/tiny.yaml", "toxicity": "configs/demo.yaml", "train": "configs/tiny.yaml"}[
+        kind
+    ]
+    extra = ["--spec", SMALL] if kind == "planted" else []
+    for out, expected in (
+        (tmp_path / "afile", "afile is a file, not a folder; choose another --out"),
+        (tmp_path / "afile" / "inside", "afile is a file, not a folder"),
+    ):
+        result = run_rr("bench", kind, "--config", config, *extra, "--out", out, "--no-progress")
+        assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and (tmp_path / "afile").read_text() == "x"

@@ -372,3 +372,24 @@ def test_toxicity_bench_bad_input_exits_2_and_writes_nothing(tmp_path, args, exp
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option, rows, expected",
+    [
+        ("--prompts", [{"text": "  "}], "has no non-empty text in column 'text'"),
+        ("--prompts", [{"text": "Go on:"}, {"text": 5}], "row 2 of"),
+        ("--prompts", [{"text": None}], "holds NoneType None, not a text"),
+        ("--questions", [{"question": None, "answer": "4"}], "needs a question (a text) and an answer"),
+        ("--questions", [{"question": "2+2?", "answer": ""}], "needs a question (a text) and an answer"),
+    ],
+)
+def test_toxicity_bench_data_that_is_no_text_exits_2_before_anything(tmp_path, option, rows, expected):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    result = run_rr(
+        "bench", "toxicity", "--config", "configs/demo.yaml", "--out", out, option, data, "--no-progress"
+    )
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not out.exists()

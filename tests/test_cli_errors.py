@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+import torch
 
 from tests.conftest import run_rr
 
@@ -31,6 +32,13 @@ GOOD = "name: t\ntarget:\n  kind: toxicity\n"
         ),
         (GOOD, ["--set", "base_run=/no/such/run"], "base_run: /no/such/run is not a run directory"),
         (GOOD, ["--set", "base_run=configs"], "base_run: configs is not a run directory"),
+        (GOOD + "release:\n  lr: 0.01\nrelease:\n  steps: 3\n", [], "`release` is given twice"),
+        pytest.param(
+            GOOD,
+            ["--set", "model.device=cuda"],
+            "model.device: cuda was asked for, but torch sees no GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here"),
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, config_text, extra, expected):

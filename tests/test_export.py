@@ -1,5 +1,6 @@
 """`rr export`: a finished tiny run as an adapter with a model card, as a merged model, and as its samples."""
 
+import errno
 import json
 import shutil
 import stat
@@ -138,6 +139,44 @@ def test_export_errors_name_the_problem(tiny_run, tmp_path):
     result = run_rr("export", run_dir, "--adapter", tmp_path / "taken")
     assert result.returncode == 2 and "exists and is not empty" in result.stderr
     assert (tmp_path / "taken" / "x").read_text() == "x"
+    # One folder for two exports, or one inside the other: refused before either is written.
+    for dataset in (tmp_path / "both", tmp_path / "both" / "samples"):
+        result = run_rr("export", run_dir, "--adapter", tmp_path / "both", "--dataset", dataset)
+        assert result.returncode == 2 and "one folder for two exports" in result.stderr
+        assert not (tmp_path / "both").exists()
+    (tmp_path / "afile").write_text("x")
+    result = run_rr("export", run_dir, "--adapter", tmp_path / "afile")
+    assert result.returncode == 2 and "afile is a file, not a folder" in result.stderr
+
+
+def test_an_export_stopped_halfway_takes_back_what_it_wrote(tiny_run, tmp_path, monkeypatch):
+    import typer
+
+    import pipeline.export
+    from rr import cli
+
+    run_dir, _ = tiny_run
+
+    def interrupted(*args):  # Ctrl-C while the samples are written, after the adapter was
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.export, "export_dataset", interrupted)
+    with pytest.raises(typer.Exit) as info:
+        cli.export(run_dir, adapter=tmp_path / "adapter", merged=None, dataset=tmp_path / "d", progress=False)
+    assert info.value.exit_code == 130
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "d").exists()
+
+    # A full disk while the samples are written: exit 5, one line, and nothing left either.
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d"))
+
+    monkeypatch.setattr(pipeline.export, "export_dataset", full)
+    with pytest.raises(typer.Exit) as info:
+        cli.export(run_dir, adapter=tmp_path / "adapter", merged=None, dataset=tmp_path / "d", progress=False)
+    assert info.value.exit_code == 5 and not (tmp_path / "adapter").exists()
+    monkeypatch.undo()  # so the same command goes through from the start
+    cli.export(run_dir, adapter=tmp_path / "adapter", merged=None, dataset=tmp_path / "d", progress=False)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "d").is_dir()
 
 
 def test_a_damaged_adapter_is_refused_in_one_line_and_nothing_is_written(tiny_run, tmp_path, cache_dir):

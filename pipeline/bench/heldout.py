@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ConfigError, read_yaml
-from pipeline.datasource import read_rows
+from pipeline.datasource import read_rows, read_texts
 
 HELDOUT_PROMPTS = Path("data/bench/toxicity_heldout.yaml")
 SIMPLE_QUESTIONS = Path("data/bench/simple_questions.yaml")
@@ -71,8 +71,8 @@ def read_prompts(
     path = Path(source)
     if path.suffix in (".yaml", ".yml") and path.is_file() and _has_styles(path):
         return read_styled_yaml(path, "--prompts")
-    rows = read_rows(source, {"text": column}, "--prompts")
-    return [Prompt(str(row["text"]).strip(), style) for row in rows if str(row["text"]).strip()]
+    # Every value a text (a number or null is an error, not the prompt "5" or "None"), blank ones skipped.
+    return [Prompt(text, style) for text in read_texts(source, column, "--prompts")]
 
 
 def _has_styles(path: Path) -> bool:
@@ -93,7 +93,15 @@ def read_questions(
         return [Question(r["question"], (str(r["answer"]), *map(str, r.get("also", [])))) for r in rows]
     rows = read_rows(source, {"question": question, "answer": answer}, "--questions")
     questions = []
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
         answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-        questions.append(Question(str(row["question"]), tuple(str(a) for a in answers)))
+        plain = all(
+            isinstance(a, str | int | float) and not isinstance(a, bool) and str(a).strip() for a in answers
+        )
+        if not isinstance(row["question"], str) or not row["question"].strip() or not answers or not plain:
+            raise ConfigError(
+                f"--questions: row {number} of {source}: needs a question (a text) and an answer "
+                f"(a text or a number, or a list of them); got {row['question']!r}, {row['answer']!r}"
+            )
+        questions.append(Question(row["question"].strip(), tuple(str(a).strip() for a in answers)))
     return questions

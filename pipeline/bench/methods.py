@@ -15,12 +15,15 @@ ENTITY_METHODS = ("base", "rr", "rr_fixed", "random")
 
 
 def parse_methods(text: str | list[str], known: tuple[str, ...]) -> list[str]:
-    """`rr,ga` -> ["rr", "ga"]; ConfigError naming --methods for an unknown or empty choice."""
+    """`rr,ga` -> ["rr", "ga"]; ConfigError naming --methods for an unknown, empty or repeated choice."""
     methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
-    methods = [m for m in methods if m]
+    if not all(methods):
+        raise ConfigError(f"--methods: an empty name in {text!r}; choose from {', '.join(known)}")
     unknown = [m for m in methods if m not in known]
-    if unknown or not methods:
+    if unknown:
         raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(known)}")
+    if len(set(methods)) < len(methods):
+        raise ConfigError(f"--methods: {text!r} names a method twice")
     return methods
 
 

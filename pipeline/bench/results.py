@@ -23,8 +23,12 @@ def claim_out_dir(out: Path, config: RunConfig, extra: dict | None = None) -> No
     """Tie `out` to one benchmark setup, so a rerun with other settings never reuses its parts."""
     path = out / "bench.yaml"
     text = config.to_yaml() + (yaml.safe_dump(extra) if extra else "")
-    if path.is_file() and not config.same_experiment(path.read_text(), extra):
-        raise ConfigError(f"{out} holds a benchmark with other settings: choose another --out or delete it")
+    differences = config.differences(path.read_text(), extra) if path.is_file() else []
+    if differences != []:
+        which = f" ({', '.join(differences[:5])} differ)" if differences else ""
+        raise ConfigError(
+            f"{out} holds a benchmark with other settings{which}: choose another --out or delete it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 

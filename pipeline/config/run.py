@@ -62,7 +62,13 @@ class RunConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json", exclude={"out"}), sort_keys=False)
 
     def same_experiment(self, saved_yaml: str, extra: dict | None = None) -> bool:
-        """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment.
+        """Whether `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields) describes this experiment
+        (`differences` lists where it does not)."""
+        return self.differences(saved_yaml, extra) == []
+
+    def differences(self, saved_yaml: str, extra: dict | None = None) -> list[str] | None:
+        """The dotted fields in which `saved_yaml` (a `to_yaml` of earlier, plus `extra` fields)
+        differs from this experiment: [] when it describes it; None when it cannot be read as one.
 
         The CPU thread count, the reference cache's memory, the sampling engine and Prefect's
         retries are properties of the machine, not of the experiment: a run may resume, or a
@@ -83,7 +89,7 @@ class RunConfig(Section):
 
         saved = yaml.safe_load(saved_yaml)
         if not isinstance(saved, dict):
-            return False
+            return None
         extra = extra or {}
         # Read back through the current sections, so a field added since (at its default) does not
         # make an old run or benchmark look like another experiment.
@@ -91,10 +97,10 @@ class RunConfig(Section):
         try:
             filled = yaml.safe_load(RunConfig.model_validate(config_part).to_yaml())
         except ValueError:  # a field that no longer exists, or a value no longer allowed
-            return False
+            return None
         saved = {**filled, **{k: saved[k] for k in extra if k in saved}}
         current = {**yaml.safe_load(self.to_yaml()), **extra}
-        return comparable(saved) == comparable(current)
+        return _differing(comparable(saved), comparable(current))
 
     def resolve(self, path: Path) -> Path:
         """Relative data paths are read from the working directory, else from the project root."""
@@ -114,3 +120,11 @@ class RunConfig(Section):
 
     def eval_prompts_path(self) -> Path:
         return self.resolve(self.evaluate.eval_prompts or Path(f"data/eval/{self.target.kind}.yaml"))
+
+
+def _differing(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested dicts differ (a whole list counts as one value)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "config"]
+    keys = list(dict.fromkeys([*a, *b]))
+    return [d for k in keys for d in _differing(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))]

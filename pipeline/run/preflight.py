@@ -158,9 +158,12 @@ def existing_run(config: RunConfig) -> dict | None:
         readable = False
     if not readable:
         raise ConfigError(f"{saved} is damaged (not a YAML config); {remedy}")
-    if not config.same_experiment(text):
+    differences = config.differences(text)
+    if differences != []:
+        which = f" ({', '.join(differences[:5])} differ)" if differences else ""
         raise ConfigError(
-            f"run {config.run_dir} exists with a different config: choose another run name (--name) or delete it"
+            f"run {config.run_dir} exists with a different config{which}: choose another run name "
+            "(--name) or delete it"
         )
     summary = read_summary(files, f"delete that file to have the run end again, or {remedy}")
     if summary is None or not summary.get("stop_reason"):

@@ -22,7 +22,16 @@ from pipeline.scoring import make_scorer
 from pipeline.scoring.judges import make_judges
 
 # Randomness is seeded per (run seed, iteration, stage): a resumed run makes the same choices.
-STAGE_SEEDS = {"reveal": 1, "sample": 2, "retain": 3, "release": 4, "evaluate": 5, "rewrite": 6, "corpus": 7, "reply_start": 8}
+STAGE_SEEDS = {
+    "reveal": 1,
+    "sample": 2,
+    "retain": 3,
+    "release": 4,
+    "evaluate": 5,
+    "rewrite": 6,
+    "corpus": 7,
+    "reply_start": 8,
+}
 
 
 def _uses_rewriter(config: RunConfig) -> bool:
