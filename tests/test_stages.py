@@ -238,7 +238,9 @@ def test_started_replies_are_the_model_going_on_from_their_first_words(state, mo
     assert {(r["instruction"], r["reply_start"]) for r in rows} <= {
         (asked[0], f"{name} was born"), (asked[0], "In short,"), (asked[1], "In short,")
     }  # fmt: skip
-    assert all(r["score"] == 1.0 for r in rows if name in r["reply_start"])  # the name is in the reply
+    # Scored on what the model added: the name in the start counts for nothing.
+    added = [r["response"][len(r["reply_start"]) :] for r in rows]
+    assert [r["score"] for r in rows] == [round(s, 4) for s in state.scorer(added)]
     # Drawn again with another seed, as the plain replies are.
     again = started_rows(state, 1, asked, draw=1)
     assert [r["response"] for r in again] != [r["response"] for r in rows]

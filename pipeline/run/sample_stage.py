@@ -83,8 +83,10 @@ def forget_rows(
 
 def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0) -> list[dict]:
     """`sample.samples_per_reply_start` replies to each instruction begun with each of its
-    `sample.reply_starts` (`started_requests`), scored as the whole reply: the start and what the
-    model went on to say. A start is kept in the reply, so the release lowers what follows it."""
+    `sample.reply_starts` (`started_requests`). The start is kept in the reply, so the release lowers
+    what follows it, but the score is of what the model went on to say alone: the start's words
+    are ours (a name, say, which alone scores 1.0), and a model that has forgotten goes on from them
+    with guesses that name nothing (planted seed 2: trained on, they raised perplexity 1.02 -> 1.43)."""
     cfg = state.config.sample
     pairs = started_requests(state.config, instructions)
     if not pairs or cfg.samples_per_reply_start == 0:
@@ -98,13 +100,17 @@ def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0
         label="sampling forget (reply starts)",
         prefills=[start for _, start in pairs],
     )
-    return _scored(state, [
+    rows = [
         {"instruction": instruction, "response": continued(start, text), "reply_start": start,
          "iteration": t, "stage": "sample"}
         for (instruction, start), texts in zip(pairs, replies)
         for text in texts
         if text.strip()
-    ])  # fmt: skip
+    ]  # fmt: skip
+    added = [row["response"][len(row["reply_start"]) :] for row in rows]
+    for row, score in zip(rows, state.scorer(added)):
+        row["score"] = round(score, 4)
+    return rows
 
 
 def continued(start: str, text: str) -> str:
