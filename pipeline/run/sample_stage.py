@@ -2,9 +2,10 @@
 
 Forget rows are replies to the best instructions (and the reveal stage's own replies) whose target
 score reaches `sample.relevance_threshold`, drawn again (up to `sample.max_draws` times) while fewer
-than `sample.draw_again_below` are kept; retain rows are replies to neutral instructions that stay
-below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are dropped and both
-sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
+than `sample.draw_again_below` are kept, and with `sample.reply_starts` the replies begun with given
+first words (prefilled) that go on to say the target; retain rows are replies to neutral instructions
+that stay below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are
+dropped and both sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
 and `iter_t/retain.jsonl`. With `sample.alternative_threshold`, each forget row also carries an
 `alternative`: a clean reply of the model's own to the same instruction (the chosen side of `dpo`),
 or with `sample.alternative_replacement` the reply itself with its target's words replaced; with
