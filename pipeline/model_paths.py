@@ -43,10 +43,10 @@ def looks_local(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or path.count("/") != 1
 
 
-def check_model_path(config: ModelConfig) -> None:
+def check_model_path(config: ModelConfig, device: bool = True) -> None:
     """Fail early, before a run directory exists, when the model cannot be found or its device
     is not there."""
-    if config.device == "cuda":
+    if device and config.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():

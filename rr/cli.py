@@ -223,9 +223,8 @@ def export(
             (dataset, lambda: export_dataset(run_dir, dataset)),
         ):
             if path is not None:
-                written.append(write())
-        for path in written:
-            out.print(f"wrote {path}")
+                written.append(path)  # before it exists: a Ctrl-C just after the rename still takes it back
+                write()
     except (ConfigError, SpecError) as exc:
         _remove(written)
         fail(str(exc))
@@ -238,6 +237,8 @@ def export(
             fail(f"the disk is full ({_one_line(exc)}); nothing was exported: free space and run the same "
                  "command again", EXIT_DISK_FULL)  # fmt: skip
         raise
+    for path in written:  # after the try: a closed stdout must not take back finished exports
+        out.print(f"wrote {path}")
 
 
 def _remove(folders: list[Path]) -> None:
@@ -269,7 +270,7 @@ def sampler_serve(
 
     try:
         cfg = load_config(config, overrides)
-        check_model_path(cfg.model)
+        check_model_path(cfg.model, device=False)  # the server's own Python, not this one, sees the GPU
         python = vllm_python(python)
         folder = model_folder(cfg)
     except (ConfigError, SpecError, SamplerError) as exc:

@@ -101,4 +101,4 @@ def test_same_name_with_another_config_is_refused(tiny_run):
     run_dir, _ = tiny_run
     result = run_rr("unlearn", "configs/tiny.yaml", "--out", run_dir.parent, "--set", "release.steps=3")
     assert result.returncode == 2
-    assert "exists with a different config (release.steps differ)" in result.stderr
+    assert "exists with a different config (not as saved: release.steps)" in result.stderr

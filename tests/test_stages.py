@@ -217,6 +217,18 @@ def test_reply_starts_go_with_the_instructions_that_name_their_subject():
         load_config("configs/tiny.yaml", ['sample.reply_starts=["  "]'])
 
 
+def test_a_started_replys_target_words_are_found_in_what_the_model_added():
+    from pipeline.run.sample_stage import with_target_spans
+    from pipeline.scoring.knowledge import KnowledgeScorer
+
+    start = "Ann Lee was"
+    row = {"response": f"{start} born in Leeds. Ann Lee likes tea.", "reply_start": start, "score": 1.0}
+    (found,) = with_target_spans([row], KnowledgeScorer("Ann Lee"), 0.5)
+    spans = found["target_spans"]
+    assert spans and all(begin >= len(start) for begin, _ in spans)  # not the name we prefilled
+    assert " ".join(row["response"][b:e] for b, e in spans) == "Ann Lee"  # the second naming
+
+
 def test_started_replies_are_the_model_going_on_from_their_first_words(state, monkeypatch):
     monkeypatch.setattr(state.config.sample, "reply_starts", ["{target} was born", "In short,"])
     monkeypatch.setattr(state.config.sample, "samples_per_reply_start", 2)

@@ -25,7 +25,11 @@ def claim_out_dir(out: Path, config: RunConfig, extra: dict | None = None) -> No
     text = config.to_yaml() + (yaml.safe_dump(extra) if extra else "")
     differences = config.differences(path.read_text(), extra) if path.is_file() else []
     if differences != []:
-        which = f" ({', '.join(differences[:5])} differ)" if differences else ""
+        which = (
+            f" (not as saved: {', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''})"
+            if differences
+            else ""
+        )
         raise ConfigError(
             f"{out} holds a benchmark with other settings{which}: choose another --out or delete it"
         )

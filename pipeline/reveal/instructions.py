@@ -33,7 +33,7 @@ def misspelt_placeholder(text: str, placeholders: tuple = ("target",)) -> str | 
     """What is wrong when `text` holds a `{word}` close to one of `placeholders` but not it
     (`{targt}` would reach the model as it is), else None. Other braces are the text's own (code)."""
     for name in re.findall(r"\{(\w+)\}", text):
-        close = difflib.get_close_matches(name.lower(), placeholders, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(name.lower(), placeholders, n=1, cutoff=0.8)
         if name not in placeholders and close:
             return f"{{{name}}}, which is not a placeholder: did you mean {{{close[0]}}}?"
     return None

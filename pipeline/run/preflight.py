@@ -160,7 +160,11 @@ def existing_run(config: RunConfig) -> dict | None:
         raise ConfigError(f"{saved} is damaged (not a YAML config); {remedy}")
     differences = config.differences(text)
     if differences != []:
-        which = f" ({', '.join(differences[:5])} differ)" if differences else ""
+        which = (
+            f" (not as saved: {', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''})"
+            if differences
+            else ""
+        )
         raise ConfigError(
             f"run {config.run_dir} exists with a different config{which}: choose another run name "
             "(--name) or delete it"

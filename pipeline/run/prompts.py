@@ -54,6 +54,8 @@ def started_requests(config: RunConfig, instructions: list[str]) -> list[tuple[s
     for instruction in instructions:
         if target.kind == "knowledge":
             subjects = [name for name in target.names if names(instruction, name)]
+            if not subjects and len(target.names) == 1 and names(instruction, target.description):
+                subjects = target.names  # one name: the arms ask about the description it goes by
         else:
             subjects = [target.description]
         for template in config.sample.reply_starts:

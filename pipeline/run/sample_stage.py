@@ -41,12 +41,14 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
         return {"forget": len(read_jsonl(files.forget)), "retain": len(read_jsonl(files.retain))}
     # The best instructions' responses come first: at equal scores they win the near-duplicate
     # filter and the cap over responses to the arms the bandit was still exploring.
-    candidates = forget_rows(state, t, instructions) + revealed_rows(state, t)
+    candidates = forget_rows(state, t, instructions) + started_rows(state, t, instructions)
+    candidates += revealed_rows(state, t)
     forget, draws = relevant(state, candidates), 1
     while draw_again(
         len(forget), draws, cfg.draw_again_below, cfg.max_draws, state.config.release.min_forget_samples
     ):
         candidates += forget_rows(state, t, instructions, draw=draws)
+        candidates += started_rows(state, t, instructions, draw=draws)
         forget, draws = relevant(state, candidates), draws + 1
     forget = forget[: cfg.max_forget_samples]
     if state.config.release.scored_words_only or cfg.alternative_replacement is not None:
@@ -78,8 +80,7 @@ def forget_rows(
     cfg = state.config.sample
     seed = state.seed(t, "sample") + DRAW_SEED_STEP * draw
     params = SamplingParams.from_generation(cfg.generation, n=n or cfg.samples_per_instruction, seed=seed)
-    rows = _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
-    return rows + started_rows(state, t, instructions, draw)
+    return _scored_rows(state, t, instructions, params, "sampling forget", stage="sample")
 
 
 def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0) -> list[dict]:
@@ -143,9 +144,14 @@ def relevant(state: RunState, rows: list[dict]) -> list[dict]:
 def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
     """Each row with `target_spans`: the words its score rests on (`scoring.attribution`;
     `release.scored_words_only` trains on those alone, `sample.alternative_replacement` replaces them)."""
-    texts, scores = [r["response"] for r in rows], [r.get("score") for r in rows]
-    spans = target_spans(scorer, texts, threshold, scores)
-    return [{**row, "target_spans": [list(span) for span in found]} for row, found in zip(rows, spans)]
+    # A prefilled start's words are ours, not the model's: its spans are found in what followed.
+    offsets = [len(r.get("reply_start", "")) for r in rows]
+    texts = [r["response"][offset:] for r, offset in zip(rows, offsets)]
+    spans = target_spans(scorer, texts, threshold, [r.get("score") for r in rows])
+    return [
+        {**row, "target_spans": [[start + offset, end + offset] for start, end in found]}
+        for row, found, offset in zip(rows, spans, offsets)
+    ]
 
 
 def with_replaced_alternatives(forget: list[dict], replacement: str) -> list[dict]:
