@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import not_as_saved
 from pipeline.files import write_json
 from pipeline.plotting import figure
 
@@ -25,11 +26,7 @@ def claim_out_dir(out: Path, config: RunConfig, extra: dict | None = None) -> No
     text = config.to_yaml() + (yaml.safe_dump(extra) if extra else "")
     differences = config.differences(path.read_text(), extra) if path.is_file() else []
     if differences != []:
-        which = (
-            f" (not as saved: {', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''})"
-            if differences
-            else ""
-        )
+        which = not_as_saved(differences)
         raise ConfigError(
             f"{out} holds a benchmark with other settings{which}: choose another --out or delete it"
         )

@@ -128,3 +128,11 @@ def _differing(a, b, prefix: str = "") -> list[str]:
         return [] if a == b else [prefix or "config"]
     keys = list(dict.fromkeys([*a, *b]))
     return [d for k in keys for d in _differing(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))]
+
+
+def not_as_saved(differences: list[str] | None) -> str:
+    """`RunConfig.differences` for an error message: " (not as saved: release.lr, ...)", or ""."""
+    if not differences:
+        return ""
+    more = " ..." if len(differences) > 5 else ""
+    return f" (not as saved: {', '.join(differences[:5])}{more})"

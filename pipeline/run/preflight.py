@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import not_as_saved
 from pipeline.datasource import read_texts
 from pipeline.files import read_lines
 from pipeline.model_paths import check_model_path
@@ -160,11 +161,7 @@ def existing_run(config: RunConfig) -> dict | None:
         raise ConfigError(f"{saved} is damaged (not a YAML config); {remedy}")
     differences = config.differences(text)
     if differences != []:
-        which = (
-            f" (not as saved: {', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''})"
-            if differences
-            else ""
-        )
+        which = not_as_saved(differences)
         raise ConfigError(
             f"run {config.run_dir} exists with a different config{which}: choose another run name "
             "(--name) or delete it"
