@@ -12,7 +12,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.files import check_writable_folder
 from pipeline.model_paths import check_model_path
 from pipeline.planting.spec import SpecError
-from rr.console import EXIT_DISK_FULL, disk_full, err, fail, out
+from rr.console import EXIT_DISK_FULL, disk_full, err, fail, one_line, out
 from rr.signals import interrupt_exit_code
 
 
@@ -29,8 +29,7 @@ def bench_errors(out_dir: Path):
     except Exception as exc:
         if not disk_full(exc):
             raise
-        message = " ".join(str(exc).split())[:300]
-        fail(f"the disk is full ({message}); free space, then run the same command again to resume in "
+        fail(f"the disk is full ({one_line(exc)}); free space, then run the same command again to resume in "
              f"{out_dir}", EXIT_DISK_FULL)  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
 from pipeline.run.report import STAGES, judge_name, reward_judge, rows, seconds_rows
 from rr.bench import bench
-from rr.console import EXIT_BUSY, EXIT_DISK_FULL, EXIT_SAMPLER, disk_full, err, fail, out
+from rr.console import EXIT_BUSY, EXIT_DISK_FULL, EXIT_SAMPLER, disk_full, err, fail, one_line, out
 from rr.signals import interrupt_exit_code, raise_on_signals
 
 app = typer.Typer(
@@ -86,13 +86,9 @@ def unlearn(
     except Exception as exc:
         if not disk_full(exc):
             raise
-        fail(f"the disk is full ({_one_line(exc)}); free space, then run the same command again to resume "
+        fail(f"the disk is full ({one_line(exc)}); free space, then run the same command again to resume "
              f"{cfg.run_dir}", EXIT_DISK_FULL)  # fmt: skip
     print_summary(summary, cfg)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _run_with_prefect(cfg: RunConfig, progress: bool) -> dict:
@@ -234,7 +230,7 @@ def export(
     except BaseException as exc:
         _remove(written)
         if isinstance(exc, Exception) and disk_full(exc):
-            fail(f"the disk is full ({_one_line(exc)}); nothing was exported: free space and run the same "
+            fail(f"the disk is full ({one_line(exc)}); nothing was exported: free space and run the same "
                  "command again", EXIT_DISK_FULL)  # fmt: skip
         raise
     for path in written:  # after the try: a closed stdout must not take back finished exports

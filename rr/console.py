@@ -34,3 +34,8 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print one error line and exit with `code`."""
     err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def one_line(exc: BaseException, most: int = 300) -> str:
+    """An exception's message on one line, cut at `most` characters."""
+    return " ".join(str(exc).split())[:most]

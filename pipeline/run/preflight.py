@@ -47,8 +47,8 @@ def preflight(config: RunConfig) -> None:
         make_scorer(config.target)
     read_prompt_list(config.reveal_prompts_path(), field="reveal.prompts")
     for start in config.sample.reply_starts:
-        if misspelt_placeholder(start):
-            raise ConfigError(f"sample.reply_starts: {start!r} has {misspelt_placeholder(start)}")
+        if wrong := misspelt_placeholder(start):
+            raise ConfigError(f"sample.reply_starts: {start!r} has {wrong}")
     read_retain_prompts(config)
     read_prompt_list(
         config.resolve(config.reveal.rewrite_prompts),

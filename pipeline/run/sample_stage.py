@@ -109,10 +109,7 @@ def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0
         for text in texts
         if text.strip()
     ]  # fmt: skip
-    added = [row["response"][len(row["reply_start"]) :] for row in rows]
-    for row, score in zip(rows, state.scorer(added)):
-        row["score"] = round(score, 4)
-    return rows
+    return _scored(state, rows, texts=[row["response"][len(row["reply_start"]) :] for row in rows])
 
 
 def continued(start: str, text: str) -> str:
@@ -264,8 +261,9 @@ def _scored_rows(
     ])  # fmt: skip
 
 
-def _scored(state: RunState, rows: list[dict]) -> list[dict]:
-    """`rows` with the target scorer's score of each response."""
-    for row, score in zip(rows, state.scorer([r["response"] for r in rows])):
+def _scored(state: RunState, rows: list[dict], texts: list[str] | None = None) -> list[dict]:
+    """`rows` with the target scorer's score of each response (or of `texts`, one a row)."""
+    texts = [r["response"] for r in rows] if texts is None else texts
+    for row, score in zip(rows, state.scorer(texts), strict=True):
         row["score"] = round(score, 4)
     return rows
