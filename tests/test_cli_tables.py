@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-import rr.cli
+import rr.summary
 from pipeline.config import load_config
 
 
@@ -47,8 +47,8 @@ def summary_with_judges() -> dict:
 
 def test_every_judge_figure_is_printed_whole_in_80_columns(monkeypatch):
     printed = io.StringIO()
-    monkeypatch.setattr(rr.cli, "out", Console(file=printed, width=80, markup=False))
-    rr.cli.print_summary(summary_with_judges(), load_config("configs/demo.yaml", []))
+    monkeypatch.setattr(rr.summary, "out", Console(file=printed, width=80, markup=False))
+    rr.summary.print_summary(summary_with_judges(), load_config("configs/demo.yaml", []))
     text = printed.getvalue()
     assert "…" not in text  # no header or cell cut short
     assert all(len(line) <= 80 for line in text.splitlines())
