@@ -22,7 +22,14 @@ from pipeline.run.loop import prepare_run_dir
 from pipeline.run.prompts import started_requests
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import arm_pool, reveal, rewrites
-from pipeline.run.sample_stage import continued, draw_again, sample, started_rows, with_alternatives
+from pipeline.run.sample_stage import (
+    as_many_started_as_plain,
+    continued,
+    draw_again,
+    sample,
+    started_rows,
+    with_alternatives,
+)
 from pipeline.run.state import RunState, completed_iterations
 from tests.conftest import ROOT
 
@@ -250,14 +257,23 @@ def test_started_replies_are_the_model_going_on_from_their_first_words(state, mo
     assert {(r["instruction"], r["reply_start"]) for r in rows} <= {
         (asked[0], f"{name} was born"), (asked[0], "In short,"), (asked[1], "In short,")
     }  # fmt: skip
-    # Scored on what the model added: the name in the start counts for nothing.
-    added = [r["response"][len(r["reply_start"]) :] for r in rows]
-    assert [r["score"] for r in rows] == [round(s, 4) for s in state.scorer(added)]
+    # Scored as the whole reply, the start with what followed it.
+    assert [r["score"] for r in rows] == [round(s, 4) for s in state.scorer([r["response"] for r in rows])]
     # Drawn again with another seed, as the plain replies are.
     again = started_rows(state, 1, asked, draw=1)
     assert [r["response"] for r in again] != [r["response"] for r in rows]
     monkeypatch.setattr(state.config.sample, "samples_per_reply_start", 0)
     assert started_rows(state, 1, asked) == []
+
+
+def test_started_replies_never_outnumber_the_plain_ones_kept():
+    plain = [{"response": f"plain {i}", "score": 0.6} for i in range(2)]
+    started = [{"response": f"started {i}", "reply_start": "Ann Lee", "score": 1.0} for i in range(5)]
+    rows = started[:3] + plain[:1] + started[3:] + plain[1:]
+    # Most relevant first stays first; the started rows past the plain count go.
+    assert as_many_started_as_plain(rows) == started[:2] + plain
+    assert as_many_started_as_plain(started) == []  # a model that reveals nothing unasked
+    assert as_many_started_as_plain(plain) == plain
 
 
 def test_each_forget_row_gets_a_clean_reply_to_its_own_instruction_first():

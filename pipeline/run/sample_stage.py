@@ -85,10 +85,10 @@ def forget_rows(
 
 def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0) -> list[dict]:
     """`sample.samples_per_reply_start` replies to each instruction begun with each of its
-    `sample.reply_starts` (`started_requests`). The start is kept in the reply, so the release lowers
-    what follows it, but the score is of what the model went on to say alone: the start's words
-    are ours (a name, say, which alone scores 1.0), and a model that has forgotten goes on from them
-    with guesses that name nothing (planted seed 2: trained on, they raised perplexity 1.02 -> 1.43)."""
+    `sample.reply_starts` (`started_requests`), scored as the whole reply: a start that names the
+    subject makes what follows about it, though it may not name it again. The start is kept in the
+    reply, so the release lowers what follows it. `relevant` keeps no more of these than of the plain
+    replies."""
     cfg = state.config.sample
     pairs = started_requests(state.config, instructions)
     if not pairs or cfg.samples_per_reply_start == 0:
@@ -109,7 +109,7 @@ def started_rows(state: RunState, t: int, instructions: list[str], draw: int = 0
         for text in texts
         if text.strip()
     ]  # fmt: skip
-    return _scored(state, rows, texts=[row["response"][len(row["reply_start"]) :] for row in rows])
+    return _scored(state, rows)
 
 
 def continued(start: str, text: str) -> str:
@@ -132,10 +132,27 @@ def revealed_rows(state: RunState, t: int) -> list[dict]:
 
 
 def relevant(state: RunState, rows: list[dict]) -> list[dict]:
-    """Rows at or above the relevance threshold, most relevant first, near-duplicates dropped."""
+    """Rows at or above the relevance threshold, most relevant first, near-duplicates dropped, and
+    no more started replies than plain ones (`as_many_started_as_plain`)."""
     cfg = state.config.sample
     kept = sorted((r for r in rows if r["score"] >= cfg.relevance_threshold), key=lambda r: -r["score"])
-    return drop_near_duplicates(kept, cfg.near_duplicate_jaccard)
+    return as_many_started_as_plain(drop_near_duplicates(kept, cfg.near_duplicate_jaccard))
+
+
+def as_many_started_as_plain(rows: list[dict]) -> list[dict]:
+    """`rows` (in order) with at most as many started replies as plain ones. A start that names the
+    subject scores its reply high whatever follows, so once a release has worked, the model goes on
+    from it with guesses, and trained on those (they fill the forget set: they score highest) it
+    loses more than the subject (planted seed 2: perplexity 1.02 -> 1.43). A model that still
+    reveals the subject unasked also does so after a start; one that no longer does is not made to."""
+    allowed, started, kept = sum("reply_start" not in r for r in rows), 0, []
+    for row in rows:
+        if "reply_start" in row:
+            if started == allowed:
+                continue
+            started += 1
+        kept.append(row)
+    return kept
 
 
 def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
