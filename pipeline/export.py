@@ -8,7 +8,6 @@ retain samples the kept adapters were trained on go out as a `datasets` DatasetD
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def refuse_existing(out: Path) -> None:
 def refuse_overlapping(targets: list[Path]) -> None:
     """ConfigError if two export targets are one folder or one lies inside another: the second write
     would fail, or land inside the first, after the first was written."""
-    resolved = [Path(os.path.abspath(t)) for t in targets]
+    resolved = [Path(t).resolve() for t in targets]  # a link to a folder is that folder
     for i, a in enumerate(resolved):
         for b in resolved[i + 1 :]:
             if a == b or a in b.parents or b in a.parents:

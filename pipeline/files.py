@@ -27,21 +27,26 @@ def as_if_created(path: Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
-def write_json(path: Path, data) -> None:
+def write_text(path: Path, text: str) -> None:
+    """`text` in `path`, whole or not at all: written beside it, then renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=2)
+        try:
+            f.write(text)
+        except BaseException:  # a full disk or Ctrl-C: no stray .tmp beside the file
+            f.close()
+            os.unlink(f.name)
+            raise
     as_if_created(Path(f.name))
     os.replace(f.name, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    as_if_created(Path(f.name))
-    os.replace(f.name, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_text(path: Path, field: str) -> str:

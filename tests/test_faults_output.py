@@ -1,9 +1,22 @@
-"""User and model text is never parsed as markup in plots (issue 20): a `$` in a target's
-description or a method's name starts matplotlib's mathtext by default, and an unbalanced one
-failed the plot after summary.json was written, so report.md was never written."""
+"""What a run writes comes out whole. User and model text is never parsed as markup in plots
+(issue 20): a `$` in a target's description or a method's name starts matplotlib's mathtext by
+default, and an unbalanced one failed the plot after summary.json was written, so report.md was
+never written. A full disk leaves the file before it, or none, and is told apart from bad input."""
 
+import errno
+import io
+import tempfile
+
+import pytest
+
+import pipeline.run.loop
 from pipeline.bench.results import plot_bars
+from pipeline.config import ConfigError, load_config
+from pipeline.files import write_text
+from pipeline.run.loop import prepare_run_dir
 from pipeline.run.report import plot_forgetting
+from pipeline.run.state import RunState
+from rr.console import disk_full
 
 TEXT = r"insults worth $5, $\frac{$"  # mathtext that matplotlib cannot parse
 
@@ -24,3 +37,37 @@ def test_benchmark_bars_print_names_with_dollars_as_they_are(tmp_path):
     path = tmp_path / "plot.png"
     plot_bars(results, [("forget_probe_acc", "acc $"), ("forget_probe_acc", TEXT)], TEXT, path)
     assert path.stat().st_size > 0
+
+
+def test_a_file_written_on_a_full_disk_leaves_neither_a_half_file_nor_a_stray_one(tmp_path, monkeypatch):
+    path = tmp_path / "bench.yaml"
+    write_text(path, "seed: 0\n")
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = tempfile.NamedTemporaryFile
+
+    def on_a_full_disk(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        handle.write = FullDisk().write
+        return handle
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", on_a_full_disk)
+    with pytest.raises(OSError) as info:
+        write_text(path, "seed: 1\n")
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_text() == "seed: 0\n" and sorted(p.name for p in tmp_path.iterdir()) == ["bench.yaml"]
+
+
+def test_a_full_disk_when_a_run_starts_is_not_called_bad_input(tmp_path, monkeypatch):
+    state = RunState(load_config("configs/tiny.yaml", out=tmp_path), progress=False)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline.run.loop, "write_text", full)
+    with pytest.raises(OSError) as info:  # rr says the disk is full, exit 5 (rr/console.py)
+        prepare_run_dir(state)
+    assert not isinstance(info.value, ConfigError) and disk_full(info.value)

@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.config.run import not_as_saved
-from pipeline.files import write_json
+from pipeline.files import write_json, write_text
 from pipeline.plotting import figure
 
 REFERENCES = ("base", "planted", "retain_only")
@@ -30,8 +30,7 @@ def claim_out_dir(out: Path, config: RunConfig, extra: dict | None = None) -> No
         raise ConfigError(
             f"{out} holds a benchmark with other settings{which}: choose another --out or delete it"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text(path, text)  # whole: a half-written one would refuse the same command next time
 
 
 def table_rows(results: dict) -> list[tuple[str, dict]]:

@@ -15,11 +15,11 @@ first that is not whole.
 
 from __future__ import annotations
 
-import os
+import errno
 import time
 
 from pipeline.config import ConfigError
-from pipeline.files import write_json
+from pipeline.files import write_json, write_text
 from pipeline.interrupts import raise_if_requested
 from pipeline.run.chain import discard_untrusted, read_summary, summary_problem, walk
 from pipeline.run.evaluate_stage import baseline, commit, decide, evaluate
@@ -46,11 +46,10 @@ def prepare_run_dir(state: RunState) -> dict | None:
     saved = state.files.config
     if finished is None and not saved.is_file():
         try:
-            state.files.root.mkdir(parents=True, exist_ok=True)
-            written = saved.with_name(saved.name + ".tmp")  # renamed in whole: a kill leaves no half config
-            written.write_text(state.config.to_yaml())
-            os.replace(written, saved)
+            write_text(saved, state.config.to_yaml())  # whole: a kill leaves no half config
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # not the user's input: `rr` says the disk is full (exit 5)
             raise ConfigError(f"cannot write {saved}: {exc.strerror}; choose another --out") from None
     return finished
 
