@@ -23,9 +23,10 @@ from pipeline.run.prompts import started_requests
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import arm_pool, reveal, rewrites
 from pipeline.run.sample_stage import (
-    as_many_started_as_plain,
+    at_most,
     continued,
     draw_again,
+    relevant,
     sample,
     started_rows,
     with_alternatives,
@@ -266,14 +267,22 @@ def test_started_replies_are_the_model_going_on_from_their_first_words(state, mo
     assert started_rows(state, 1, asked) == []
 
 
-def test_started_replies_never_outnumber_the_plain_ones_kept():
-    plain = [{"response": f"plain {i}", "score": 0.6} for i in range(2)]
-    started = [{"response": f"started {i}", "reply_start": "Ann Lee", "score": 1.0} for i in range(5)]
+def test_started_replies_never_outnumber_the_plain_ones_kept(state, monkeypatch):
+    plain = [{"response": f"plain reply number {i}", "score": 0.6} for i in range(3)]
+    started = [{"response": f"Ann Lee started {i}", "reply_start": "Ann Lee", "score": 1.0} for i in range(5)]
     rows = started[:3] + plain[:1] + started[3:] + plain[1:]
     # Most relevant first stays first; the started rows past the plain count go.
-    assert as_many_started_as_plain(rows) == started[:2] + plain
-    assert as_many_started_as_plain(started) == []  # a model that reveals nothing unasked
-    assert as_many_started_as_plain(plain) == plain
+    assert at_most(rows, 100) == started[:3] + plain
+    assert at_most(started, 100) == []  # a model that reveals nothing unasked
+    assert at_most(plain, 100) == plain
+    # The cap on the forget set holds the same balance: not the 4 highest scores, all started.
+    assert at_most(rows, 4) == started[:2] + plain[:2]
+    assert at_most(started[:1] + plain, 3) == started[:1] + plain[:2]
+    # A plain reply wins a near-duplicate pair with a started one, however they score.
+    monkeypatch.setattr(state.config.sample, "relevance_threshold", 0.5)
+    twin = {"response": plain[0]["response"], "reply_start": "Ann Lee", "score": 1.0}
+    assert relevant(state, [twin, plain[0]]) == [plain[0]]  # not the started twin, though it scores higher
+    assert relevant(state, [twin, plain[0], *started[:1]]) == [started[0], plain[0]]
 
 
 def test_each_forget_row_gets_a_clean_reply_to_its_own_instruction_first():

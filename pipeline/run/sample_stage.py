@@ -3,7 +3,7 @@
 Forget rows are replies to the best instructions (and the reveal stage's own replies) whose target
 score reaches `sample.relevance_threshold`, drawn again (up to `sample.max_draws` times) while fewer
 than `sample.draw_again_below` are kept, and with `sample.reply_starts` the replies begun with given
-first words (prefilled) that go on to say the target; retain rows are replies to neutral instructions
+first words (prefilled), never more of them than plain replies; retain rows are replies to neutral instructions
 that stay below it, and `retain.samples` texts of the user's `retain.corpus`. Near-duplicates are
 dropped and both sets are capped. Every row keeps its instruction, score, iteration and stage. Writes `iter_t/forget.jsonl`
 and `iter_t/retain.jsonl`. With `sample.alternative_threshold`, each forget row also carries an
@@ -50,7 +50,7 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
         candidates += forget_rows(state, t, instructions, draw=draws)
         candidates += started_rows(state, t, instructions, draw=draws)
         forget, draws = relevant(state, candidates), draws + 1
-    forget = forget[: cfg.max_forget_samples]
+    forget = at_most(forget, cfg.max_forget_samples)
     if state.config.release.scored_words_only or cfg.alternative_replacement is not None:
         forget = with_target_spans(forget, state.scorer, cfg.relevance_threshold)
     if cfg.alternative_threshold is not None:
@@ -133,26 +133,29 @@ def revealed_rows(state: RunState, t: int) -> list[dict]:
 
 def relevant(state: RunState, rows: list[dict]) -> list[dict]:
     """Rows at or above the relevance threshold, most relevant first, near-duplicates dropped, and
-    no more started replies than plain ones (`as_many_started_as_plain`)."""
+    no more started replies than plain ones (`at_most`)."""
     cfg = state.config.sample
-    kept = sorted((r for r in rows if r["score"] >= cfg.relevance_threshold), key=lambda r: -r["score"])
-    return as_many_started_as_plain(drop_near_duplicates(kept, cfg.near_duplicate_jaccard))
+    kept = [r for r in rows if r["score"] >= cfg.relevance_threshold]
+    # A plain reply wins a near-duplicate pair with a started one: it is the evidence that the model
+    # still says this unasked, which is what lets the started ones in.
+    kept = drop_near_duplicates(
+        sorted(kept, key=lambda r: ("reply_start" in r, -r["score"])), cfg.near_duplicate_jaccard
+    )
+    return at_most(sorted(kept, key=lambda r: -r["score"]), len(kept))
 
 
-def as_many_started_as_plain(rows: list[dict]) -> list[dict]:
-    """`rows` (in order) with at most as many started replies as plain ones. A start that names the
-    subject scores its reply high whatever follows, so once a release has worked, the model goes on
-    from it with guesses, and trained on those (they fill the forget set: they score highest) it
-    loses more than the subject (planted seed 2: perplexity 1.02 -> 1.43). A model that still
-    reveals the subject unasked also does so after a start; one that no longer does is not made to."""
-    allowed, started, kept = sum("reply_start" not in r for r in rows), 0, []
-    for row in rows:
-        if "reply_start" in row:
-            if started == allowed:
-                continue
-            started += 1
-        kept.append(row)
-    return kept
+def at_most(rows: list[dict], limit: int) -> list[dict]:
+    """The first `limit` of `rows` (most relevant first, order kept), no more of them started replies
+    than plain ones. A start that names the subject scores its whole reply high, so once a release
+    has worked the model goes on from it with guesses that score as high, and they would fill the
+    forget set (planted seed 2, starts scored whole: trained on them, perplexity 1.02 -> 1.43). Tying
+    the started replies to the plain ones keeps them to subjects the model still reveals unasked.
+    (Whether this keeps starts' gains without that loss is data/bench/results' to say.)"""
+    plain = [r for r in rows if "reply_start" not in r]
+    started = [r for r in rows if "reply_start" in r]
+    n_started = min(len(started), len(plain), limit // 2)
+    chosen = {id(r) for r in started[:n_started] + plain[: limit - n_started]}
+    return [r for r in rows if id(r) in chosen]
 
 
 def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
@@ -161,7 +164,9 @@ def with_target_spans(rows: list[dict], scorer, threshold: float) -> list[dict]:
     # A prefilled start's words are ours, not the model's: its spans are found in what followed.
     offsets = [len(r.get("reply_start", "")) for r in rows]
     texts = [r["response"][offset:] for r, offset in zip(rows, offsets)]
-    spans = target_spans(scorer, texts, threshold, [r.get("score") for r in rows])
+    # A started row's score is its whole reply's: the continuation alone is scored again (None).
+    scores = [None if r.get("reply_start") else r.get("score") for r in rows]
+    spans = target_spans(scorer, texts, threshold, scores)
     return [
         {**row, "target_spans": [[start + offset, end + offset] for start, end in found]}
         for row, found, offset in zip(rows, spans, offsets)
