@@ -28,17 +28,18 @@ def as_if_created(path: Path, folder: bool = False) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """`text` in `path`, whole or not at all: written beside it, then renamed over it."""
+    """`text` in `path`, whole or not at all: written beside it, then renamed over it (so the file
+    has a new file's mode, and a link at `path` is replaced, not followed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        try:
+    fd, written = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        except BaseException:  # a full disk or Ctrl-C: no stray .tmp beside the file
-            f.close()
-            os.unlink(f.name)
-            raise
-    as_if_created(Path(f.name))
-    os.replace(f.name, path)
+        as_if_created(Path(written))
+        os.replace(written, path)
+    except BaseException:  # a full disk (often only at the flush on close) or Ctrl-C: no stray .tmp
+        Path(written).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data) -> None:

@@ -48,8 +48,7 @@ def pytest_collection_modifyitems(items):
     the end instead of a long one leaving the other worker idle."""
     rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    # stable: a file's own order stays
-    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), item.path not in slow_files))
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), item.path not in slow_files))  # stable
 
 
 def _session_folder(tmp_path_factory) -> Path:

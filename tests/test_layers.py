@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import HEAVIEST_FIRST, ROOT
 
 PACKAGES = ("pipeline", "flows", "rr")
 
@@ -128,3 +128,7 @@ def test_the_library_imports_neither_prefect_nor_the_flows_nor_the_command_line(
 def test_no_module_is_over_400_lines():
     long = {module: n for module, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def test_the_files_the_suite_hands_out_first_exist():  # a renamed one would drop out of the order
+    assert [name for name in HEAVIEST_FIRST if not (ROOT / "tests" / name).is_file()] == []

@@ -156,7 +156,8 @@ def test_the_loop_runs_with_the_openai_sampler(server, tmp_path, cache_dir):
     done = run_rr(
         "unlearn", "configs/tiny.yaml", "--out", tmp_path, "--no-progress",
         "--set", "sampler.backend=openai", "--set", f"sampler.base_url={server}",
-        # One iteration: a served adapter loaded at run time is test_an_adapter_loaded_at_run_time_...'s.
+        # One iteration: its evaluation samples through the served adapter; adapters replaced at run
+        # time are test_an_adapter_loaded_at_run_time_changes_greedy_output_exactly_as_in_hf's.
         "--set", "stop.max_iterations=1", "--set", "stop.min_iterations=1",
         env={"RR_CACHE_DIR": str(cache_dir)},
     )  # fmt: skip
