@@ -149,8 +149,9 @@ def at_most(rows: list[dict], limit: int) -> list[dict]:
     than plain ones. A start that names the subject scores its whole reply high, so once a release
     has worked the model goes on from it with guesses that score as high, and they would fill the
     forget set (planted seed 2, starts scored whole: trained on them, perplexity 1.02 -> 1.43). Tying
-    the started replies to the plain ones keeps them to subjects the model still reveals unasked.
-    (Whether this keeps starts' gains without that loss is data/bench/results' to say.)"""
+    the started replies to the plain ones keeps them to subjects the model still reveals unasked,
+    which on the planted benchmark was too few: a model stops naming people unasked before it stops
+    knowing them (data/bench/results/embedded_planted_reply_starts_capped_3seeds.md)."""
     plain = [r for r in rows if "reply_start" not in r]
     started = [r for r in rows if "reply_start" in r]
     n_started = min(len(started), len(plain), limit // 2)
