@@ -55,6 +55,15 @@ def test_shipped_configs_are_valid():
             "target:\n  kind: toxicity\nsample:\n  relevance_threshold: 0.3\n  alternative_threshold: 0.4\n",
             "alternative_threshold (0.4) must not be above relevance_threshold (0.3)",
         ),
+        (  # pydantic alone would take it as 1 step
+            "target:\n  kind: toxicity\nrelease:\n  steps: true\n",
+            "release.steps: Value error, true is a yes/no, not a number",
+        ),
+        (
+            "target:\n  kind: toxicity\nstop:\n  utility_floor: no\n",
+            "stop.utility_floor: Value error, false is",
+        ),
+        ("target:\n  kind: toxicity\nrelease:\n  steps: 1e9\n", "release.steps: Input should be less than"),
         (  # YAML's reader would keep the second block only, dropping the first's lr unseen
             "target:\n  kind: toxicity\nrelease:\n  lr: 0.005\nseed: 1\nrelease:\n  steps: 5\n",
             "`release` is given twice (line 3 and line 6): merge the two",
@@ -166,3 +175,9 @@ def test_a_misspelt_placeholder_is_refused_before_the_run(tmp_path):
     starts = load_config(ROOT / "configs" / "tiny.yaml", ['sample.reply_starts=["{taget} was"]'])
     with pytest.raises(ConfigError, match=r"sample.reply_starts: .*did you mean \{target\}"):
         preflight(starts)
+
+
+def test_a_number_in_exponent_form_is_a_number():
+    # YAML 1.1 (PyYAML's) reads 1e3 and 3e-3 as text; a field that holds a number takes them.
+    cfg = load_config("configs/tiny.yaml", ["release.steps=1e3", "release.lr=3e-3", "target.name=1e5"])
+    assert (cfg.release.steps, cfg.release.lr, cfg.target.name) == (1000, 0.003, "1e5")

@@ -7,9 +7,11 @@ refused before anything starts rather than running for a year or failing hours i
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,5 +30,28 @@ MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 every step o
 MAX_SEED = 2**32 - 1  # numpy's limit (vLLM seeds numpy with it)
 
 
+def is_number(annotation) -> bool:
+    """Whether a field holds an int or a float (or None)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    return bool(kinds) and all(kind in (int, float) for kind in kinds)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value, info: ValidationInfo):
+        """A yes/no is not a number (pydantic would take `steps: true` as 1 step), and a number in
+        exponent form is one (YAML 1.1, PyYAML's, reads `1e9` as text)."""
+        if not is_number(cls.model_fields[info.field_name].annotation):
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f"{str(value).lower()} is a yes/no, not a number")
+        if isinstance(value, str):
+            try:
+                return float(value)  # an integral one passes an int field; too large fails its bound
+            except ValueError:
+                return value  # pydantic names what is wrong with it
+        return value
