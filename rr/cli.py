@@ -23,7 +23,7 @@ from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
 from rr.bench import bench
 from rr.console import EXIT_BUSY, EXIT_DISK_FULL, EXIT_SAMPLER, disk_full, err, fail, one_line, out
-from rr.signals import interrupt_exit_code, raise_on_signals
+from rr.signals import interrupt_exit_code, raise_on_signals, signals_held
 from rr.summary import print_summary
 
 app = typer.Typer(
@@ -164,8 +164,9 @@ def export(
 
 def _remove(folders: list[Path]) -> None:
     """The exports this command finished before it failed: an export is all its targets or none."""
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+    with signals_held():
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 sampler_app = typer.Typer(no_args_is_help=True, help="Samplers: serve the run's model with vLLM.")

@@ -8,6 +8,8 @@ cleans up after Ctrl-C cleans up after `kill` too; only the exit code differs (1
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pipeline.interrupts import request_stop
 from rr.console import EXIT_INTERRUPTED
@@ -38,3 +40,23 @@ def raise_on_signals() -> None:
 
 def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then arrive as usual: for clean-up that a second
+    Ctrl-C must not cut short (it would leave half of what the first one was taking back). Held by
+    swapping the handlers, not by a signal mask: the kernel hands a signal to any thread not masking
+    it (torch's, say), and Python runs its handler in the main thread all the same."""
+    held: list[int] = []
+    previous = {
+        number: signal.signal(number, lambda n, frame: held.append(n))
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])

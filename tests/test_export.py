@@ -2,7 +2,9 @@
 
 import errno
 import json
+import os
 import shutil
+import signal
 import stat
 
 import pytest
@@ -202,3 +204,33 @@ def test_run_and_export_files_are_as_readable_as_the_umask_allows(tiny_run, tmp_
         for path in [root, *root.rglob("*")]:
             wanted = (0o555 if path.is_dir() else 0o444) & ~umask  # read (and enter) as a fresh file would
             assert stat.S_IMODE(path.stat().st_mode) & wanted == wanted, (path, oct(path.stat().st_mode))
+
+
+def test_a_second_ctrl_c_does_not_cut_the_take_back_short(tiny_run, tmp_path, monkeypatch):
+    import typer
+
+    import pipeline.export
+    from rr import cli
+
+    run_dir, _ = tiny_run
+    real_rmtree = shutil.rmtree
+
+    def second_ctrl_c(path, **kwargs):  # the user presses Ctrl-C again while the first is handled
+        os.kill(os.getpid(), signal.SIGINT)
+        real_rmtree(path, **kwargs)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.export, "export_dataset", interrupted)
+    monkeypatch.setattr(cli.shutil, "rmtree", second_ctrl_c)
+    targets = {"adapter": tmp_path / "adapter", "dataset": tmp_path / "d"}
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in `rr`, whatever the runner set
+    with pytest.raises((typer.Exit, KeyboardInterrupt)):  # the second one arrives once all is taken back
+        try:
+            cli.export(
+                run_dir, adapter=targets["adapter"], merged=None, dataset=targets["dataset"], progress=False
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    assert not targets["adapter"].exists() and not targets["dataset"].exists()
