@@ -23,7 +23,7 @@ from pipeline.planting.spec import SpecError
 from pipeline.run.lock import RunBusyError, run_lock
 from rr.bench import bench
 from rr.console import EXIT_BUSY, EXIT_DISK_FULL, EXIT_SAMPLER, disk_full, err, fail, one_line, out
-from rr.signals import interrupt_exit_code, raise_on_signals, signals_held
+from rr.signals import interrupt_exit_code, raise_on_signals, signals_ignored
 from rr.summary import print_summary
 
 app = typer.Typer(
@@ -163,8 +163,9 @@ def export(
 
 
 def _remove(folders: list[Path]) -> None:
-    """The exports this command finished before it failed: an export is all its targets or none."""
-    with signals_held():
+    """The exports this command finished before it failed: an export is all its targets or none.
+    A second Ctrl-C meanwhile is ignored: the command exits next, with the code of what stopped it."""
+    with signals_ignored():
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
 

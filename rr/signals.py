@@ -43,20 +43,14 @@ def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
 
 
 @contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends, then arrive as usual: for clean-up that a second
-    Ctrl-C must not cut short (it would leave half of what the first one was taking back). Held by
-    swapping the handlers, not by a signal mask: the kernel hands a signal to any thread not masking
-    it (torch's, say), and Python runs its handler in the main thread all the same."""
-    held: list[int] = []
-    previous = {
-        number: signal.signal(number, lambda n, frame: held.append(n))
-        for number in (signal.SIGINT, signal.SIGTERM)
-    }
+def signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block: for the clean-up a command does on its way out,
+    which a second Ctrl-C must not cut short (it would leave half of what the first one was taking
+    back). Done by the handlers, not a signal mask: the kernel hands a signal to any thread not
+    masking it (torch's, say), and Python runs its handler in the main thread all the same."""
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if held:
-            signal.raise_signal(held[0])
