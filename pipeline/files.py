@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # an OSError's errno when the disk or the user's quota is full
 
 
 def current_umask() -> int:

@@ -6,11 +6,11 @@ brackets, and Rich markup in them would be parsed (`[/]` even raises). Styling g
 
 from __future__ import annotations
 
-import errno
-
 import typer
 from rich.console import Console
 from rich.text import Text
+
+from pipeline.files import DISK_FULL
 
 err = Console(stderr=True, markup=False)
 out = Console(markup=False)
@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = 130
 def disk_full(exc: BaseException) -> bool:
     """Whether `exc` is the disk (or the user's quota) filling up: an OSError saying so, or a
     writer's own error with the system's words (safetensors raises its own type)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True
     return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 

@@ -59,9 +59,8 @@ class ReferenceCache:
         self.kept: dict[tuple, torch.Tensor] = {}
         self.kept_bytes = 0
         self.computed_rows = 0  # rows the frozen model ran on (a row past the budget counts each time)
-        self.seconds = (
-            0.0  # in the frozen model's forwards (on a GPU partly their launch only: no sync is forced)
-        )
+        # in the frozen model's forwards (on a GPU partly their launch only: no sync is forced)
+        self.seconds = 0.0
 
     def _compute(self, peft_model, pairs: list, pad: int) -> list[torch.Tensor]:
         """Per row: its log-prob (a 0-d tensor) or its labelled positions' logits [n, V] (of its twin,

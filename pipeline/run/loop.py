@@ -15,11 +15,10 @@ first that is not whole.
 
 from __future__ import annotations
 
-import errno
 import time
 
 from pipeline.config import ConfigError
-from pipeline.files import write_json, write_text
+from pipeline.files import DISK_FULL, write_json, write_text
 from pipeline.interrupts import raise_if_requested
 from pipeline.run.chain import discard_untrusted, read_summary, summary_problem, walk
 from pipeline.run.evaluate_stage import baseline, commit, decide, evaluate
@@ -48,7 +47,7 @@ def prepare_run_dir(state: RunState) -> dict | None:
         try:
             write_text(saved, state.config.to_yaml())  # whole: a kill leaves no half config
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in DISK_FULL:
                 raise  # not the user's input: `rr` says the disk is full (exit 5)
             raise ConfigError(f"cannot write {saved}: {exc.strerror}; choose another --out") from None
     return finished
