@@ -61,6 +61,17 @@ def refuse_overlapping(targets: list[Path]) -> None:
                 raise ConfigError(f"{a} and {b}: one folder for two exports; give each its own")
 
 
+def refuse_inside_run(run_dir: Path, targets: list[Path]) -> None:
+    """ConfigError if an export target is the run folder or lies inside it: an export is meant to
+    leave the run (to be copied, served, shared), and one inside would mix with the run's own files
+    and go wherever the run folder goes, deleted with it."""
+    run = Path(run_dir).resolve()
+    for target in targets:
+        resolved = Path(target).resolve()
+        if run == resolved or run in resolved.parents:
+            raise ConfigError(f"{target}: inside the run folder {run_dir}; export to a folder outside it")
+
+
 def model_card(config: RunConfig, summary: dict) -> str:
     base, final = summary["baseline"], summary["final"]
     kept = [h for h in summary["history"] if h.get("kept")]

@@ -124,6 +124,7 @@ def export(
         export_merged,
         finished_run,
         refuse_existing,
+        refuse_inside_run,
         refuse_overlapping,
     )  # fmt: skip
 
@@ -135,6 +136,7 @@ def export(
     written: list[Path] = []
     try:
         finished_run(run_dir)
+        refuse_inside_run(run_dir, targets)
         refuse_overlapping(targets)
         for path in targets:  # every target checked before any is written
             refuse_existing(path)

@@ -135,6 +135,10 @@ def test_retain_prompts_are_one_file_or_several_read_in_order(tmp_path):
     assert run_prompts(both)[1] == ["Describe a kite.", "Name a river.", "What do bees make?"]
     with pytest.raises(ConfigError, match="sample.retain_prompts: file not found: .*missing.yaml"):
         load_config(write(tmp_path, MINIMAL + f"sample:\n  retain_prompts: [{a}, {tmp_path}/missing.yaml]\n"))
+    # A relative path is named as written, with the two folders it was looked for in.
+    expected = r"reveal.prompts: file not found: sub/missing.yaml \(looked in .* and in .*\)$"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, MINIMAL + "reveal:\n  prompts: sub/missing.yaml\n"))
 
 
 def test_same_experiment_ignores_the_thread_count(tmp_path):

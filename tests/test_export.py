@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,11 @@ def test_export_errors_name_the_problem(tiny_run, tmp_path):
     (tmp_path / "afile").write_text("x")
     result = run_rr("export", run_dir, "--adapter", tmp_path / "afile")
     assert result.returncode == 2 and "afile is a file, not a folder" in result.stderr
+    # Inside the run folder (here through a link to it): refused, nothing added to the run.
+    (tmp_path / "run_link").symlink_to(run_dir, target_is_directory=True)
+    result = run_rr("export", run_dir, "--dataset", tmp_path / "run_link" / "samples")
+    assert result.returncode == 2 and "inside the run folder" in result.stderr
+    assert not (Path(run_dir) / "samples").exists()
 
 
 def test_an_export_stopped_halfway_takes_back_what_it_wrote(tiny_run, tmp_path, monkeypatch):

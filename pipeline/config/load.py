@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline.config.base import PROJECT_ROOT
 from pipeline.config.run import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.files import read_text
@@ -116,18 +117,22 @@ def validate_config(data: dict, source: str = "config") -> RunConfig:
 
 
 def check_paths(config: RunConfig, source: str) -> None:
-    """Files the run will read must exist before anything is written."""
+    """Files the run will read must exist before anything is written. A missing one is named as
+    written in the config, with where a relative path was looked for (`RunConfig.resolve`)."""
+    kind = config.target.kind
     needed = [
-        ("reveal.prompts", config.reveal_prompts_path()),
-        ("evaluate.eval_prompts", config.eval_prompts_path()),
-        *[("sample.retain_prompts", config.resolve(path)) for path in config.sample.retain_prompts],
-        ("reveal.rewrite_prompts", config.resolve(config.reveal.rewrite_prompts)),
+        ("reveal.prompts", config.reveal.prompts or Path(f"prompts/{kind}.yaml")),
+        ("evaluate.eval_prompts", config.evaluate.eval_prompts or Path(f"data/eval/{kind}.yaml")),
+        *[("sample.retain_prompts", path) for path in config.sample.retain_prompts],
+        ("reveal.rewrite_prompts", config.reveal.rewrite_prompts),
     ]
     if config.model.plant is not None:
-        config.model.plant.spec = config.resolve(config.model.plant.spec)
         needed.append(("model.plant.spec", config.model.plant.spec))
+        config.model.plant.spec = config.resolve(config.model.plant.spec)
     else:
-        needed.append(("evaluate.retain_text", config.resolve(config.evaluate.retain_text)))
-    for field, file in needed:
-        if not file.is_file():
-            raise ConfigError(f"{source}: {field}: file not found: {file}")
+        needed.append(("evaluate.retain_text", config.evaluate.retain_text))
+    for field, given in needed:
+        if config.resolve(given).is_file():
+            continue
+        where = "" if given.is_absolute() else f" (looked in {Path.cwd()} and in {PROJECT_ROOT})"
+        raise ConfigError(f"{source}: {field}: file not found: {given}{where}")
