@@ -15,7 +15,9 @@ from tests.conftest import ROOT, run_rr
 
 pytestmark = pytest.mark.slow
 
-QUICK = ["--set", "release.steps=6", "--repeats", "2", "--no-progress"]
+# dpo, the demo's objective: its release needs the sample stage's chosen replies (`release_ready`).
+QUICK = ["--set", "release.steps=6", "--set", "release.method=dpo", "--set", "sample.alternative_threshold=0.1",
+         "--repeats", "2", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,8 @@ def test_every_method_spends_the_same_budget(reveal_bench):
                 1000 * run["relevant_kept"] / run["generated_tokens"]
             )
             assert 0 <= run["forget_score"] <= 1 and 0 < run["diversity"] <= 1 + 1e-6
+            cap = load_config(ROOT / "configs" / "tiny.yaml").sample.max_forget_samples
+            assert run["release_forget_samples"] == min(run["relevant_kept"], cap), method  # it trained
     # Repeats draw other samples (and the bandit other choices); evaluation stays the same.
     first, second = results["runs"]["random"]
     assert first["generated_tokens"] != second["generated_tokens"]

@@ -36,7 +36,7 @@ from pipeline.run.preflight import check_names
 from pipeline.run.prompts import run_prompts
 from pipeline.run.release_stage import release
 from pipeline.run.reveal_stage import reveal
-from pipeline.run.sample_stage import forget_rows, relevant, retain_rows, revealed_rows
+from pipeline.run.sample_stage import forget_rows, release_ready, relevant, retain_rows, revealed_rows
 from pipeline.run.state import RunState
 
 METHODS = REVEAL_METHODS
@@ -119,7 +119,8 @@ def run_one(config: RunConfig, method: str, repeat: int, out: Path, base: dict, 
     rows, tokens, chosen = collect(method, state)
     kept = relevant(state, rows)
     log(f"{method} (repeat {repeat}): {len(rows)} responses, {tokens} tokens, {len(kept)} relevant kept")
-    write_jsonl(files.forget, kept[: config.sample.max_forget_samples])
+    # As the loop's sample stage hands them to the release (dpo's chosen replies and all).
+    write_jsonl(files.forget, release_ready(state, kept, rows))
     write_jsonl(files.retain, retain_rows(state, 1))
     stats = release(state, 1)
     after = base if stats.get("skipped") else measure(state, files.stack, base["utility_ppl"])
@@ -214,16 +215,19 @@ def run_reveal_bench(
 
 def _notes(config: RunConfig, results: dict) -> list[str]:
     r, s = config.reveal, config.sample
-    return [
-        f"Measured on {results['device']}.",
+    notes = [
         COLUMN_NOTE,
         f"Budget: {results['budget_responses']} responses of at most {s.generation.max_new_tokens} tokens per "
         f"method ({r.rounds} bandit rounds x {r.arms_per_round} arms x {r.samples_per_arm} responses, plus "
         f"{s.top_instructions} instructions x {s.samples_per_instruction}); mean of {results['repeats']} repeats.",
         f"Kept: relevance >= {s.relevance_threshold} and no near-duplicate (Jaccard {s.near_duplicate_jaccard}). "
         f"Reveal reward: relevance weight {r.relevance_weight}.",
-        "best_seed is picked with hindsight from a separate pass over every seed instruction; that pass is "
-        "not counted in its tokens.",
         f"Forget score after one release ({config.release.method}, {config.release.steps} steps) on at most "
         f"{s.max_forget_samples} of the kept samples; base model: {results['base']['forget_score']:.3f}.",
     ]
+    if "best_seed" in results["methods"]:
+        notes.append(
+            "best_seed is picked with hindsight from a separate pass over every seed instruction; that pass "
+            "is not counted in its tokens."
+        )
+    return notes

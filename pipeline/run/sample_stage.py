@@ -50,6 +50,18 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
         candidates += forget_rows(state, t, instructions, draw=draws)
         candidates += started_rows(state, t, instructions, draw=draws)
         forget, draws = relevant(state, candidates), draws + 1
+    forget = release_ready(state, forget, candidates)
+    retain = retain_rows(state, t)
+    write_jsonl(files.retain, retain)
+    write_jsonl(files.forget, forget)
+    return {"forget": len(forget), "retain": len(retain), "draws": draws}
+
+
+def release_ready(state: RunState, forget: list[dict], candidates: list[dict]) -> list[dict]:
+    """The relevant rows as the release reads them: at most `sample.max_forget_samples`, with the
+    scorer's target spans and an alternative reply (from `candidates`, the scored replies they were
+    kept from) where the config asks for them."""
+    cfg = state.config.sample
     forget = at_most(forget, cfg.max_forget_samples)
     if state.config.release.scored_words_only or cfg.alternative_replacement is not None:
         forget = with_target_spans(forget, state.scorer, cfg.relevance_threshold)
@@ -57,10 +69,7 @@ def sample(state: RunState, t: int, instructions: list[str]) -> dict:
         forget = with_alternatives(forget, candidates, cfg.alternative_threshold, cfg.fallback_alternatives)
     if cfg.alternative_replacement is not None:
         forget = with_replaced_alternatives(forget, cfg.alternative_replacement)
-    retain = retain_rows(state, t)
-    write_jsonl(files.retain, retain)
-    write_jsonl(files.forget, forget)
-    return {"forget": len(forget), "retain": len(retain), "draws": draws}
+    return forget
 
 
 def draw_again(kept: int, draws: int, below: int, max_draws: int, min_forget_samples: int) -> bool:
