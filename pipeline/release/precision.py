@@ -19,10 +19,10 @@ from peft.helpers import disable_input_dtype_casting
 
 # torch's fused CPU attention (`sdpa`: `_scaled_dot_product_flash_attention_for_cpu`) runs far below
 # the matmul kernels in bfloat16: 30% of a release step's time in torch's profiler for a tenth of its
-# FLOPs. transformers' `eager` attention (matmuls and a softmax) made a bfloat16 release step
-# 1.23x faster on a 2-core Xeon with AMX (negation and dpo, the same losses to bfloat16 rounding); in
-# float32 the two were level, and sampling (one token at a time, with the cache) stayed faster with
-# sdpa, so only the release switches, and only there.
+# FLOPs. transformers' `eager` attention (matmuls and a softmax) made a bfloat16 release step 1.23x
+# faster on one thread of a Xeon with AMX and 1.06x on two (`rr bench train`; negation and dpo, the
+# same losses to bfloat16 rounding); in float32 the two were level, and sampling (one token at a time,
+# with the cache) stayed faster with sdpa, so only the release switches, and only there.
 CPU_BFLOAT16_ATTENTION = "eager"
 
 
