@@ -10,12 +10,7 @@ from pipeline.batches import collate, labelled_logits
 from pipeline.config import load_config
 from pipeline.planting.tiny import build_tokenizer
 from pipeline.release.losses import nll_loss
-from pipeline.release.precision import (
-    CPU_BFLOAT16_ATTENTION,
-    lora_in_model_dtype,
-    release_attention,
-    without_input_casts,
-)
+from pipeline.release.precision import lora_in_model_dtype, without_input_casts
 from pipeline.release.train import _logits, train_adapter
 from pipeline.textdata import IGNORE_INDEX
 
@@ -115,25 +110,9 @@ def test_a_bfloat16_release_feeds_its_adapter_bfloat16_activations_only(tmp_path
         if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
             adapter_inputs.append(args[0].dtype)
 
-    attention = []  # the attention implementation of every training forward
-    model.register_forward_hook(
-        lambda module, args, out: attention.append(module.config._attn_implementation)
-    )
-    assert model.config._attn_implementation == "sdpa"
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         stats = train_adapter(model, tokenizer, rows, [], cfg, [], tmp_path / "a", progress=False)
     finally:
         handle.remove()
     assert stats["steps"] == 2 and adapter_inputs and set(adapter_inputs) == {torch.bfloat16}
-    # On a CPU the release computes a bfloat16 model's attention by matmuls (`release_attention`),
-    # and hands the model back with its own attention for the sampler and the evaluation.
-    assert attention and set(attention) == {CPU_BFLOAT16_ATTENTION}
-    assert model.config._attn_implementation == "sdpa"
-
-
-def test_a_float32_release_keeps_its_attention(tmp_path):
-    model = _model(torch.float32)
-    before = model.get_base_model().config._attn_implementation
-    with release_attention(model):
-        assert model.get_base_model().config._attn_implementation == before

@@ -30,7 +30,6 @@ from pipeline.batches import encode_pairs
 from pipeline.config import ConfigError, RunConfig
 from pipeline.files import write_json
 from pipeline.models import device_name
-from pipeline.release.precision import CPU_BFLOAT16_ATTENTION
 from pipeline.release.train import planned_steps, train_adapter
 from pipeline.run.model import load_run_model
 from pipeline.run.preflight import check_names
@@ -118,12 +117,9 @@ def run_ours(model, tokenizer, rows, config: RunConfig, method: str) -> dict:
     }  # fmt: skip
 
 
-def run_trainer(
-    model, tokenizer, rows, config: RunConfig, bf16: bool = False, attention: str | None = None
-) -> dict:
+def run_trainer(model, tokenizer, rows, config: RunConfig, bf16: bool = False) -> dict:
     """The plain way: PEFT's get_peft_model and transformers' Trainer, NLL on the responses; `bf16`:
-    with `TrainingArguments(bf16=True)` (autocast), as a user of a bfloat16 model may set it;
-    `attention`: with that attention implementation, as our release sets it (`release_attention`)."""
+    with `TrainingArguments(bf16=True)` (autocast), as a user of a bfloat16 model may set it."""
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -136,10 +132,7 @@ def run_trainer(
         r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.target_modules),
         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
     )  # fmt: skip
-    model = copy.deepcopy(model)
-    if attention is not None:
-        model.set_attn_implementation(attention)
-    peft_model = get_peft_model(model, lora)
+    peft_model = get_peft_model(copy.deepcopy(model), lora)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp, max_steps=planned_steps(cfg, len(rows)), per_device_train_batch_size=cfg.batch_size,
@@ -185,12 +178,8 @@ def run_train_bench(config: RunConfig, out: Path, repeats: int = 3, progress: bo
         f"per arm ({epochs:.3g} epochs); {repeats} rounds"
     )
     arms = {"trainer_nll": lambda: run_trainer(model, tokenizer, rows, config)}
-    if model.dtype == torch.bfloat16:  # the Trainer every way we know: the fastest is the baseline
+    if model.dtype == torch.bfloat16:  # the Trainer both ways: the faster is the baseline
         arms["trainer_nll_bf16"] = lambda: run_trainer(model, tokenizer, rows, config, bf16=True)
-        if model.device.type == "cpu":  # with the attention our release uses there
-            arms["trainer_nll_eager"] = lambda: run_trainer(
-                model, tokenizer, rows, config, attention=CPU_BFLOAT16_ATTENTION
-            )
     arms |= {
         "ours_nll": lambda: run_ours(model, tokenizer, rows, config, "negation"),
         f"ours_{config.release.method}": lambda: run_ours(

@@ -1,5 +1,4 @@
-"""A bfloat16 model's release: the adapter's matmuls in bfloat16, its weights and gradients in float32,
-and on a CPU the attention computed by matmuls.
+"""A bfloat16 model's release: the adapter's matmuls in bfloat16, its weights and gradients in float32.
 
 PEFT keeps a LoRA's weights in float32 on a bfloat16 model (so AdamW's small steps are not lost to
 rounding), and so casts every LoRA layer's input up to float32 and its output back down: 420
@@ -16,14 +15,6 @@ import contextlib
 
 import torch
 from peft.helpers import disable_input_dtype_casting
-
-# torch's fused CPU attention (`sdpa`: `_scaled_dot_product_flash_attention_for_cpu`) runs far below
-# the matmul kernels in bfloat16: 30% of a release step's time in torch's profiler for a tenth of its
-# FLOPs. transformers' `eager` attention (matmuls and a softmax) made a bfloat16 release step 1.23x
-# faster on one thread of a Xeon with AMX and 1.06x on two (`rr bench train`; negation and dpo, the
-# same losses to bfloat16 rounding); in float32 the two were level, and sampling (one token at a time,
-# with the cache) stayed faster with sdpa, so only the release switches, and only there.
-CPU_BFLOAT16_ATTENTION = "eager"
 
 
 def _bfloat16(model) -> bool:
@@ -46,19 +37,3 @@ def without_input_casts(peft_model):
     if not _bfloat16(peft_model):
         return contextlib.nullcontext()
     return disable_input_dtype_casting(peft_model)
-
-
-@contextlib.contextmanager
-def release_attention(peft_model):
-    """Around the training loop: on a CPU, a bfloat16 model's attention as CPU_BFLOAT16_ATTENTION,
-    switched back afterwards (the sampler and the evaluation share the model); else nothing."""
-    config = peft_model.get_base_model().config
-    before = getattr(config, "_attn_implementation", None)
-    switch = peft_model.device.type == "cpu" and _bfloat16(peft_model) and before == "sdpa"
-    if switch:
-        peft_model.get_base_model().set_attn_implementation(CPU_BFLOAT16_ATTENTION)
-    try:
-        yield
-    finally:
-        if switch:
-            peft_model.get_base_model().set_attn_implementation(before)

@@ -27,7 +27,7 @@ from pipeline.release.losses import kl_to_ref, nll_loss
 from pipeline.release.name_swap import encode_swapped, generic_logits
 from pipeline.release.objectives import LEARN, Objective, objective_named
 from pipeline.release.olora import orthogonality_penalty
-from pipeline.release.precision import lora_in_model_dtype, release_attention, without_input_casts
+from pipeline.release.precision import lora_in_model_dtype, without_input_casts
 from pipeline.release.reference import ReferenceCache, row_key
 from pipeline.textdata import encode_pair, pad_id
 
@@ -303,11 +303,7 @@ def train_adapter(
         peft_model.train()
         label = "retain adapter" if learn else f"release ({cfg.method})"
         planned = planned_steps(cfg, len(forget))
-        with (
-            progress_bar(label, planned, progress, info="") as bar,
-            without_input_casts(peft_model),
-            release_attention(peft_model),
-        ):
+        with progress_bar(label, planned, progress, info="") as bar, without_input_casts(peft_model):
             for step in range(planned):
                 retain_batch = next(retain_batches) if retain_batches is not None else None
                 numbers = backward(
