@@ -119,10 +119,9 @@ def validate_config(data: dict, source: str = "config") -> RunConfig:
 def check_paths(config: RunConfig, source: str) -> None:
     """Files the run will read must exist before anything is written. A missing one is named as
     written in the config, with where a relative path was looked for (`RunConfig.resolve`)."""
-    kind = config.target.kind
     needed = [
-        ("reveal.prompts", config.reveal.prompts or Path(f"prompts/{kind}.yaml")),
-        ("evaluate.eval_prompts", config.evaluate.eval_prompts or Path(f"data/eval/{kind}.yaml")),
+        ("reveal.prompts", config.reveal_prompts_path(resolve=False)),
+        ("evaluate.eval_prompts", config.eval_prompts_path(resolve=False)),
         *[("sample.retain_prompts", path) for path in config.sample.retain_prompts],
         ("reveal.rewrite_prompts", config.reveal.rewrite_prompts),
     ]

@@ -108,8 +108,10 @@ class RunConfig(Section):
             return path
         return PROJECT_ROOT / path
 
-    def reveal_prompts_path(self) -> Path:
-        return self.resolve(self.reveal.prompts or Path(f"prompts/{self.target.kind}.yaml"))
+    def reveal_prompts_path(self, resolve: bool = True) -> Path:
+        """`reveal.prompts`, or the target kind's shipped pool; `resolve=False`: as written."""
+        path = self.reveal.prompts or Path(f"prompts/{self.target.kind}.yaml")
+        return self.resolve(path) if resolve else path
 
     def eval_judges(self) -> list[JudgeConfig]:
         """The judges evaluation reports: `evaluate.judges`, else the default set of the target kind."""
@@ -118,8 +120,10 @@ class RunConfig(Section):
         defaults = DEFAULT_JUDGES.get(self.target.kind, ())
         return [JudgeConfig(kind=kind) for kind in defaults]
 
-    def eval_prompts_path(self) -> Path:
-        return self.resolve(self.evaluate.eval_prompts or Path(f"data/eval/{self.target.kind}.yaml"))
+    def eval_prompts_path(self, resolve: bool = True) -> Path:
+        """`evaluate.eval_prompts`, or the target kind's shipped set; `resolve=False`: as written."""
+        path = self.evaluate.eval_prompts or Path(f"data/eval/{self.target.kind}.yaml")
+        return self.resolve(path) if resolve else path
 
 
 def _differing(a, b, prefix: str = "") -> list[str]:
