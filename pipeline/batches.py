@@ -10,6 +10,7 @@ import weakref
 
 import torch
 
+from pipeline.row_attention import packed_rows
 from pipeline.textdata import IGNORE_INDEX, encode_pair, pad_id
 
 
@@ -127,7 +128,8 @@ def packed_logits(
     `max_tokens`, into one sequence for each run of consecutive rows of at most that many tokens.
 
     Position ids restart at 0 on every row, no attention mask is passed and no cache is kept:
-    transformers then masks attention to each row's own tokens (`find_packed_sequence_indices`).
+    transformers then masks attention to each row's own tokens (`find_packed_sequence_indices`),
+    and a model on `sdpa` attention computes it one row at a time (`pipeline.row_attention`).
     """
     real = enc["attention_mask"].bool()
     lengths = real.sum(dim=1).tolist()
@@ -150,10 +152,11 @@ def packed_logits(
             .to(model.device),
             "use_cache": False,
         }
-        if _takes_logits_to_keep(model):
-            logits = model(**inputs, logits_to_keep=keep_index).logits[0]
-        else:
-            logits = model(**inputs).logits[0, keep_index]
+        with packed_rows(model, lengths[group]) as rows:
+            if _takes_logits_to_keep(model):
+                logits = model(**inputs, **rows, logits_to_keep=keep_index).logits[0]
+            else:
+                logits = model(**inputs, **rows).logits[0, keep_index]
         row_logits += logits.split([len(k) for k in keep])
     padded = torch.nn.utils.rnn.pad_sequence(row_logits, batch_first=True)
     labels = torch.nn.utils.rnn.pad_sequence(predicted, batch_first=True, padding_value=IGNORE_INDEX)

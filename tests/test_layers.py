@@ -16,7 +16,7 @@ PACKAGES = ("pipeline", "flows", "rr")
 # Bottom to top; a module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("files and config", ("pipeline", "pipeline.errors", "pipeline.config", "pipeline.files", "pipeline.textdata",
-                          "pipeline.batches", "pipeline.progress", "pipeline.model_paths", "pipeline.datasource", "pipeline.plotting",
+                          "pipeline.batches", "pipeline.row_attention", "pipeline.progress", "pipeline.model_paths", "pipeline.datasource", "pipeline.plotting",
                           "pipeline.processes", "pipeline.interrupts")),
     ("models", ("pipeline.models",)),
     ("stages' packages", ("pipeline.reveal", "pipeline.sampling", "pipeline.scoring", "pipeline.release",

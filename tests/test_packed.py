@@ -130,3 +130,89 @@ def test_a_model_whose_rows_would_read_each_other_runs_padded(tiny):
     logits, labels = labelled_logits(leaky, enc)
     window = window_logits(model, enc)
     assert labels.shape == window[1].shape and torch.allclose(logits, window[0])
+
+
+def test_packed_rows_attend_one_row_at_a_time_and_the_model_keeps_its_attention(tiny, monkeypatch):
+    """The saving is real: sdpa sees each row's queries alone (sum n_i^2 scores, not N^2), and a
+    forward outside a packed batch, or after one, is plain sdpa over its own mask again."""
+    from pipeline import row_attention
+
+    model, tokenizer = tiny
+    seen = []
+    plain = row_attention.sdpa_attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append((query.shape[2], attention_mask is None))
+        return plain(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(row_attention, "sdpa_attention_forward", spy)
+    enc = batch(tokenizer)
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    with torch.no_grad():
+        packed_logits(model, enc)
+    layers = model.config.num_hidden_layers
+    assert seen == [(n, True) for _ in range(layers) for n in lengths]  # each row alone, causal
+    assert model.config._attn_implementation == "sdpa"
+    seen.clear()
+    with torch.no_grad():
+        window_logits(model, enc)  # padded: transformers' own sdpa, not this module's
+    assert seen == []
+
+
+def test_a_sliding_window_shorter_than_a_row_keeps_the_masked_attention(tiny):
+    """Mistral-like models apply their window through the mask only: a row longer than the window
+    must not run unmasked (the padded batch's log-probabilities, not the row's full attention)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=4, attn_implementation="sdpa",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    enc = batch(tokenizer)
+    assert max(enc["attention_mask"].sum(dim=1).tolist()) > 4
+    with torch.no_grad():
+        window, packed = window_logits(model, enc), packed_logits(model, enc)
+    assert torch.allclose(label_logprobs(*packed), label_logprobs(*window), atol=1e-5)
+
+
+def test_the_float32_row_attention_is_causal_sdpa_with_its_gradients():
+    """`causal_fp32_attention` (bfloat16 rows on a CPU) computes what torch's sdpa computes, grouped
+    key/value heads included, forward and backward (here on float32 inputs, compared exactly)."""
+    from types import SimpleNamespace
+
+    from pipeline.row_attention import causal_fp32_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3)
+    q, k, v = (torch.randn(1, h, 11, 8, dtype=torch.float64, requires_grad=True) for h in (6, 2, 2))
+    ours = causal_fp32_attention(module, q.float(), k.float(), v.float(), scaling=0.3)
+    theirs = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True, scale=0.3, enable_gqa=True
+    ).transpose(1, 2)
+    assert ours.shape == (1, 11, 6, 8) and torch.allclose(ours, theirs, atol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (ours, theirs)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
+
+
+def test_bfloat16_packed_rows_give_the_padded_batchs_label_logprobs(tiny, monkeypatch):
+    """A bfloat16 model on a CPU attends its packed rows in float32: the padded batch's
+    log-probabilities up to bfloat16's rounding, each row its own."""
+    from pipeline import row_attention
+
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    model = build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2).to(torch.bfloat16)
+    calls = []
+    fp32 = row_attention.causal_fp32_attention
+    monkeypatch.setattr(
+        row_attention, "causal_fp32_attention", lambda *a, **k: calls.append(1) or fp32(*a, **k)
+    )
+    enc = batch(tokenizer)
+    with torch.no_grad():
+        window, packed = window_logits(model, enc), packed_logits(model, enc)
+    assert len(calls) == model.config.num_hidden_layers * 3  # every row, every layer
+    # (0.004 here; rows that read each other: 0.025)
+    assert (label_logprobs(*packed).float() - label_logprobs(*window).float()).abs().mean() < 0.01
