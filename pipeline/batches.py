@@ -78,10 +78,12 @@ def labelled_logits(model, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     return packed_logits(model, enc, PACK_MAX_TOKENS)
 
 
-# A packed sequence's attention spans all its tokens (masked or not: N^2 work and kept activations),
-# so a long batch is packed into several sequences of at most this many tokens. In `make demo` (dpo:
-# 8-row batches of ~700 tokens) one packed sequence made the release no faster and the peak 4.3 ->
-# 5.5 GB; 4-row batches of ~350 tokens packed (with the fused AdamW) ran 1.01-1.05x the Trainer where
+# A long batch is packed into several sequences of at most this many tokens: where transformers'
+# attention spans a whole packed sequence (a model not on sdpa: N^2 work and kept activations), this
+# bounds it; on sdpa the rows are attended one at a time (`pipeline.row_attention`) and packs of 2048
+# measured no faster (1.13x and 0.91x the Trainer against 1.16x and 0.88x: issue 22). Before that,
+# in `make demo` (dpo: 8-row batches of ~700 tokens) one packed sequence made the release no faster
+# and the peak 4.3 -> 5.5 GB; 4-row batches of ~350 tokens packed (with the fused AdamW) ran 1.01-1.05x the Trainer where
 # padded ran 0.94x (`rr bench train`).
 PACK_MAX_TOKENS = 512
 
