@@ -10,7 +10,7 @@ import weakref
 
 import torch
 
-from pipeline.row_attention import packed_rows
+from pipeline.row_attention import base_model, packed_rows
 from pipeline.textdata import IGNORE_INDEX, encode_pair, pad_id
 
 
@@ -54,7 +54,7 @@ def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def _takes_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
@@ -177,7 +177,7 @@ def packs_rows(model, enc: dict[str, torch.Tensor]) -> bool:
     attention ignores position ids, or an old transformers, would let rows read each other and
     train on nonsense, silently. Such a model (or one whose forward is random: dropout) runs padded.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if base in _PACKS:
         return _PACKS[base]
     if not {"position_ids", "use_cache"} <= set(inspect.signature(base.forward).parameters):

@@ -27,6 +27,7 @@ the frozen model's reference, `known_tokens`, perplexity), so policy and referen
 from __future__ import annotations
 
 import inspect
+import itertools
 from contextlib import contextmanager
 
 import torch
@@ -94,10 +95,15 @@ AttentionInterface.register(NAME, packed_rows_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
+def base_model(model):
+    """The transformers model under a PEFT wrapper (or `model` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _switchable(model) -> bool:
     """Whether `model` runs transformers' `sdpa` and its forward passes extra keywords on to it (a
     model with sub-models, whose configs the switch would reach too, keeps its attention)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     config = getattr(base, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sub_configs", None):
         return False
@@ -112,8 +118,8 @@ def packed_rows(model, lengths: list[int]):
     if not _switchable(model):
         yield {}
         return
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-    bounds = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    config = base_model(model).config
+    bounds = torch.tensor(list(itertools.accumulate(lengths, initial=0)), dtype=torch.int32)
     config._attn_implementation = NAME
     try:
         yield {"cu_seq_lens_q": bounds}
